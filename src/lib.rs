@@ -1,0 +1,15 @@
+//! inkdrop: how Stable Diffusion turns a sentence into a picture, as a small latent diffusion
+//! pipeline you can run, inspect and retrain on a laptop CPU.
+//!
+//! Modules so far (see `ARCHITECTURE.md` for the whole map):
+//! - [`schedule`]: beta schedules, alpha_bar, SNR, sigmas (diffusers' `DDPMScheduler` tables).
+//! - [`noising`]: the forward process, closed form and one Markov step at a time.
+//! - [`support`]: images, grids, plots, terminal previews, seeding and output folders.
+
+pub mod error;
+pub mod noising;
+pub mod schedule;
+pub mod support;
+
+pub use error::{Error, Result};
+pub use schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig};

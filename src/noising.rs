@@ -1,0 +1,141 @@
+//! The forward process q: destroying an image with Gaussian noise, one step or many at once.
+//!
+//! Timesteps follow diffusers: `alphas_cumprod[t]` already includes step t, so the clean image
+//! x_0 sits *before* timestep 0, and "x_t at timestep t" has been through t + 1 noising steps.
+//!
+//! Images are `(C, H, W)` `f32` arrays in [-1, 1] (ndarray), or `(B, C, H, W)` candle tensors for
+//! training code. Both paths compute the same formula; `tests/noising.rs` checks they agree.
+
+use candle_core::{DType, Tensor};
+use ndarray::{Array, Dimension};
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use crate::schedule::NoiseSchedule;
+use crate::{Error, Result};
+
+/// Draws eps ~ N(0, I) with the given shape from a seeded generator.
+pub fn randn<D: Dimension, Sh: ndarray::ShapeBuilder<Dim = D>>(
+    shape: Sh,
+    rng: &mut impl Rng,
+) -> Array<f32, D> {
+    use ndarray_rand::RandomExt;
+    Array::random_using(shape, StandardNormal, rng)
+}
+
+fn check_same_shape<D: Dimension>(a: &Array<f32, D>, b: &Array<f32, D>) -> Result<()> {
+    if a.shape() == b.shape() {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            what: "noise vs image",
+            expected: a.shape().to_vec(),
+            got: b.shape().to_vec(),
+        })
+    }
+}
+
+/// Closed-form forward process, q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I):
+///
+/// `x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps`
+///
+/// This is why training can jump straight to any t without simulating the chain.
+pub fn add_noise<D: Dimension>(
+    schedule: &NoiseSchedule,
+    x0: &Array<f32, D>,
+    noise: &Array<f32, D>,
+    t: usize,
+) -> Result<Array<f32, D>> {
+    schedule.check_timestep(t)?;
+    check_same_shape(x0, noise)?;
+    let a = schedule.sqrt_alpha_bar(t) as f32;
+    let b = schedule.sqrt_one_minus_alpha_bar(t) as f32;
+    Ok(x0 * a + noise * b) // same shape as x0
+}
+
+/// One step of the Markov chain, q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I):
+///
+/// `x_t = sqrt(1 - beta_t) * x_{t-1} + sqrt(beta_t) * eps`
+///
+/// Shrinking by sqrt(1 - beta_t) before adding variance beta_t keeps a unit-variance input at unit
+/// variance, so the chain ends at N(0, I) instead of blowing up.
+pub fn markov_step<D: Dimension>(
+    schedule: &NoiseSchedule,
+    x_prev: &Array<f32, D>,
+    noise: &Array<f32, D>,
+    t: usize,
+) -> Result<Array<f32, D>> {
+    schedule.check_timestep(t)?;
+    check_same_shape(x_prev, noise)?;
+    let beta = schedule.betas[t];
+    Ok(x_prev * (1.0 - beta).sqrt() as f32 + noise * beta.sqrt() as f32)
+}
+
+/// Runs the chain from x_0 through timesteps 0..=t, drawing fresh noise at every step: the slow
+/// way to reach x_t, which must agree in distribution with [`add_noise`].
+pub fn markov_chain<D: Dimension>(
+    schedule: &NoiseSchedule,
+    x0: &Array<f32, D>,
+    t: usize,
+    rng: &mut impl Rng,
+) -> Result<Array<f32, D>> {
+    schedule.check_timestep(t)?;
+    let mut x = x0.clone();
+    for s in 0..=t {
+        let eps = randn(x.raw_dim(), rng);
+        x = markov_step(schedule, &x, &eps, s)?;
+    }
+    Ok(x)
+}
+
+/// [`add_noise`] on a batch of candle tensors, one timestep per sample (what training uses):
+///
+/// `x_t[b] = sqrt(alpha_bar_{t[b]}) * x_0[b] + sqrt(1 - alpha_bar_{t[b]}) * eps[b]`
+pub fn add_noise_tensor(
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    noise: &Tensor,
+    timesteps: &[usize],
+) -> Result<Tensor> {
+    let dims = x0.dims();
+    if noise.dims() != dims {
+        return Err(Error::Shape {
+            what: "noise vs latents",
+            expected: dims.to_vec(),
+            got: noise.dims().to_vec(),
+        });
+    }
+    if dims.first() != Some(&timesteps.len()) {
+        return Err(Error::Shape {
+            what: "timesteps vs batch",
+            expected: vec![dims.first().copied().unwrap_or(0)],
+            got: vec![timesteps.len()],
+        });
+    }
+    for &t in timesteps {
+        schedule.check_timestep(t)?;
+    }
+    // (B, 1, 1, ...) so the coefficients broadcast over every other axis.
+    let mut coeff_shape = vec![1usize; dims.len()];
+    coeff_shape[0] = timesteps.len();
+    let coeff = |f: &dyn Fn(usize) -> f64| -> Result<Tensor> {
+        let v: Vec<f32> = timesteps.iter().map(|&t| f(t) as f32).collect();
+        Ok(Tensor::from_vec(v, coeff_shape.as_slice(), x0.device())?.to_dtype(x0.dtype())?)
+    };
+    let a = coeff(&|t| schedule.sqrt_alpha_bar(t))?; // (B, 1, 1, 1)
+    let b = coeff(&|t| schedule.sqrt_one_minus_alpha_bar(t))?; // (B, 1, 1, 1)
+    let x_t = (x0.broadcast_mul(&a)? + noise.broadcast_mul(&b)?)?; // (B, C, H, W)
+    Ok(x_t)
+}
+
+/// Draws eps ~ N(0, I) as a candle tensor from a seeded generator (candle's own `randn` cannot
+/// be seeded per call on CPU).
+pub fn randn_tensor(
+    shape: &[usize],
+    rng: &mut impl Rng,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
+    Ok(Tensor::from_vec(v, shape, device)?.to_dtype(DType::F32)?)
+}

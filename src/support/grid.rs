@@ -1,0 +1,93 @@
+//! Labelled image grids: tiles in rows, a caption of one or more lines under each tile, an
+//! optional title on top. Text is drawn with plotters and the bundled font.
+
+use image::{imageops, Rgb, RgbImage};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::fonts;
+use crate::{Error, Result};
+
+/// One picture in a grid with the lines printed under it.
+#[derive(Clone, Debug)]
+pub struct Tile {
+    pub image: RgbImage,
+    pub caption: Vec<String>,
+}
+
+const PAD: u32 = 8;
+const LINE: u32 = 18;
+const CAPTION_FONT: f64 = 14.0;
+const TITLE: u32 = 32;
+const TITLE_FONT: f64 = 20.0;
+const BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
+const INK: RGBColor = RGBColor(30, 30, 30);
+
+/// Lays `tiles` out in `cols` columns (all tiles must share one size) with captions under each
+/// and `title` above, on a white background.
+pub fn labelled_grid(tiles: &[Tile], cols: usize, title: Option<&str>) -> Result<RgbImage> {
+    let first = tiles.first().ok_or_else(|| Error::Plot {
+        name: title.unwrap_or("grid").to_string(),
+        reason: "no tiles to lay out".into(),
+    })?;
+    let (tw, th) = first.image.dimensions();
+    let cols = cols.clamp(1, tiles.len());
+    let rows = tiles.len().div_ceil(cols);
+    let lines = tiles.iter().map(|t| t.caption.len()).max().unwrap_or(0) as u32;
+    let cell_h = th + lines * LINE + PAD;
+    let top = if title.is_some() { TITLE } else { PAD };
+    let width = cols as u32 * (tw + PAD) + PAD;
+    let height = top + rows as u32 * cell_h + PAD;
+
+    let mut canvas = RgbImage::from_pixel(width, height, BACKGROUND);
+    for (i, tile) in tiles.iter().enumerate() {
+        let (x, y) = cell_origin(i, cols, tw, cell_h, top);
+        let img = if tile.image.dimensions() == (tw, th) {
+            tile.image.clone()
+        } else {
+            imageops::resize(&tile.image, tw, th, imageops::FilterType::Nearest)
+        };
+        imageops::replace(&mut canvas, &img, i64::from(x), i64::from(y));
+    }
+
+    let mut texts: Vec<(String, (i32, i32), f64)> = Vec::new();
+    if let Some(t) = title {
+        texts.push((t.to_string(), ((width / 2) as i32, 6), TITLE_FONT));
+    }
+    for (i, tile) in tiles.iter().enumerate() {
+        let (x, y) = cell_origin(i, cols, tw, cell_h, top);
+        for (l, line) in tile.caption.iter().enumerate() {
+            let pos = ((x + tw / 2) as i32, (y + th + 3 + l as u32 * LINE) as i32);
+            texts.push((line.clone(), pos, CAPTION_FONT));
+        }
+    }
+    draw_texts(&mut canvas, &texts, title.unwrap_or("grid"))?;
+    Ok(canvas)
+}
+
+fn cell_origin(i: usize, cols: usize, tw: u32, cell_h: u32, top: u32) -> (u32, u32) {
+    let (r, c) = ((i / cols) as u32, (i % cols) as u32);
+    (PAD + c * (tw + PAD), top + r * cell_h)
+}
+
+/// Draws centred text lines onto an RGB image in place.
+fn draw_texts(canvas: &mut RgbImage, texts: &[(String, (i32, i32), f64)], name: &str) -> Result<()> {
+    fonts::register();
+    let (w, h) = canvas.dimensions();
+    let plot_err = |e: String| Error::Plot {
+        name: name.to_string(),
+        reason: e,
+    };
+    {
+        let root = BitMapBackend::with_buffer(canvas.as_mut(), (w, h)).into_drawing_area();
+        for (text, pos, size) in texts {
+            let style = TextStyle::from((fonts::FAMILY, *size).into_font())
+                .color(&INK)
+                .pos(Pos::new(HPos::Center, VPos::Top));
+            root.draw(&Text::new(text.as_str(), *pos, style))
+                .map_err(|e| plot_err(e.to_string()))?;
+        }
+        root.present().map_err(|e| plot_err(e.to_string()))?;
+    }
+    Ok(())
+}

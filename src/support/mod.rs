@@ -1,0 +1,34 @@
+//! Plumbing the chapters and examples share, so that they contain only the idea: image files,
+//! labelled grids, plots, terminal previews, seeding, output folders and notebook-style cells.
+
+pub mod files;
+pub mod fonts;
+pub mod grid;
+pub mod image_io;
+pub mod notebook;
+pub mod plot;
+pub mod terminal;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// The seed every command uses unless told otherwise.
+pub const DEFAULT_SEED: u64 = 0;
+
+/// A seeded random number generator: the same seed gives the same numbers on every machine
+/// (`StdRng` is ChaCha12, which is portable and stable within a `rand` major version).
+pub fn seeded_rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Runs a binary's body and turns an error into one line on stderr and exit code 1: no panic
+/// message, no backtrace. `{:#}` prints the anyhow context chain as `outer: inner`.
+pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    match body() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

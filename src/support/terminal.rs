@@ -1,0 +1,24 @@
+//! Showing a picture right in the terminal: kitty, iTerm2 or sixel graphics where the terminal
+//! speaks them, coloured half blocks everywhere else (via the `viuer` crate).
+
+use std::io::IsTerminal;
+
+use image::{DynamicImage, RgbImage};
+
+/// Prints `img` into the terminal, at most `max_cols` character cells wide, when stdout is a
+/// terminal. Returns whether anything was printed (nothing when piped or redirected).
+pub fn preview(img: &RgbImage, max_cols: u32) -> bool {
+    if !std::io::stdout().is_terminal() {
+        return false;
+    }
+    let cols = crossterm::terminal::size()
+        .map(|(c, _)| u32::from(c).saturating_sub(2))
+        .unwrap_or(80)
+        .clamp(20, max_cols.max(20));
+    let config = viuer::Config {
+        absolute_offset: false,
+        width: Some(cols),
+        ..viuer::Config::default()
+    };
+    viuer::print(&DynamicImage::ImageRgb8(img.clone()), &config).is_ok()
+}
