@@ -139,3 +139,40 @@ pub fn randn_tensor(
     let v: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
     Ok(Tensor::from_vec(v, shape, device)?.to_dtype(DType::F32)?)
 }
+
+/// Pixel statistics of x_t over one image: measured, or predicted by theory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelStats {
+    pub mean: f64,
+    pub std: f64,
+    /// Correlation between x_t and x_0 across pixels.
+    pub corr: f64,
+}
+
+/// What theory predicts for x_t = a x_0 + b eps (a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t))
+/// when x_0 has pixel mean `m0` and standard deviation `s0` and eps is independent N(0, I):
+///
+/// ```text
+/// mean = a m0,   std = sqrt(a^2 s0^2 + b^2),   corr(x_t, x_0) = a s0 / std
+/// ```
+pub fn expected_stats(schedule: &NoiseSchedule, t: usize, m0: f64, s0: f64) -> Result<PixelStats> {
+    schedule.check_timestep(t)?;
+    let ab = schedule.alpha_bar(t);
+    let a = ab.sqrt();
+    let std = (ab * s0 * s0 + (1.0 - ab)).sqrt();
+    Ok(PixelStats {
+        mean: a * m0,
+        std,
+        corr: if std > 0.0 { a * s0 / std } else { 0.0 },
+    })
+}
+
+/// The same statistics measured on an actual x_t.
+pub fn measured_stats<D: Dimension>(x_t: &Array<f32, D>, x0: &Array<f32, D>) -> PixelStats {
+    let (mean, std) = crate::support::stats::mean_std(x_t);
+    PixelStats {
+        mean,
+        std,
+        corr: crate::support::stats::correlation(x_t, x0),
+    }
+}

@@ -1,12 +1,15 @@
 //! Plumbing the chapters and examples share, so that they contain only the idea: image files,
 //! labelled grids, plots, terminal previews, seeding, output folders and notebook-style cells.
 
+pub mod figures;
 pub mod files;
 pub mod fonts;
 pub mod grid;
 pub mod image_io;
 pub mod notebook;
 pub mod plot;
+pub mod stats;
+pub mod table;
 pub mod terminal;
 
 use rand::rngs::StdRng;
@@ -30,5 +33,16 @@ pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> std::process::Exit
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to stdout. A closed pipe (`inkdrop schedule --json | head`) ends the output
+/// quietly instead of panicking.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }

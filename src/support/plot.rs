@@ -11,13 +11,15 @@ use super::image_io::save_png;
 use crate::{Error, Result};
 
 /// Colours for series, in order (colour-blind friendly, after Okabe & Ito).
-pub const PALETTE: [RGBColor; 6] = [
+pub const PALETTE: [RGBColor; 8] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
     RGBColor(204, 121, 167),
     RGBColor(230, 159, 0),
     RGBColor(86, 180, 233),
+    RGBColor(120, 120, 120),
+    RGBColor(150, 90, 40),
 ];
 
 /// One labelled curve.
