@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use clap::Args;
-use inkdrop::support::emit;
 use inkdrop::support::figures::fmt_db;
 use inkdrop::support::table::Table;
 use inkdrop::{BetaSchedule, NoiseSchedule, ScheduleConfig};
@@ -41,10 +40,11 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
     };
     let schedule = NoiseSchedule::new(config).context("check --beta-start, --beta-end and --num-train-timesteps")?;
     if args.json {
-        emit(&format!("{}\n", to_json(&schedule)))
+        println!("{}", to_json(&schedule));
     } else {
-        emit(&to_text(&schedule))
+        print!("{}", to_text(&schedule));
     }
+    Ok(())
 }
 
 fn to_json(s: &NoiseSchedule) -> serde_json::Value {

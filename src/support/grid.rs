@@ -65,6 +65,19 @@ pub fn labelled_grid(tiles: &[Tile], cols: usize, title: Option<&str>) -> Result
     Ok(canvas)
 }
 
+/// Images side by side with no labels or padding (for terminal previews).
+pub fn plain_strip(images: &[RgbImage]) -> RgbImage {
+    let w: u32 = images.iter().map(|i| i.width()).sum();
+    let h = images.iter().map(|i| i.height()).max().unwrap_or(0);
+    let mut strip = RgbImage::from_pixel(w, h, BACKGROUND);
+    let mut x = 0;
+    for img in images {
+        imageops::replace(&mut strip, img, i64::from(x), 0);
+        x += img.width();
+    }
+    strip
+}
+
 fn cell_origin(i: usize, cols: usize, tw: u32, cell_h: u32, top: u32) -> (u32, u32) {
     let (r, c) = ((i / cols) as u32, (i % cols) as u32);
     (PAD + c * (tw + PAD), top + r * cell_h)

@@ -26,7 +26,16 @@ pub fn seeded_rng(seed: u64) -> StdRng {
 
 /// Runs a binary's body and turns an error into one line on stderr and exit code 1: no panic
 /// message, no backtrace. `{:#}` prints the anyhow context chain as `outer: inner`.
+///
+/// It also restores the default SIGPIPE action, so `inkdrop schedule --json | head` ends quietly
+/// like any Unix tool instead of panicking on a closed pipe.
 pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    #[cfg(unix)]
+    // SAFETY: called at the start of main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match body() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -36,13 +45,3 @@ pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> std::process::Exit
     }
 }
 
-/// Writes `text` to stdout. A closed pipe (`inkdrop schedule --json | head`) ends the output
-/// quietly instead of panicking.
-pub fn emit(text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
-}

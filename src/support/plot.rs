@@ -109,6 +109,13 @@ fn fit_range(panel: &Panel, axis: fn(&(f64, f64)) -> f64) -> (f64, f64) {
     }
 }
 
+/// Tick labels without trailing zeros: `100`, `0.25`, `-5`.
+fn fmt_tick(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 fn draw_panel(panel: &Panel, area: &Area) -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -124,6 +131,8 @@ fn draw_panel(panel: &Panel, area: &Area) -> std::result::Result<(), Box<dyn std
         .configure_mesh()
         .x_desc(&panel.x_label)
         .y_desc(&panel.y_label)
+        .x_label_formatter(&|v| fmt_tick(*v))
+        .y_label_formatter(&|v| fmt_tick(*v))
         .label_style((fonts::FAMILY, 13))
         .axis_desc_style((fonts::FAMILY, 14))
         .light_line_style(RGBColor(235, 235, 235))
