@@ -281,27 +281,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             noise.to_string(),
             format!("{:.2e}", s.alpha_bar(999)),
         ]);
-        let tiles = noising_tiles(s, &x0, &eps, &TIMESTEPS)?;
-        rows.extend(tiles.into_iter().skip(1).map(|mut tile| {
-            tile.caption.insert(0, s.config.label());
-            tile
-        }));
+        rows.extend(noising_tiles(s, &x0, &eps, &TIMESTEPS)?.into_iter().skip(1));
     }
     println!("{summary}\n");
     write_md(&out, "schedules.md", &summary.to_markdown())?;
     save_panels(&out.join("schedules.png"), &schedule_panels(&configs)?, (640, 440))?;
-    let cmp = labelled_grid(&rows, TIMESTEPS.len(), Some("Same image, same noise, four schedules (rows) at t = 0, 100, 250, 500, 750, 999"))?;
+    let cmp = labelled_grid(&rows, TIMESTEPS.len(), Some("Rows: linear | scaled_linear | squaredcos_cap_v2 | scaled_linear + zero SNR"))?;
     save_png(&cmp, &out.join("schedule_comparison.png"))?;
     let linear = &schedules[0];
     let linear_noise = (0..1000).filter(|&t| linear.snr_db(t) < -20.0).count();
-    nb.say(&format!(
-        "Read the table with the figure (schedule_comparison.png): under the linear schedule \
-         only {:.0}% of x_0's variance is left at t = 500, and {linear_noise} of the 1000 \
-         timesteps are below -20 dB, nearly pure noise from which the model can learn little. \
-         That waste is why later models moved to cosine-like schedules, or rescaled the ones \
-         they had.",
+    let verdict = format!(
+        "Under the linear schedule only {:.0}% of x_0's variance is left at t = 500, and \
+         {linear_noise} of the 1000 timesteps are below -20 dB: nearly pure noise, from which \
+         the model can learn little. That waste is why later models moved to cosine-like \
+         schedules, or rescaled the ones they had.",
         100.0 * linear.alpha_bar(500)
-    ));
+    );
+    nb.say(&format!("Read the table with the figure (schedule_comparison.png). {verdict}"));
+    write_md(&out, "schedules_verdict.md", &format!("{verdict}\n"))?;
 
     nb.cell("What we have, and what comes next");
     nb.say(&format!(

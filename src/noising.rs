@@ -35,6 +35,7 @@ fn check_same_shape<D: Dimension>(a: &Array<f32, D>, b: &Array<f32, D>) -> Resul
     }
 }
 
+// ANCHOR: add_noise
 /// Closed-form forward process, q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I):
 ///
 /// `x_t = sqrt(alpha_bar_t) * x_0 + sqrt(1 - alpha_bar_t) * eps`
@@ -52,6 +53,7 @@ pub fn add_noise<D: Dimension>(
     let b = schedule.sqrt_one_minus_alpha_bar(t) as f32;
     Ok(x0 * a + noise * b) // same shape as x0
 }
+// ANCHOR_END: add_noise
 
 /// One step of the Markov chain, q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I):
 ///

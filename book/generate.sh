@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates every figure and table the book shows by running each chapter with --book.
+# Usage: bash book/generate.sh   (from anywhere; builds in release first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bins
+for bin in ch01_forward_noising; do
+  echo "== $bin --book"
+  "target/release/$bin" --book > /dev/null
+done
+echo "figures and tables written to book/src/generated/"
