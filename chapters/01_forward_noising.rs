@@ -79,8 +79,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ANCHOR: ink_drop
     let eps = randn(x0.raw_dim(), &mut seeded_rng(args.seed)); // (3, 128, 128) ~ N(0, I)
     let tiles = noising_tiles(&schedule, &x0, &eps, &TIMESTEPS)?; // x_0, then x_t per t
-    // ANCHOR_END: ink_drop
-    let grid = labelled_grid(&tiles, tiles.len(), Some("The forward process: x_0 dissolves into noise"))?;
+                                                                  // ANCHOR_END: ink_drop
+    let grid = labelled_grid(
+        &tiles,
+        tiles.len(),
+        Some("The forward process: x_0 dissolves into noise"),
+    )?;
     save_png(&grid, &out.join("ink_drop.png"))?;
     terminal::preview(&grid, 110);
     nb.say(&format!(
@@ -101,7 +105,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut betas = Table::new(["t", "beta_t", "sqrt(1 - beta_t)", "sqrt(beta_t)"]);
     for t in [0, 1, 500, 998, 999] {
         let b = schedule.betas[t];
-        betas.row([t.to_string(), format!("{b:.6}"), format!("{:.6}", (1.0 - b).sqrt()), format!("{:.6}", b.sqrt())]);
+        betas.row([
+            t.to_string(),
+            format!("{b:.6}"),
+            format!("{:.6}", (1.0 - b).sqrt()),
+            format!("{:.6}", b.sqrt()),
+        ]);
     }
     println!("{betas}\n");
     // ANCHOR: markov_chain
@@ -118,9 +127,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ANCHOR_END: markov_chain
     let chain_tiles = frames
         .iter()
-        .map(|(t, x_t)| Ok(Tile { image: from_chw(x_t)?, caption: vec![format!("t = {t}"), format!("{} steps", t + 1)] }))
+        .map(|(t, x_t)| {
+            Ok(Tile {
+                image: from_chw(x_t)?,
+                caption: vec![format!("t = {t}"), format!("{} steps", t + 1)],
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let chain_grid = labelled_grid(&chain_tiles, chain_tiles.len(), Some("The same film made step by step (1000 steps)"))?;
+    let chain_grid = labelled_grid(
+        &chain_tiles,
+        chain_tiles.len(),
+        Some("The same film made step by step (1000 steps)"),
+    )?;
     save_png(&chain_grid, &out.join("markov_chain.png"))?;
     nb.say(
         "Timestep t counts from 0 as in diffusers: x_t has been through t + 1 steps, and the \
@@ -198,7 +216,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         let z_v = (v - v_th) / (v_th * (2.0 / (n as f64 - 1.0)).sqrt());
         for (z, what) in [(z_m, "mean"), (z_v, "variance")] {
             if z.abs() > worst.0 {
-                worst = (z.abs(), format!("the {what} at t = {t}, x_0 = {}", starts[i]));
+                worst = (
+                    z.abs(),
+                    format!("the {what} at t = {t}, x_0 = {}", starts[i]),
+                );
             }
         }
         table.row([
@@ -221,7 +242,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         worst.1
     );
     nb.say(&verdict);
-    write_md(&out, "chain_vs_closed_form.md", &format!("{}\n{verdict}\n", table.to_markdown()))?;
+    write_md(
+        &out,
+        "chain_vs_closed_form.md",
+        &format!("{}\n{verdict}\n", table.to_markdown()),
+    )?;
     chain_histograms(&schedule, &out, args.seed, n)?;
 
     // ---------------------------------------------------------------------------------------
@@ -233,10 +258,22 @@ fn run(args: Args) -> anyhow::Result<()> {
          sqrt(alpha_bar) s_0 / std. Measured on the photograph:",
     );
     let (m0, s0) = mean_std(&x0);
-    let mut stats = Table::new(["t", "SNR", "mean", "theory", "std", "theory", "corr(x_t, x_0)", "theory"]);
+    let mut stats = Table::new([
+        "t",
+        "SNR",
+        "mean",
+        "theory",
+        "std",
+        "theory",
+        "corr(x_t, x_0)",
+        "theory",
+    ]);
     for &t in &TIMESTEPS {
         let x_t = add_noise(&schedule, &x0, &eps, t)?;
-        let (got, want) = (measured_stats(&x_t, &x0), expected_stats(&schedule, t, m0, s0)?);
+        let (got, want) = (
+            measured_stats(&x_t, &x0),
+            expected_stats(&schedule, t, m0, s0)?,
+        );
         stats.row([
             t.to_string(),
             fmt_db(schedule.snr_db(t)),
@@ -250,7 +287,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{stats}\n");
     write_md(&out, "forward_stats.md", &stats.to_markdown())?;
-    save_panels(&out.join("pixel_histograms.png"), &[histogram_panel(&schedule, &x0, &eps, &TIMESTEPS)?], (760, 460))?;
+    save_panels(
+        &out.join("pixel_histograms.png"),
+        &[histogram_panel(&schedule, &x0, &eps, &TIMESTEPS)?],
+        (760, 460),
+    )?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Linear vs cosine: how fast information is destroyed");
@@ -263,14 +304,32 @@ fn run(args: Args) -> anyhow::Result<()> {
          sampling does.",
     );
     // ANCHOR: compare_schedules
-    let mut configs: Vec<ScheduleConfig> = BetaSchedule::ALL.into_iter().map(ScheduleConfig::for_schedule).collect();
-    configs.push(ScheduleConfig { rescale_betas_zero_snr: true, ..ScheduleConfig::default() });
-    let schedules = configs.iter().map(|&c| NoiseSchedule::new(c)).collect::<Result<Vec<_>, _>>()?;
+    let mut configs: Vec<ScheduleConfig> = BetaSchedule::ALL
+        .into_iter()
+        .map(ScheduleConfig::for_schedule)
+        .collect();
+    configs.push(ScheduleConfig {
+        rescale_betas_zero_snr: true,
+        ..ScheduleConfig::default()
+    });
+    let schedules = configs
+        .iter()
+        .map(|&c| NoiseSchedule::new(c))
+        .collect::<Result<Vec<_>, _>>()?;
     // ANCHOR_END: compare_schedules
-    let mut summary = Table::new(["schedule", "alpha_bar_500", "SNR = 1 at t", "t with SNR > +20 dB", "t with SNR < -20 dB", "alpha_bar_999"]);
+    let mut summary = Table::new([
+        "schedule",
+        "alpha_bar_500",
+        "SNR = 1 at t",
+        "t with SNR > +20 dB",
+        "t with SNR < -20 dB",
+        "alpha_bar_999",
+    ]);
     let mut rows = Vec::new();
     for s in &schedules {
-        let crossing = (0..1000).find(|&t| s.snr(t) < 1.0).map_or("-".into(), |t| t.to_string());
+        let crossing = (0..1000)
+            .find(|&t| s.snr(t) < 1.0)
+            .map_or("-".into(), |t| t.to_string());
         let clean = (0..1000).filter(|&t| s.snr_db(t) > 20.0).count();
         let noise = (0..1000).filter(|&t| s.snr_db(t) < -20.0).count();
         summary.row([
@@ -285,8 +344,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{summary}\n");
     write_md(&out, "schedules.md", &summary.to_markdown())?;
-    save_panels(&out.join("schedules.png"), &schedule_panels(&configs)?, (640, 440))?;
-    let cmp = labelled_grid(&rows, TIMESTEPS.len(), Some("Rows: linear | scaled_linear | squaredcos_cap_v2 | scaled_linear + zero SNR"))?;
+    save_panels(
+        &out.join("schedules.png"),
+        &schedule_panels(&configs)?,
+        (640, 440),
+    )?;
+    let cmp = labelled_grid(
+        &rows,
+        TIMESTEPS.len(),
+        Some("Rows: linear | scaled_linear | squaredcos_cap_v2 | scaled_linear + zero SNR"),
+    )?;
     save_png(&cmp, &out.join("schedule_comparison.png"))?;
     let linear = &schedules[0];
     let linear_noise = (0..1000).filter(|&t| linear.snr_db(t) < -20.0).count();
@@ -297,7 +364,9 @@ fn run(args: Args) -> anyhow::Result<()> {
          schedules, or rescaled the ones they had.",
         100.0 * linear.alpha_bar(500)
     );
-    nb.say(&format!("Read the table with the figure (schedule_comparison.png). {verdict}"));
+    nb.say(&format!(
+        "Read the table with the figure (schedule_comparison.png). {verdict}"
+    ));
     write_md(&out, "schedules_verdict.md", &format!("{verdict}\n"))?;
 
     nb.cell("What we have, and what comes next");
@@ -312,7 +381,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Histograms of 1000-step chains started at x_0 = 1 against the closed-form density
 /// N(sqrt(alpha_bar_t), 1 - alpha_bar_t), at three timesteps.
-fn chain_histograms(schedule: &NoiseSchedule, out: &Path, seed: u64, n: usize) -> anyhow::Result<()> {
+fn chain_histograms(
+    schedule: &NoiseSchedule,
+    out: &Path,
+    seed: u64,
+    n: usize,
+) -> anyhow::Result<()> {
     let shown = [49usize, 249, 999];
     let mut x = Array1::<f32>::ones(n); // (n,): n chains, all starting at x_0 = 1
     let mut rng = seeded_rng(seed + 3);
@@ -326,12 +400,24 @@ fn chain_histograms(schedule: &NoiseSchedule, out: &Path, seed: u64, n: usize) -
     for t in 0..=999 {
         x = markov_step(schedule, &x, &randn(x.raw_dim(), &mut rng), t)?;
         if let Some(i) = shown.iter().position(|&s| s == t) {
-            panel.series.push(Series::new(format!("chain, t = {t}"), density(x.iter(), -3.5, 3.5, 70), i));
+            panel.series.push(Series::new(
+                format!("chain, t = {t}"),
+                density(x.iter(), -3.5, 3.5, 70),
+                i,
+            ));
             let (m, v) = (schedule.sqrt_alpha_bar(t), 1.0 - schedule.alpha_bar(t));
-            let pdf = (0..=200).map(|k| -3.5 + 7.0 * f64::from(k) / 200.0).map(|z| {
-                (z, (-(z - m).powi(2) / (2.0 * v)).exp() / (2.0 * std::f64::consts::PI * v).sqrt())
-            });
-            panel.series.push(Series::new(format!("closed form, t = {t}"), pdf.collect(), i).dashed());
+            let pdf = (0..=200)
+                .map(|k| -3.5 + 7.0 * f64::from(k) / 200.0)
+                .map(|z| {
+                    (
+                        z,
+                        (-(z - m).powi(2) / (2.0 * v)).exp()
+                            / (2.0 * std::f64::consts::PI * v).sqrt(),
+                    )
+                });
+            panel
+                .series
+                .push(Series::new(format!("closed form, t = {t}"), pdf.collect(), i).dashed());
         }
     }
     save_panels(&out.join("chain_vs_closed_form.png"), &[panel], (760, 460))?;
@@ -342,4 +428,3 @@ fn write_md(out: &Path, name: &str, text: &str) -> anyhow::Result<()> {
     write_atomic(&out.join(name), text.as_bytes())?;
     Ok(())
 }
-

@@ -36,7 +36,11 @@ struct Args {
     #[arg(long, value_enum, default_value_t = BetaSchedule::ScaledLinear)]
     beta_schedule: BetaSchedule,
     /// Timesteps to show, comma separated, each in [0, 1000).
-    #[arg(long, value_delimiter = ',', default_value = "0,50,100,200,400,700,999")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,50,100,200,400,700,999"
+    )]
     timesteps: Vec<usize>,
     /// Seed of the noise eps (same seed, same pictures).
     #[arg(long, default_value_t = DEFAULT_SEED)]
@@ -69,23 +73,48 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     // The strip: the same eps at every t, so only the amount of noise changes.
     let tiles = noising_tiles(&schedule, &x0, &eps, &args.timesteps)?;
-    let title = format!("x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps   ({} schedule, seed {})", schedule.config.label(), args.seed);
+    let title = format!(
+        "x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps   ({} schedule, seed {})",
+        schedule.config.label(),
+        args.seed
+    );
     let grid = labelled_grid(&tiles, tiles.len(), Some(&title))?;
     let grid_path = out.join("forward_noise_grid.png");
     save_png(&grid, &grid_path)?;
 
-    let configs: Vec<ScheduleConfig> = BetaSchedule::ALL.into_iter().map(ScheduleConfig::for_schedule).collect();
+    let configs: Vec<ScheduleConfig> = BetaSchedule::ALL
+        .into_iter()
+        .map(ScheduleConfig::for_schedule)
+        .collect();
     let schedules_path = out.join("schedules.png");
     save_panels(&schedules_path, &schedule_panels(&configs)?, (640, 440))?;
     let hist_path = out.join("pixel_histograms.png");
-    save_panels(&hist_path, &[histogram_panel(&schedule, &x0, &eps, &args.timesteps)?], (760, 480))?;
+    save_panels(
+        &hist_path,
+        &[histogram_panel(&schedule, &x0, &eps, &args.timesteps)?],
+        (760, 480),
+    )?;
 
-    println!("Forward noising, {} schedule, seed {}:\n", schedule.config.label(), args.seed);
+    println!(
+        "Forward noising, {} schedule, seed {}:\n",
+        schedule.config.label(),
+        args.seed
+    );
     let strip: Vec<_> = tiles.iter().map(|t| t.image.clone()).collect();
     terminal::preview(&inkdrop::support::grid::plain_strip(&strip), 120);
 
     let (m0, s0) = inkdrop::support::stats::mean_std(&x0);
-    let mut table = Table::new(["t", "alpha_bar", "SNR", "mean", "(theory)", "std", "(theory)", "corr(x_t, x_0)", "(theory)"]);
+    let mut table = Table::new([
+        "t",
+        "alpha_bar",
+        "SNR",
+        "mean",
+        "(theory)",
+        "std",
+        "(theory)",
+        "corr(x_t, x_0)",
+        "(theory)",
+    ]);
     for &t in &args.timesteps {
         let x_t = add_noise(&schedule, &x0, &eps, t)?;
         let got = measured_stats(&x_t, &x0);

@@ -259,17 +259,23 @@ impl NoiseSchedule {
 
     /// SNR(t) for every t.
     pub fn snrs(&self) -> Vec<f64> {
-        (0..self.num_train_timesteps()).map(|t| self.snr(t)).collect()
+        (0..self.num_train_timesteps())
+            .map(|t| self.snr(t))
+            .collect()
     }
 
     /// log SNR(t) for every t.
     pub fn log_snrs(&self) -> Vec<f64> {
-        (0..self.num_train_timesteps()).map(|t| self.log_snr(t)).collect()
+        (0..self.num_train_timesteps())
+            .map(|t| self.log_snr(t))
+            .collect()
     }
 
     /// sigma_t for every t.
     pub fn sigmas(&self) -> Vec<f64> {
-        (0..self.num_train_timesteps()).map(|t| self.sigma(t)).collect()
+        (0..self.num_train_timesteps())
+            .map(|t| self.sigma(t))
+            .collect()
     }
 }
 
@@ -295,7 +301,11 @@ fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
 /// beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta),
 /// alpha_bar(s) = cos^2(((s + 0.008) / 1.008) pi / 2). Computed in f64 like Python, stored as f32.
 fn betas_for_cosine_alpha_bar(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |s: f64| ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+    let alpha_bar = |s: f64| {
+        ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;

@@ -34,10 +34,15 @@ fn includes(text: &str) -> Vec<(String, Option<String>)> {
         let after = &rest[i + 3..];
         let end = after.find("}}").expect("unclosed {{# directive");
         let directive = after[..end].trim();
-        if let Some(arg) = directive.strip_prefix("include").or_else(|| directive.strip_prefix("rustdoc_include")) {
+        if let Some(arg) = directive
+            .strip_prefix("include")
+            .or_else(|| directive.strip_prefix("rustdoc_include"))
+        {
             let arg = arg.trim();
             let (path, anchor) = match arg.split_once(':') {
-                Some((p, a)) if !a.chars().next().is_some_and(|c| c.is_ascii_digit()) => (p, Some(a.to_string())),
+                Some((p, a)) if !a.chars().next().is_some_and(|c| c.is_ascii_digit()) => {
+                    (p, Some(a.to_string()))
+                }
                 Some((p, _)) => (p, None), // line ranges
                 None => (arg, None),
             };
@@ -57,7 +62,13 @@ fn images(text: &str) -> Vec<String> {
         if let Some(close) = after.find("](") {
             let link = &after[close + 2..];
             if let Some(end) = link.find(')') {
-                found.push(link[..end].split_whitespace().next().unwrap_or("").to_string());
+                found.push(
+                    link[..end]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                );
             }
         }
         rest = after;
@@ -70,10 +81,20 @@ fn generated_by_chapters(tmp: &Path) -> BTreeSet<String> {
     let mut made = BTreeSet::new();
     for (name, bin) in CHAPTERS {
         let out = tmp.join(name);
-        let status = Command::new(bin).args(["--out", out.to_str().unwrap(), "--chains", "500"]).output().unwrap();
-        assert!(status.status.success(), "{name} failed: {}", String::from_utf8_lossy(&status.stderr));
+        let status = Command::new(bin)
+            .args(["--out", out.to_str().unwrap(), "--chains", "500"])
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{name} failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
         for entry in std::fs::read_dir(&out).unwrap() {
-            made.insert(format!("generated/{name}/{}", entry.unwrap().file_name().to_string_lossy()));
+            made.insert(format!(
+                "generated/{name}/{}",
+                entry.unwrap().file_name().to_string_lossy()
+            ));
         }
     }
     made
@@ -89,7 +110,7 @@ fn every_include_and_image_in_the_book_resolves() {
     for md in markdown_files(&src) {
         let text = std::fs::read_to_string(&md).unwrap();
         let dir = md.parent().unwrap();
-        let name = md.strip_prefix(&root()).unwrap().display().to_string();
+        let name = md.strip_prefix(root()).unwrap().display().to_string();
         for (path, anchor) in includes(&text) {
             n_includes += 1;
             if path.starts_with("generated/") {
@@ -105,30 +126,59 @@ fn every_include_and_image_in_the_book_resolves() {
             };
             if let Some(anchor) = anchor {
                 n_anchors += 1;
-                let start = code.lines().any(|l| l.trim_start().trim_start_matches("//").trim() == format!("ANCHOR: {anchor}"));
-                let end = code.lines().any(|l| l.trim_start().trim_start_matches("//").trim() == format!("ANCHOR_END: {anchor}"));
+                let start = code.lines().any(|l| {
+                    l.trim_start().trim_start_matches("//").trim() == format!("ANCHOR: {anchor}")
+                });
+                let end = code.lines().any(|l| {
+                    l.trim_start().trim_start_matches("//").trim()
+                        == format!("ANCHOR_END: {anchor}")
+                });
                 if !(start && end) {
-                    problems.push(format!("{name}: anchor '{anchor}' not found (ANCHOR and ANCHOR_END) in {path}"));
+                    problems.push(format!(
+                        "{name}: anchor '{anchor}' not found (ANCHOR and ANCHOR_END) in {path}"
+                    ));
                 }
             }
         }
         for path in images(&text) {
             n_images += 1;
-            let ok = if path.starts_with("generated/") { generated.contains(&path) } else { dir.join(&path).exists() };
+            let ok = if path.starts_with("generated/") {
+                generated.contains(&path)
+            } else {
+                dir.join(&path).exists()
+            };
             if !ok {
-                problems.push(format!("{name}: image {path} is not produced by the figure generation"));
+                problems.push(format!(
+                    "{name}: image {path} is not produced by the figure generation"
+                ));
             }
         }
     }
-    assert!(problems.is_empty(), "book problems:\n{}", problems.join("\n"));
-    assert!(n_includes >= 10 && n_anchors >= 5 && n_images >= 6, "parser found too little: {n_includes} includes, {n_anchors} anchors, {n_images} images");
+    assert!(
+        problems.is_empty(),
+        "book problems:\n{}",
+        problems.join("\n")
+    );
+    assert!(
+        n_includes >= 10 && n_anchors >= 5 && n_images >= 6,
+        "parser found too little: {n_includes} includes, {n_anchors} anchors, {n_images} images"
+    );
 }
 
 #[test]
 fn parser_catches_broken_links() {
     let text = "{{#include ../../chapters/x.rs:cell}}\n{{#include generated/ch01/t.md}}\n![a](generated/ch01/p.png) ![b](x.png \"t\")";
-    assert_eq!(includes(text), vec![("../../chapters/x.rs".into(), Some("cell".into())), ("generated/ch01/t.md".into(), None)]);
-    assert_eq!(images(text), vec!["generated/ch01/p.png".to_string(), "x.png".to_string()]);
+    assert_eq!(
+        includes(text),
+        vec![
+            ("../../chapters/x.rs".into(), Some("cell".into())),
+            ("generated/ch01/t.md".into(), None)
+        ]
+    );
+    assert_eq!(
+        images(text),
+        vec!["generated/ch01/p.png".to_string(), "x.png".to_string()]
+    );
 }
 
 #[test]
@@ -137,7 +187,10 @@ fn readme_images_exist() {
     let imgs = images(&readme);
     assert!(!imgs.is_empty(), "the README shows a generated picture");
     for path in imgs {
-        assert!(root().join(&path).exists(), "README image {path} missing: run `bash book/generate.sh`");
+        assert!(
+            root().join(&path).exists(),
+            "README image {path} missing: run `bash book/generate.sh`"
+        );
     }
 }
 
@@ -148,7 +201,10 @@ fn summary_lists_every_page() {
     for md in markdown_files(&src) {
         let rel = md.strip_prefix(&src).unwrap().display().to_string();
         if rel != "SUMMARY.md" {
-            assert!(summary.contains(&format!("({rel})")), "{rel} is not in SUMMARY.md");
+            assert!(
+                summary.contains(&format!("({rel})")),
+                "{rel} is not in SUMMARY.md"
+            );
         }
     }
 }

@@ -12,12 +12,19 @@ fn inkdrop() -> Command {
 fn forward_noise() -> Command {
     let bin = Path::new(env!("CARGO_BIN_EXE_inkdrop"));
     let example: PathBuf = bin.with_file_name("examples").join("forward_noise");
-    assert!(example.exists(), "{} missing: run the tests with `cargo test --release`", example.display());
+    assert!(
+        example.exists(),
+        "{} missing: run the tests with `cargo test --release`",
+        example.display()
+    );
     Command::new(example)
 }
 
 fn run(cmd: &mut Command) -> (Output, String, String) {
-    let out = cmd.env_remove("RUST_BACKTRACE").output().expect("binary runs");
+    let out = cmd
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (out, stdout, stderr)
@@ -27,7 +34,10 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 fn assert_clear_error(cmd: &mut Command, needle: &str) {
     let (out, _, stderr) = run(cmd);
     assert!(!out.status.success(), "expected failure, stderr: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "panic: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "panic: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines[0].starts_with("error:"), "{stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
@@ -35,15 +45,43 @@ fn assert_clear_error(cmd: &mut Command, needle: &str) {
 
 #[test]
 fn schedule_json_has_full_precision_arrays() {
-    let (out, stdout, stderr) = run(inkdrop().args(["schedule", "--beta-schedule", "scaled_linear", "--num-train-timesteps", "1000", "--json"]));
+    let (out, stdout, stderr) = run(inkdrop().args([
+        "schedule",
+        "--beta-schedule",
+        "scaled_linear",
+        "--num-train-timesteps",
+        "1000",
+        "--json",
+    ]));
     assert!(out.status.success(), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let s = inkdrop::NoiseSchedule::default();
-    for (key, want) in [("betas", s.betas.clone()), ("alphas_cumprod", s.alphas_cumprod.clone()), ("snr", s.snrs())] {
-        let got: Vec<f64> = v[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    for (key, want) in [
+        ("betas", s.betas.clone()),
+        ("alphas_cumprod", s.alphas_cumprod.clone()),
+        ("snr", s.snrs()),
+    ] {
+        let got: Vec<f64> = v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(got, want, "{key} must round-trip exactly");
     }
-    let (out, stdout, _) = run(inkdrop().args(["schedule", "--beta-schedule", "linear", "--beta-start", "0.001", "--beta-end", "0.01", "--num-train-timesteps", "10", "--rescale-zero-snr", "--json"]));
+    let (out, stdout, _) = run(inkdrop().args([
+        "schedule",
+        "--beta-schedule",
+        "linear",
+        "--beta-start",
+        "0.001",
+        "--beta-end",
+        "0.01",
+        "--num-train-timesteps",
+        "10",
+        "--rescale-zero-snr",
+        "--json",
+    ]));
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["betas"].as_array().unwrap().len(), 10);
@@ -52,17 +90,34 @@ fn schedule_json_has_full_precision_arrays() {
 
 #[test]
 fn schedule_table_is_readable() {
-    let (out, stdout, _) = run(inkdrop().args(["schedule", "--beta-schedule", "squaredcos_cap_v2"]));
+    let (out, stdout, _) =
+        run(inkdrop().args(["schedule", "--beta-schedule", "squaredcos_cap_v2"]));
     assert!(out.status.success());
-    assert!(stdout.contains("squaredcos_cap_v2") && stdout.contains("alpha_bar_t") && stdout.contains("SNR (dB)"));
-    assert!(stdout.lines().any(|l| l.trim_start().starts_with("999 ")), "{stdout}");
+    assert!(
+        stdout.contains("squaredcos_cap_v2")
+            && stdout.contains("alpha_bar_t")
+            && stdout.contains("SNR (dB)")
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim_start().starts_with("999 ")),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn schedule_bad_inputs() {
-    assert_clear_error(inkdrop().args(["schedule", "--beta-schedule", "cosine"]), "possible values: linear, scaled_linear, squaredcos_cap_v2");
-    assert_clear_error(inkdrop().args(["schedule", "--beta-start", "0.5", "--beta-end", "0.1"]), "beta_start");
-    assert_clear_error(inkdrop().args(["schedule", "--num-train-timesteps", "1"]), "at least 2");
+    assert_clear_error(
+        inkdrop().args(["schedule", "--beta-schedule", "cosine"]),
+        "possible values: linear, scaled_linear, squaredcos_cap_v2",
+    );
+    assert_clear_error(
+        inkdrop().args(["schedule", "--beta-start", "0.5", "--beta-end", "0.1"]),
+        "beta_start",
+    );
+    assert_clear_error(
+        inkdrop().args(["schedule", "--num-train-timesteps", "1"]),
+        "at least 2",
+    );
 }
 
 #[test]
@@ -72,8 +127,13 @@ fn every_command_has_help() {
         assert!(out.status.success() && stdout.contains("Usage"), "{args:?}");
     }
     let (out, stdout, _) = run(forward_noise().arg("--help"));
-    assert!(out.status.success() && stdout.contains("--beta-schedule") && stdout.contains("--timesteps"));
-    let (out, stdout, _) = run(Command::new(env!("CARGO_BIN_EXE_ch01_forward_noising")).arg("--help"));
+    assert!(
+        out.status.success()
+            && stdout.contains("--beta-schedule")
+            && stdout.contains("--timesteps")
+    );
+    let (out, stdout, _) =
+        run(Command::new(env!("CARGO_BIN_EXE_ch01_forward_noising")).arg("--help"));
     assert!(out.status.success() && stdout.contains("--interactive") && stdout.contains("--book"));
 }
 
@@ -81,16 +141,34 @@ fn every_command_has_help() {
 fn forward_noise_writes_its_figures_and_is_reproducible() {
     let dir = tempfile::tempdir().unwrap();
     let run_once = |out: &Path| {
-        let (o, stdout, stderr) = run(forward_noise().args(["--out", out.to_str().unwrap(), "--timesteps", "0,500,999", "--size", "48"]));
+        let (o, stdout, stderr) = run(forward_noise().args([
+            "--out",
+            out.to_str().unwrap(),
+            "--timesteps",
+            "0,500,999",
+            "--size",
+            "48",
+        ]));
         assert!(o.status.success(), "{stderr}");
-        assert!(stdout.contains("(theory)") && stdout.contains("corr(x_t, x_0)"), "{stdout}");
-        ["forward_noise_grid.png", "schedules.png", "pixel_histograms.png"].map(|f| std::fs::read(out.join(f)).unwrap())
+        assert!(
+            stdout.contains("(theory)") && stdout.contains("corr(x_t, x_0)"),
+            "{stdout}"
+        );
+        [
+            "forward_noise_grid.png",
+            "schedules.png",
+            "pixel_histograms.png",
+        ]
+        .map(|f| std::fs::read(out.join(f)).unwrap())
     };
     let a = run_once(&dir.path().join("a"));
     let b = run_once(&dir.path().join("b"));
     assert_eq!(a, b, "same seed, same bytes");
     let img = image::load_from_memory(&a[0]).unwrap();
-    assert!(img.width() > 4 * 48, "grid holds the original and three timesteps");
+    assert!(
+        img.width() > 4 * 48,
+        "grid holds the original and three timesteps"
+    );
 }
 
 #[test]
@@ -99,16 +177,34 @@ fn forward_noise_bad_inputs() {
     let out = dir.path().join("out");
     let out = out.to_str().unwrap();
     let missing = dir.path().join("missing.png");
-    assert_clear_error(forward_noise().args(["--out", out, "--image", missing.to_str().unwrap()]), "not found");
+    assert_clear_error(
+        forward_noise().args(["--out", out, "--image", missing.to_str().unwrap()]),
+        "not found",
+    );
     let text = dir.path().join("text.jpg");
     std::fs::write(&text, "hello").unwrap();
-    assert_clear_error(forward_noise().args(["--out", out, "--image", text.to_str().unwrap()]), "is not an image");
-    assert_clear_error(forward_noise().args(["--out", out, "--timesteps", "0,1000"]), "timestep 1000 is outside [0, 1000)");
-    assert_clear_error(forward_noise().args(["--out", out, "--timesteps=10,abc"]), "invalid value 'abc' for '--timesteps");
-    assert_clear_error(forward_noise().args(["--out", out, "--beta-schedule", "cosine"]), "possible values");
+    assert_clear_error(
+        forward_noise().args(["--out", out, "--image", text.to_str().unwrap()]),
+        "is not an image",
+    );
+    assert_clear_error(
+        forward_noise().args(["--out", out, "--timesteps", "0,1000"]),
+        "timestep 1000 is outside [0, 1000)",
+    );
+    assert_clear_error(
+        forward_noise().args(["--out", out, "--timesteps=10,abc"]),
+        "invalid value 'abc' for '--timesteps",
+    );
+    assert_clear_error(
+        forward_noise().args(["--out", out, "--beta-schedule", "cosine"]),
+        "possible values",
+    );
     let file = dir.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    assert_clear_error(forward_noise().args(["--out", file.join("sub").to_str().unwrap()]), "cannot create output directory");
+    assert_clear_error(
+        forward_noise().args(["--out", file.join("sub").to_str().unwrap()]),
+        "cannot create output directory",
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -117,7 +213,10 @@ fn forward_noise_bad_inputs() {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
         // root can read anything; only check when the permission actually bites.
         if std::fs::read(&locked).is_err() {
-            assert_clear_error(forward_noise().args(["--out", out, "--image", locked.to_str().unwrap()]), "cannot read image");
+            assert_clear_error(
+                forward_noise().args(["--out", out, "--image", locked.to_str().unwrap()]),
+                "cannot read image",
+            );
         }
     }
 }
@@ -126,10 +225,21 @@ fn forward_noise_bad_inputs() {
 fn forward_noise_reads_a_user_image() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wide.png");
-    let img = image::RgbImage::from_fn(90, 40, |x, y| image::Rgb([(x * 2) as u8, (y * 5) as u8, 128]));
+    let img = image::RgbImage::from_fn(90, 40, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 5) as u8, 128])
+    });
     inkdrop::support::image_io::save_png(&img, &path).unwrap();
     let out = dir.path().join("o");
-    let (o, _, stderr) = run(forward_noise().args(["--image", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--beta-schedule", "linear", "--size", "32"]));
+    let (o, _, stderr) = run(forward_noise().args([
+        "--image",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--beta-schedule",
+        "linear",
+        "--size",
+        "32",
+    ]));
     assert!(o.status.success(), "{stderr}");
     assert!(out.join("forward_noise_grid.png").exists());
 }

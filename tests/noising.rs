@@ -2,14 +2,18 @@
 //! the candle path against the ndarray path.
 
 use candle_core::{Device, Tensor};
-use inkdrop::noising::{add_noise, add_noise_tensor, expected_stats, markov_chain, markov_step, measured_stats, randn};
+use inkdrop::noising::{
+    add_noise, add_noise_tensor, expected_stats, markov_chain, markov_step, measured_stats, randn,
+};
 use inkdrop::support::seeded_rng;
 use inkdrop::{BetaSchedule, NoiseSchedule, ScheduleConfig};
 use ndarray::{Array1, Array3};
 
 fn image() -> Array3<f32> {
     // A smooth test image in [-1, 1], (3, 16, 16).
-    Array3::from_shape_fn((3, 16, 16), |(c, y, x)| ((x as f32 * 0.4 + y as f32 * 0.3 + c as f32).sin() * 0.9))
+    Array3::from_shape_fn((3, 16, 16), |(c, y, x)| {
+        (x as f32 * 0.4 + y as f32 * 0.3 + c as f32).sin() * 0.9
+    })
 }
 
 #[test]
@@ -27,13 +31,23 @@ fn add_noise_at_t0_is_almost_the_image() {
 
 #[test]
 fn add_noise_at_last_t_is_almost_pure_noise() {
-    for c in [ScheduleConfig::default(), ScheduleConfig { rescale_betas_zero_snr: true, ..ScheduleConfig::default() }] {
+    for c in [
+        ScheduleConfig::default(),
+        ScheduleConfig {
+            rescale_betas_zero_snr: true,
+            ..ScheduleConfig::default()
+        },
+    ] {
         let s = NoiseSchedule::new(c).unwrap();
         let x0 = image();
         let eps = randn(x0.raw_dim(), &mut seeded_rng(2));
         let x_t = add_noise(&s, &x0, &eps, 999).unwrap();
         let corr_noise = inkdrop::support::stats::correlation(&x_t, &eps);
-        assert!(corr_noise > 0.995, "{}: x_999 should be mostly eps, corr {corr_noise}", c.label());
+        assert!(
+            corr_noise > 0.995,
+            "{}: x_999 should be mostly eps, corr {corr_noise}",
+            c.label()
+        );
         if c.rescale_betas_zero_snr {
             assert_eq!(x_t, eps, "zero terminal SNR: x_999 is exactly the noise");
         }
@@ -65,7 +79,11 @@ fn chain_matches_closed_form_statistically() {
             let (m_th, v_th) = (ab.sqrt() * f64::from(x0v), 1.0 - ab);
             let z_m = (m - m_th) / (v_th / n as f64).sqrt();
             let z_v = (sd * sd - v_th) / (v_th * (2.0 / (n as f64 - 1.0)).sqrt());
-            assert!(z_m.abs() < 5.0 && z_v.abs() < 5.0, "{schedule} t={t}: mean {m} vs {m_th} (z {z_m:.1}), var {} vs {v_th} (z {z_v:.1})", sd * sd);
+            assert!(
+                z_m.abs() < 5.0 && z_v.abs() < 5.0,
+                "{schedule} t={t}: mean {m} vs {m_th} (z {z_m:.1}), var {} vs {v_th} (z {z_v:.1})",
+                sd * sd
+            );
         }
     }
 }
@@ -73,15 +91,26 @@ fn chain_matches_closed_form_statistically() {
 #[test]
 fn measured_stats_follow_theory_on_a_large_image() {
     let s = NoiseSchedule::default();
-    let x0 = Array3::from_shape_fn((3, 128, 128), |(c, y, x)| ((x + 2 * y + c) % 7) as f32 / 3.5 - 0.9);
+    let x0 = Array3::from_shape_fn((3, 128, 128), |(c, y, x)| {
+        ((x + 2 * y + c) % 7) as f32 / 3.5 - 0.9
+    });
     let eps = randn(x0.raw_dim(), &mut seeded_rng(4));
     let (m0, s0) = inkdrop::support::stats::mean_std(&x0);
     for t in [0, 200, 600, 999] {
         let got = measured_stats(&add_noise(&s, &x0, &eps, t).unwrap(), &x0);
         let want = expected_stats(&s, t, m0, s0).unwrap();
-        assert!((got.mean - want.mean).abs() < 0.02, "t={t} mean {got:?} vs {want:?}");
-        assert!((got.std - want.std).abs() < 0.02, "t={t} std {got:?} vs {want:?}");
-        assert!((got.corr - want.corr).abs() < 0.02, "t={t} corr {got:?} vs {want:?}");
+        assert!(
+            (got.mean - want.mean).abs() < 0.02,
+            "t={t} mean {got:?} vs {want:?}"
+        );
+        assert!(
+            (got.std - want.std).abs() < 0.02,
+            "t={t} std {got:?} vs {want:?}"
+        );
+        assert!(
+            (got.corr - want.corr).abs() < 0.02,
+            "t={t} corr {got:?} vs {want:?}"
+        );
     }
 }
 
@@ -93,7 +122,9 @@ fn candle_add_noise_matches_ndarray_per_sample() {
     let eps = randn((2, 3, 4, 4), &mut rng);
     let ts = [7usize, 850];
     let dev = Device::Cpu;
-    let to_t = |a: &ndarray::Array4<f32>| Tensor::from_vec(a.iter().copied().collect::<Vec<_>>(), (2, 3, 4, 4), &dev).unwrap();
+    let to_t = |a: &ndarray::Array4<f32>| {
+        Tensor::from_vec(a.iter().copied().collect::<Vec<_>>(), (2, 3, 4, 4), &dev).unwrap()
+    };
     let got = add_noise_tensor(&s, &to_t(&x0), &to_t(&eps), &ts).unwrap();
     let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
     for (b, &t) in ts.iter().enumerate() {

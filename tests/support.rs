@@ -2,7 +2,9 @@
 
 use inkdrop::support::files::{prepare_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
-use inkdrop::support::image_io::{astronaut, center_square, from_chw, load_image, save_png, to_chw};
+use inkdrop::support::image_io::{
+    astronaut, center_square, from_chw, load_image, save_png, to_chw,
+};
 use inkdrop::support::table::Table;
 use inkdrop::Error;
 
@@ -18,7 +20,11 @@ fn image_round_trip_through_png_and_model_space() {
     let x = to_chw(&img); // (3, 64, 64) in [-1, 1]
     assert_eq!(x.dim(), (3, 64, 64));
     assert!(x.iter().all(|v| (-1.0..=1.0).contains(v)));
-    assert_eq!(from_chw(&x).unwrap(), img, "bytes -> [-1, 1] -> bytes is exact");
+    assert_eq!(
+        from_chw(&x).unwrap(),
+        img,
+        "bytes -> [-1, 1] -> bytes is exact"
+    );
 }
 
 #[test]
@@ -27,7 +33,10 @@ fn missing_file_not_an_image_and_bad_out_dir_are_clear_errors() {
     let missing = dir.path().join("nope.png");
     let err = load_image(&missing).unwrap_err();
     assert!(matches!(err, Error::ImageNotFound { .. }));
-    assert!(err.to_string().contains("nope.png") && err.to_string().contains("check the path"), "{err}");
+    assert!(
+        err.to_string().contains("nope.png") && err.to_string().contains("check the path"),
+        "{err}"
+    );
 
     let text = dir.path().join("notes.png");
     std::fs::write(&text, "this is not a picture").unwrap();
@@ -40,14 +49,20 @@ fn missing_file_not_an_image_and_bad_out_dir_are_clear_errors() {
     save_png(&center_square(&astronaut().unwrap(), 16), &truncated).unwrap();
     png.extend_from_slice(&std::fs::read(&truncated).unwrap()[..40]);
     std::fs::write(&truncated, png).unwrap();
-    assert!(matches!(load_image(&truncated).unwrap_err(), Error::NotAnImage { .. }));
+    assert!(matches!(
+        load_image(&truncated).unwrap_err(),
+        Error::NotAnImage { .. }
+    ));
 
     let file = dir.path().join("a_file");
     std::fs::write(&file, "x").unwrap();
     let err = prepare_out_dir(&file.join("sub")).unwrap_err();
     assert!(err.to_string().contains("--out"), "{err}");
     let err = prepare_out_dir(&file).unwrap_err();
-    assert!(err.to_string().contains("a file with that name exists"), "{err}");
+    assert!(
+        err.to_string().contains("a file with that name exists"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,13 +72,19 @@ fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
     write_atomic(&path, b"first").unwrap();
     write_atomic(&path, b"second").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"second");
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "temporary files left behind: {names:?}");
 }
 
 #[test]
 fn grid_draws_its_labels_and_is_reproducible() {
-    let tile = |v: u8| Tile { image: image::RgbImage::from_pixel(32, 32, image::Rgb([v, 0, 0])), caption: vec!["t = 1".into()] };
+    let tile = |v: u8| Tile {
+        image: image::RgbImage::from_pixel(32, 32, image::Rgb([v, 0, 0])),
+        caption: vec!["t = 1".into()],
+    };
     let grid = labelled_grid(&[tile(10), tile(200)], 2, Some("Title")).unwrap();
     // The caption band under the first tile must contain dark text pixels (font loaded).
     let (top, th) = (32u32, 32u32);
@@ -80,6 +101,12 @@ fn grid_draws_its_labels_and_is_reproducible() {
 fn tables_render_as_text_and_markdown() {
     let mut t = Table::new(["t", "alpha_bar"]);
     t.row(["0", "0.9991"]).row(["999", "0.0047"]);
-    assert_eq!(t.to_text(), "  t  alpha_bar\n--------------\n  0     0.9991\n999     0.0047");
-    assert_eq!(t.to_markdown(), "|   t | alpha_bar |\n| --: | --------: |\n|   0 |    0.9991 |\n| 999 |    0.0047 |\n");
+    assert_eq!(
+        t.to_text(),
+        "  t  alpha_bar\n--------------\n  0     0.9991\n999     0.0047"
+    );
+    assert_eq!(
+        t.to_markdown(),
+        "|   t | alpha_bar |\n| --: | --------: |\n|   0 |    0.9991 |\n| 999 |    0.0047 |\n"
+    );
 }

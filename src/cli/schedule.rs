@@ -38,7 +38,8 @@ pub fn run(args: &ScheduleArgs) -> anyhow::Result<()> {
         beta_end: args.beta_end.unwrap_or(usual_end),
         rescale_betas_zero_snr: args.rescale_zero_snr,
     };
-    let schedule = NoiseSchedule::new(config).context("check --beta-start, --beta-end and --num-train-timesteps")?;
+    let schedule = NoiseSchedule::new(config)
+        .context("check --beta-start, --beta-end and --num-train-timesteps")?;
     if args.json {
         println!("{}", to_json(&schedule));
     } else {
@@ -66,12 +67,23 @@ fn to_json(s: &NoiseSchedule) -> serde_json::Value {
 fn to_text(s: &NoiseSchedule) -> String {
     let c = &s.config;
     let n = s.num_train_timesteps();
-    let mut ts: Vec<usize> = [0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-        .iter()
-        .map(|f| ((f * n as f64).round() as usize).min(n - 1))
-        .collect();
+    let mut ts: Vec<usize> = [
+        0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+    ]
+    .iter()
+    .map(|f| ((f * n as f64).round() as usize).min(n - 1))
+    .collect();
     ts.dedup();
-    let mut table = Table::new(["t", "beta_t", "alpha_bar_t", "sqrt(ab)", "sqrt(1-ab)", "SNR", "SNR (dB)", "sigma"]);
+    let mut table = Table::new([
+        "t",
+        "beta_t",
+        "alpha_bar_t",
+        "sqrt(ab)",
+        "sqrt(1-ab)",
+        "SNR",
+        "SNR (dB)",
+        "sigma",
+    ]);
     for t in ts {
         table.row([
             t.to_string(),

@@ -21,7 +21,11 @@ pub fn noising_tiles(
 ) -> Result<Vec<Tile>> {
     let mut tiles = vec![Tile {
         image: from_chw(x0)?,
-        caption: vec!["x_0 (clean)".into(), "alpha_bar = 1".into(), "SNR = +inf dB".into()],
+        caption: vec![
+            "x_0 (clean)".into(),
+            "alpha_bar = 1".into(),
+            "SNR = +inf dB".into(),
+        ],
     }];
     for &t in timesteps {
         let x_t = add_noise(schedule, x0, noise, t)?; // (3, H, W)
@@ -67,8 +71,16 @@ pub fn schedule_panels(configs: &[ScheduleConfig]) -> Result<Vec<Panel>> {
         let s = NoiseSchedule::new(config)?;
         let label = config.label();
         let ts = 0..s.num_train_timesteps();
-        alpha_bar.series.push(Series::new(&label, ts.clone().map(|t| (t as f64, s.alpha_bar(t))).collect(), i));
-        log_snr.series.push(Series::new(&label, ts.map(|t| (t as f64, s.log_snr(t))).collect(), i));
+        alpha_bar.series.push(Series::new(
+            &label,
+            ts.clone().map(|t| (t as f64, s.alpha_bar(t))).collect(),
+            i,
+        ));
+        log_snr.series.push(Series::new(
+            &label,
+            ts.map(|t| (t as f64, s.log_snr(t))).collect(),
+            i,
+        ));
     }
     Ok(vec![alpha_bar, log_snr])
 }
@@ -89,12 +101,20 @@ pub fn histogram_panel(
         x_range: Some((lo, hi)),
         ..Panel::default()
     };
-    panel.series.push(Series::new("x_0", density(x0.iter(), lo, hi, bins), 0));
+    panel
+        .series
+        .push(Series::new("x_0", density(x0.iter(), lo, hi, bins), 0));
     for (i, &t) in timesteps.iter().enumerate() {
         let x_t = add_noise(schedule, x0, noise, t)?;
-        panel.series.push(Series::new(format!("t = {t}"), density(x_t.iter(), lo, hi, bins), i + 1));
+        panel.series.push(Series::new(
+            format!("t = {t}"),
+            density(x_t.iter(), lo, hi, bins),
+            i + 1,
+        ));
     }
-    let normal = (0..=200).map(|i| lo + (hi - lo) * i as f64 / 200.0).map(|x| (x, normal_pdf(x)));
+    let normal = (0..=200)
+        .map(|i| lo + (hi - lo) * i as f64 / 200.0)
+        .map(|x| (x, normal_pdf(x)));
     let mut n01 = Series::new("N(0, 1)", normal.collect(), 0).dashed();
     n01.color = plotters::style::RGBColor(0, 0, 0);
     panel.series.push(n01);

@@ -44,4 +44,3 @@ pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> std::process::Exit
         }
     }
 }
-

@@ -6,7 +6,11 @@ use ndarray::{Array, Dimension};
 pub fn mean_std<D: Dimension>(x: &Array<f32, D>) -> (f64, f64) {
     let n = x.len().max(1) as f64;
     let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
     (mean, var.sqrt())
 }
 
@@ -26,7 +30,12 @@ pub fn correlation<D: Dimension>(a: &Array<f32, D>, b: &Array<f32, D>) -> f64 {
 
 /// Histogram as a density: `bins` equal bins over `[lo, hi]`, returned as (bin centre, density)
 /// so that the curve integrates to the fraction of values inside the range.
-pub fn density<'a>(values: impl IntoIterator<Item = &'a f32>, lo: f64, hi: f64, bins: usize) -> Vec<(f64, f64)> {
+pub fn density<'a>(
+    values: impl IntoIterator<Item = &'a f32>,
+    lo: f64,
+    hi: f64,
+    bins: usize,
+) -> Vec<(f64, f64)> {
     let width = (hi - lo) / bins as f64;
     let mut counts = vec![0usize; bins];
     let mut n = 0usize;
@@ -40,7 +49,12 @@ pub fn density<'a>(values: impl IntoIterator<Item = &'a f32>, lo: f64, hi: f64, 
     counts
         .iter()
         .enumerate()
-        .map(|(i, &c)| (lo + (i as f64 + 0.5) * width, c as f64 / (n.max(1) as f64 * width)))
+        .map(|(i, &c)| {
+            (
+                lo + (i as f64 + 0.5) * width,
+                c as f64 / (n.max(1) as f64 * width),
+            )
+        })
         .collect()
 }
 

@@ -60,7 +60,9 @@ impl Table {
         let widths = self.widths();
         let mut out = Self::line(&self.headers, &widths, "  ");
         out.push('\n');
-        out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1)));
+        out.push_str(
+            &"-".repeat(widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1)),
+        );
         for r in &self.rows {
             out.push('\n');
             out.push_str(&Self::line(r, &widths, "  "));
@@ -72,8 +74,17 @@ impl Table {
     pub fn to_markdown(&self) -> String {
         let widths = self.widths();
         let mut out = format!("| {} |\n", Self::line(&self.headers, &widths, " | "));
-        let rule: Vec<String> = widths.iter().map(|w| format!("{}:", "-".repeat(w.saturating_sub(1).max(1)))).collect();
-        out.push_str(&format!("|{}|\n", rule.iter().map(|r| format!(" {r} ")).collect::<Vec<_>>().join("|")));
+        let rule: Vec<String> = widths
+            .iter()
+            .map(|w| format!("{}:", "-".repeat(w.saturating_sub(1).max(1))))
+            .collect();
+        out.push_str(&format!(
+            "|{}|\n",
+            rule.iter()
+                .map(|r| format!(" {r} "))
+                .collect::<Vec<_>>()
+                .join("|")
+        ));
         for r in &self.rows {
             out.push_str(&format!("| {} |\n", Self::line(r, &widths, " | ")));
         }
