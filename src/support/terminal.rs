@@ -18,7 +18,18 @@ pub fn preview(img: &RgbImage, max_cols: u32) -> bool {
     let config = viuer::Config {
         absolute_offset: false,
         width: Some(cols),
+        use_kitty: looks_like_kitty(),
         ..viuer::Config::default()
     };
     viuer::print(&DynamicImage::ImageRgb8(img.clone()), &config).is_ok()
+}
+
+/// Terminals that speak the kitty graphics protocol announce themselves in the environment. Asking
+/// every other terminal (viuer's probe) can leave the terminal's reply echoed on screen, so we
+/// only probe where the answer is likely yes. Sixel support is probed with one query.
+fn looks_like_kitty() -> bool {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    std::env::var_os("KITTY_WINDOW_ID").is_some()
+        || var("TERM").contains("kitty")
+        || matches!(var("TERM_PROGRAM").as_str(), "WezTerm" | "ghostty")
 }
