@@ -39,6 +39,12 @@ pub enum Error {
     #[error("cannot draw figure '{name}': {reason}")]
     Plot { name: String, reason: String },
 
+    #[error("weights file '{}': {reason}", path.display())]
+    Weights { path: PathBuf, reason: String },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -4,12 +4,20 @@
 //! Modules so far (see `ARCHITECTURE.md` for the whole map):
 //! - [`schedule`]: beta schedules, alpha_bar, SNR, sigmas (diffusers' `DDPMScheduler` tables).
 //! - [`noising`]: the forward process, closed form and one Markov step at a time.
+//! - [`shapes`]: Shapes World, the procedural captioned data set.
+//! - [`text`]: the CLIP-style tokenizer.
 //! - [`support`]: images, grids, plots, terminal previews, seeding and output folders.
 
+pub mod clip;
 pub mod error;
+pub mod nn;
 pub mod noising;
 pub mod schedule;
+pub mod shapes;
 pub mod support;
+pub mod text;
+pub mod train;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig};

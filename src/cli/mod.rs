@@ -1,6 +1,10 @@
 //! The commands of the `inkdrop` binary, one file each.
 
+mod dataset;
 mod schedule;
+mod similarity;
+mod tokenize;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +22,22 @@ pub struct Cli {
 pub enum Command {
     /// Print a noise schedule: betas, alpha_bar, SNR and sigmas per timestep (diffusers' tables).
     Schedule(schedule::ScheduleArgs),
+    /// Write Shapes World images and their captions (captions.jsonl with the ground truth).
+    Dataset(dataset::DatasetArgs),
+    /// Show how a text becomes token ids (specials and padding visible).
+    Tokenize(tokenize::TokenizeArgs),
+    /// Score texts against an image with the trained CLIP (cosine and softmax probability).
+    Similarity(similarity::SimilarityArgs),
+    /// Train the tokenizer or a model from scratch.
+    Train(train::TrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Schedule(args) => schedule::run(&args),
+        Command::Dataset(args) => dataset::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Similarity(args) => similarity::run(&args),
     }
 }

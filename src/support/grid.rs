@@ -84,7 +84,7 @@ fn cell_origin(i: usize, cols: usize, tw: u32, cell_h: u32, top: u32) -> (u32, u
 }
 
 /// Draws centred text lines onto an RGB image in place.
-fn draw_texts(
+pub(crate) fn draw_texts(
     canvas: &mut RgbImage,
     texts: &[(String, (i32, i32), f64)],
     name: &str,

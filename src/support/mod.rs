@@ -5,6 +5,7 @@ pub mod figures;
 pub mod files;
 pub mod fonts;
 pub mod grid;
+pub mod heatmap;
 pub mod image_io;
 pub mod notebook;
 pub mod plot;
@@ -36,11 +37,26 @@ pub fn run_main(body: impl FnOnce() -> anyhow::Result<()>) -> std::process::Exit
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    tune_allocator();
     match body() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps freed memory in the process instead of returning every large buffer to the kernel.
+/// Training allocates and frees the same tensor-sized buffers every step; with glibc's defaults
+/// each one is a fresh `mmap`, paid for in page faults and zeroing. Measured on the CLIP training
+/// step: backward 1.15 s -> 0.60 s. (glibc only; elsewhere a no-op.)
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any heavy allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }

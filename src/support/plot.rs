@@ -169,3 +169,73 @@ fn draw_panel(panel: &Panel, area: &Area) -> std::result::Result<(), Box<dyn std
     }
     Ok(())
 }
+
+/// One labelled point of a scatter plot.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub label: String,
+    pub color: RGBColor,
+    /// 0 circle, 1 square, 2 triangle, 3 cross (e.g. the Shapes World shape).
+    pub marker: usize,
+}
+
+/// A scatter plot of labelled points, written as PNG.
+pub fn save_scatter(path: &Path, title: &str, axes: (&str, &str), points: &[Point], size: (u32, u32)) -> Result<()> {
+    fonts::register();
+    let name = path.display().to_string();
+    let err = |e: String| Error::Plot { name: name.clone(), reason: e };
+    let (w, h) = size;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let panel = Panel {
+            series: vec![Series::new("", points.iter().map(|p| (p.x, p.y)).collect(), 0)],
+            ..Panel::default()
+        };
+        let (x0, x1) = fit_range(&panel, |p| p.0);
+        let (y0, y1) = fit_range(&panel, |p| p.1);
+        let pad = |lo: f64, hi: f64| (lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo));
+        let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+        let draw = || -> std::result::Result<(), Box<dyn std::error::Error + '_>> {
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(title, (fonts::FAMILY, 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(x0..x1, y0..y1)?;
+            chart
+                .configure_mesh()
+                .x_desc(axes.0)
+                .y_desc(axes.1)
+                .x_label_formatter(&|v| fmt_tick(*v))
+                .y_label_formatter(&|v| fmt_tick(*v))
+                .label_style((fonts::FAMILY, 13))
+                .axis_desc_style((fonts::FAMILY, 14))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()?;
+            let outline = RGBColor(60, 60, 60);
+            for p in points {
+                let fill = p.color.filled();
+                let c = (p.x, p.y);
+                match p.marker {
+                    0 => chart.draw_series([Circle::new(c, 7, fill), Circle::new(c, 7, outline.stroke_width(1))])?,
+                    1 => chart.draw_series([
+                        EmptyElement::at(c) + Rectangle::new([(-6, -6), (6, 6)], fill),
+                        EmptyElement::at(c) + Rectangle::new([(-6, -6), (6, 6)], outline.stroke_width(1)),
+                    ])?,
+                    2 => chart.draw_series([TriangleMarker::new(c, 9, fill), TriangleMarker::new(c, 9, outline.stroke_width(1))])?,
+                    _ => chart.draw_series([Cross::new(c, 7, p.color.stroke_width(3)), Cross::new(c, 7, p.color.stroke_width(3))])?,
+                };
+                chart.draw_series([EmptyElement::at(c) + Text::new(p.label.clone(), (10, -7), (fonts::FAMILY, 12).into_font())])?;
+            }
+            root.present()?;
+            Ok(())
+        };
+        draw().map_err(|e| err(e.to_string()))?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| err("buffer size mismatch".into()))?;
+    save_png(&img, path)
+}

@@ -1,0 +1,142 @@
+//! `inkdrop train ...`: train the tokenizer and the models from scratch, with progress bars,
+//! checkpoints and `--resume`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::builder::TypedValueParser;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use inkdrop::clip::bundle::{default_clip_path, default_tokenizer_path};
+use inkdrop::clip::ClipConfig;
+use inkdrop::shapes::{sample_at, WorldConfig};
+use inkdrop::support::files::default_out_dir;
+use inkdrop::text::{ClipTokenizer, CONTEXT_LENGTH};
+use inkdrop::train::clip::{train_clip, ClipTrainConfig};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    pub what: TrainWhat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainWhat {
+    /// Train the BPE tokenizer on Shapes World captions (seconds).
+    Tokenizer(TokenizerArgs),
+    /// Train the tiny CLIP contrastively (minutes); writes data/clip.safetensors.
+    Clip(ClipArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenizerArgs {
+    /// Where to write tokenizer.json [default: data/tokenizer.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Number of captions to learn merges from.
+    #[arg(long, default_value_t = 50_000)]
+    pub captions: u64,
+    /// Seed of the caption corpus.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ClipArgs {
+    /// Optimizer steps.
+    #[arg(long, default_value_t = ClipTrainConfig::default().steps)]
+    pub steps: usize,
+    /// Pairs per batch (each image is scored against every caption in its batch).
+    #[arg(long, default_value_t = ClipTrainConfig::default().batch_size, value_parser = clap::value_parser!(u16).range(2..=4096).map(usize::from))]
+    pub batch_size: usize,
+    /// Peak learning rate (after warmup; cosine decay to 0).
+    #[arg(long, default_value_t = ClipTrainConfig::default().lr)]
+    pub lr: f64,
+    /// Seed of the initial weights and of the data stream.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the trained model [default: data/clip.safetensors].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Tokenizer to train with [default: data/tokenizer.json].
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Checkpoint file [default: target/inkdrop/checkpoints/clip.safetensors].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint if there is one (same settings required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Use the very small test-size model (for trying the command in seconds).
+    #[arg(long)]
+    pub tiny: bool,
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
+    match &args.what {
+        TrainWhat::Tokenizer(a) => run_tokenizer(a),
+        TrainWhat::Clip(a) => run_clip(a),
+    }
+}
+
+fn run_tokenizer(args: &TokenizerArgs) -> anyhow::Result<()> {
+    let out = args.out.clone().unwrap_or_else(default_tokenizer_path);
+    let world = WorldConfig::default();
+    let captions: Vec<String> = (0..args.captions).map(|i| sample_at(&world, args.seed, i).caption).collect();
+    let tok = ClipTokenizer::train(captions.iter().map(String::as_str), CONTEXT_LENGTH)?;
+    tok.save(&out)?;
+    println!("trained on {} captions: vocabulary of {} tokens; wrote {}", captions.len(), tok.vocab_size(), out.display());
+    Ok(())
+}
+
+fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
+    let tok_path = args.tokenizer.clone().unwrap_or_else(default_tokenizer_path);
+    let tok = ClipTokenizer::from_file(&tok_path, CONTEXT_LENGTH).context("run `inkdrop train tokenizer` first")?;
+    let model_config = if args.tiny {
+        ClipConfig::test(tok.vocab_size(), CONTEXT_LENGTH)
+    } else {
+        ClipConfig::tiny(tok.vocab_size(), CONTEXT_LENGTH)
+    };
+    let cfg = ClipTrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        warmup: (args.steps / 15).clamp(1, 200),
+        ..ClipTrainConfig::default()
+    };
+    let out = args.out.clone().unwrap_or_else(default_clip_path);
+    let ckpt = args.checkpoint.clone().unwrap_or_else(|| default_out_dir("checkpoints").join("clip.safetensors"));
+    let bar = ProgressBar::new(cfg.steps as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})").context("progress template")?,
+    );
+    let report = train_clip(&tok, &model_config, &cfg, &out, &ckpt, args.resume, &mut |s| {
+        bar.set_position(s.step as u64);
+        bar.set_message(format!("loss {:.3}  batch acc {:>3.0}%  lr {:.1e}", s.loss, 100.0 * s.accuracy, s.lr));
+        true
+    })?
+    .context("training stopped early")?;
+    bar.finish();
+    if report.resumed_from > 0 {
+        println!("resumed from step {}", report.resumed_from);
+    }
+    let z = &report.zero_shot;
+    println!(
+        "trained {} steps in {:.1} s; final loss {:.3}, logit scale {:.1}\n\
+         zero-shot \"a {{colour}} {{shape}}\" (28 captions): seen pairs {:.1}% ({} images), held-out pairs {:.1}% ({} images)\n\
+         colour right {:.1}%, shape right {:.1}%\nwrote {} (checkpoint {})",
+        report.steps,
+        report.seconds,
+        report.final_loss,
+        report.logit_scale,
+        100.0 * z.seen_top1,
+        z.seen_images,
+        100.0 * z.held_out_top1,
+        z.held_out_images,
+        100.0 * z.color_acc,
+        100.0 * z.shape_acc,
+        out.display(),
+        ckpt.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The few layers inkdrop owns instead of taking from candle-nn, because candle's versions cut
+//! gradients silently (see `../shared/CANDLE_NOTES.md`): LayerNorm, attention that uses the
+//! differentiable softmax, and the pre-LayerNorm transformer block CLIP is built from.
+//!
+//! Parameter names follow Hugging Face's CLIP checkpoints (`self_attn.q_proj`, `layer_norm1`,
+//! `mlp.fc1`, ...) so the same code could load real weights.
+
+pub mod ops;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+pub use ops::{bias_add, layer_norm, quick_gelu, softmax_last_dim};
+
+/// A fully connected layer, `y = x W^T + b`, with candle-nn's initialisation and names
+/// (`weight` (out, in), `bias` (out)) but a fused bias add (see [`ops`]).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Linear {
+    /// (..., in) -> (..., out)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (rows, din) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+        let y = x.reshape((rows, din))?.matmul(&self.weight.t()?)?; // (rows, out)
+        let y = match &self.bias {
+            Some(b) => bias_add(&y, b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// A [`Linear`] layer with bias (`prefix.weight`, `prefix.bias`).
+pub fn linear(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear(din, dout, vb)?;
+    Ok(Linear { weight: l.weight().clone(), bias: l.bias().cloned() })
+}
+
+/// A [`Linear`] layer without bias.
+pub fn linear_no_bias(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear_no_bias(din, dout, vb)?;
+    Ok(Linear { weight: l.weight().clone(), bias: None })
+}
+
+/// LayerNorm over the last axis, written with differentiable ops:
+/// `y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
+            eps: 1e-5,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// The same LayerNorm written with candle's differentiable ops (the reference the fused
+/// [`layer_norm`] is tested against).
+pub fn layer_norm_reference(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
+    let centered = x.broadcast_sub(&mean)?; // (..., W)
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Multi-head self-attention, `softmax(Q K^T / sqrt(d_head) + mask) V`, with CLIP's names.
+#[derive(Clone, Debug)]
+pub struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl SelfAttention {
+    pub fn new(width: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        if width % heads != 0 {
+            candle_core::bail!("width {width} is not divisible by {heads} heads");
+        }
+        Ok(SelfAttention {
+            q_proj: linear(width, width, vb.pp("q_proj"))?,
+            k_proj: linear(width, width, vb.pp("k_proj"))?,
+            v_proj: linear(width, width, vb.pp("v_proj"))?,
+            out_proj: linear(width, width, vb.pp("out_proj"))?,
+            heads,
+        })
+    }
+
+    /// `x`: (B, T, W); `mask`: (T, T) added to the scores (-inf where attention is not allowed).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, w) = x.dims3()?;
+        let d = w / self.heads;
+        let split = |y: Tensor| -> Result<Tensor> {
+            y.reshape((b, t, self.heads, d))?.transpose(1, 2)?.contiguous() // (B, H, T, d)
+        };
+        let q = split((self.q_proj.forward(x)? * (d as f64).powf(-0.5))?)?;
+        let k = split(self.k_proj.forward(x)?)?;
+        let v = split(self.v_proj.forward(x)?)?;
+        let mut scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, T, T)
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        let probs = softmax_last_dim(&scores)?; // (B, H, T, T), fused, with a backward
+        let out = probs.matmul(&v)?; // (B, H, T, d)
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, w))?; // (B, T, W)
+        self.out_proj.forward(&out)
+    }
+}
+
+/// The causal mask: position i may attend to positions 0..=i only. (T, T), 0 or -inf.
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+    Tensor::from_vec(v, (t, t), device)?.to_dtype(DType::F32)
+}
+
+/// One pre-LayerNorm transformer block, as in CLIP:
+/// `x = x + attn(ln1(x)); x = x + fc2(quick_gelu(fc1(ln2(x))))`.
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    self_attn: SelfAttention,
+    layer_norm1: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    pub fn new(width: usize, heads: usize, mlp_ratio: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(EncoderLayer {
+            self_attn: SelfAttention::new(width, heads, vb.pp("self_attn"))?,
+            layer_norm1: LayerNorm::new(width, vb.pp("layer_norm1"))?,
+            fc1: linear(width, width * mlp_ratio, vb.pp("mlp.fc1"))?,
+            fc2: linear(width * mlp_ratio, width, vb.pp("mlp.fc2"))?,
+            layer_norm2: LayerNorm::new(width, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    /// (B, T, W) -> (B, T, W).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
+        let m = self.fc2.forward(&quick_gelu(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        h + m
+    }
+}
+
+/// A stack of [`EncoderLayer`]s (`encoder.layers.N`).
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(width: usize, heads: usize, layers: usize, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..layers)
+            .map(|i| EncoderLayer::new(width, heads, 4, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(Encoder { layers })
+    }
+
+    /// (B, T, W) -> (B, T, W).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.layers.iter().try_fold(x.clone(), |h, layer| layer.forward(&h, mask))
+    }
+}

@@ -1,0 +1,292 @@
+//! Fused CPU ops with hand-written backward passes, for the two places where composing candle
+//! ops is slow on CPU: softmax (exp, max, sum, div: each a pass and each with its own backward)
+//! and the bias add of linear layers (whose gradient is a column sum candle computes with a slow
+//! strided reduction). Both are checked against candle's composed ops and finite differences in
+//! `tests/nn.rs`.
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
+        None => bail!("{op}: expects a contiguous f32 tensor"),
+    }
+}
+
+/// Softmax over the last axis: `p_j = exp(x_j - max x) / sum_k exp(x_k - max x)`.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "inkdrop-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let n = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (oi, &xi) in o.iter_mut().zip(row) {
+                *oi = (xi - max).exp();
+                sum += *oi;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxBackward)?))
+    }
+}
+
+/// The softmax Jacobian-vector product: `dx_j = p_j (g_j - sum_k g_k p_k)`.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "inkdrop-softmax-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let n = l1.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; p.len()];
+        for ((pr, gr), o) in p.chunks_exact(n).zip(g.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
+            let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            for ((oi, &pi), &gi) in o.iter_mut().zip(pr).zip(gr) {
+                *oi = pi * (gi - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last axis, fused, with a fused backward (f32).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+/// `y = x + b`, b broadcast along the last axis.
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "inkdrop-bias-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let b = contiguous_f32(s2, l2, self.name())?;
+        if l1.dims().last() != Some(&b.len()) {
+            bail!("bias of {} for a last axis of {:?}", b.len(), l1.dims());
+        }
+        let mut out = x.to_vec();
+        for row in out.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(o, bi)| *o += bi);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_b = grad.contiguous()?.apply_op1_no_bwd(&SumRows)?;
+        Ok((Some(grad.clone()), Some(grad_b)))
+    }
+}
+
+/// Column sums of a (..., W) tensor: (W,). The bias gradient.
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "inkdrop-sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let w = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; w];
+        for row in x.chunks_exact(w) {
+            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(w)))
+    }
+}
+
+/// `x + b` with `b` (W,) broadcast over the last axis of `x` (..., W), fused, with a fast bias
+/// gradient (f32).
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+}
+
+/// LayerNorm over the last axis: `y = (x - mean) / sqrt(var + eps) * w + b`, fused, with a fused
+/// backward: with `xhat = (x - mean) * rstd` and `h = g * w` per row,
+/// `dx = rstd * (h - mean(h) - xhat * mean(h * xhat))`, `dw = sum_rows(g * xhat)`, `db = sum_rows(g)`.
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and 1 / std of one row.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl candle_core::CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "inkdrop-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        let n = w.len();
+        if l1.dims().last() != Some(&n) || b.len() != n {
+            bail!("layer norm of width {n} for a last axis of {:?}", l1.dims());
+        }
+        let mut out = vec![0f32; x.len()];
+        for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let (mean, rstd) = row_stats(row, self.eps);
+            for i in 0..n {
+                o[i] = (row[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let x = x.contiguous()?;
+        let dx = x.apply_op3_no_bwd(&w.contiguous()?, &grad, &LayerNormBackward { eps: self.eps })?;
+        // dw = sum_rows(g * xhat): recompute xhat with unit weight and zero bias.
+        let n = w.dim(0)?;
+        let ones = Tensor::ones(n, candle_core::DType::F32, x.device())?;
+        let zeros = Tensor::zeros(n, candle_core::DType::F32, x.device())?;
+        let xhat = x.apply_op3_no_bwd(&ones, &zeros, self)?;
+        let dw = (grad.clone() * xhat)?.apply_op1_no_bwd(&SumRows)?;
+        let db = grad.apply_op1_no_bwd(&SumRows)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The input gradient of [`LayerNormOp`].
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "inkdrop-layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let n = w.len();
+        let mut out = vec![0f32; x.len()];
+        let mut h = vec![0f32; n];
+        for ((row, gr), o) in x.chunks_exact(n).zip(g.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
+            let (mean, rstd) = row_stats(row, self.eps);
+            let (mut mean_h, mut mean_hx) = (0f32, 0f32);
+            for i in 0..n {
+                h[i] = gr[i] * w[i];
+                mean_h += h[i];
+                mean_hx += h[i] * (row[i] - mean) * rstd;
+            }
+            mean_h /= n as f32;
+            mean_hx /= n as f32;
+            for i in 0..n {
+                let xhat = (row[i] - mean) * rstd;
+                o[i] = rstd * (h[i] - mean_h - xhat * mean_hx);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last axis of `x` (..., W) with weight and bias (W,), fused (f32).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: eps as f32 })
+}
+
+/// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused, with its derivative
+/// `s + 1.702 x s (1 - s)` in the backward.
+struct QuickGelu;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "inkdrop-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let out = x.iter().map(|&v| v * sigmoid(1.702 * v)).collect();
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &QuickGeluBackward)?))
+    }
+}
+
+struct QuickGeluBackward;
+
+impl CustomOp2 for QuickGeluBackward {
+    fn name(&self) -> &'static str {
+        "inkdrop-quick-gelu-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let out = x
+            .iter()
+            .zip(g)
+            .map(|(&v, &gi)| {
+                let s = sigmoid(1.702 * v);
+                gi * (s + 1.702 * v * s * (1.0 - s))
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// CLIP's activation, `x * sigmoid(1.702 x)`, fused (f32).
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(QuickGelu)
+}

@@ -1,0 +1,6 @@
+//! Training loops and what they share: the optimizer and schedule ([`optim`]), checkpoints that
+//! resume exactly ([`checkpoint`]), and one loop per model.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod optim;

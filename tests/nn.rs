@@ -1,0 +1,97 @@
+//! The fused ops against candle's composed ops (values and gradients) and against finite
+//! differences, on odd shapes.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use inkdrop::nn::{bias_add, layer_norm, layer_norm_reference, quick_gelu, quick_gelu_reference, softmax_last_dim};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = inkdrop::support::seeded_rng(seed);
+    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// A fixed random weighting so the loss depends on every output differently.
+fn weighted_sum(y: &Tensor, w: &Tensor) -> Tensor {
+    (y * w).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn softmax_matches_candle_values_and_gradients() {
+    for shape in [vec![1, 7], vec![3, 5, 65], vec![2, 1, 16, 16]] {
+        let x = Var::from_tensor(&(rand(&shape, 1) * 3.0).unwrap()).unwrap();
+        let w = rand(&shape, 2);
+        let ours = softmax_last_dim(&x).unwrap();
+        let theirs = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-6);
+        let g1 = weighted_sum(&ours, &w).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &w).backward().unwrap();
+        assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5, "{shape:?}");
+    }
+}
+
+#[test]
+fn layer_norm_matches_reference_values_and_all_three_gradients() {
+    for shape in [vec![1, 3], vec![4, 9, 33], vec![2, 128]] {
+        let n = *shape.last().unwrap();
+        let x = Var::from_tensor(&rand(&shape, 3)).unwrap();
+        let g = Var::from_tensor(&(rand(&[n], 4) + 1.0).unwrap()).unwrap();
+        let b = Var::from_tensor(&rand(&[n], 5)).unwrap();
+        let w = rand(&shape, 6);
+        let ours = layer_norm(&x, &g, &b, 1e-5).unwrap();
+        let theirs = layer_norm_reference(&x, &g, &b, 1e-5).unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+        let g1 = weighted_sum(&ours, &w).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &w).backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &g), ("bias", &b)] {
+            let d = max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(d < 1e-4, "{shape:?} d{name}: {d}");
+        }
+    }
+}
+
+#[test]
+fn quick_gelu_and_bias_add_match_reference_gradients() {
+    let x = Var::from_tensor(&(rand(&[5, 7, 12], 7) * 2.0).unwrap()).unwrap();
+    let b = Var::from_tensor(&rand(&[12], 8)).unwrap();
+    let w = rand(&[5, 7, 12], 9);
+    let ours = quick_gelu(&bias_add(&x, &b).unwrap()).unwrap();
+    let theirs = quick_gelu_reference(&x.broadcast_add(&b).unwrap()).unwrap();
+    assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+    let g1 = weighted_sum(&ours, &w).backward().unwrap();
+    let g2 = weighted_sum(&theirs, &w).backward().unwrap();
+    assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
+    assert!(max_abs_diff(g1.get(&b).unwrap(), g2.get(&b).unwrap()) < 1e-4);
+}
+
+/// Central finite differences of a scalar function, checked against autograd, element by element.
+fn finite_difference_check(f: &dyn Fn(&Tensor) -> Tensor, shape: &[usize], seed: u64) {
+    let x0: Vec<f32> = rand(shape, seed).flatten_all().unwrap().to_vec1().unwrap();
+    let to_f64 = |v: &[f32]| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let x = Var::from_tensor(&Tensor::from_vec(x0.clone(), shape, &Device::Cpu).unwrap()).unwrap();
+    let grad = f(&x).backward().unwrap().get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let h = 1e-2f32;
+    for i in 0..x0.len() {
+        let eval = |delta: f32| {
+            let mut v = x0.clone();
+            v[i] += delta;
+            let t = to_f64(&v).to_dtype(DType::F32).unwrap();
+            f64::from(f(&t).to_scalar::<f32>().unwrap())
+        };
+        let numeric = (eval(h) - eval(-h)) / (2.0 * f64::from(h));
+        let analytic = f64::from(grad[i]);
+        assert!((numeric - analytic).abs() < 2e-2 * (1.0 + numeric.abs()), "element {i}: numeric {numeric}, autograd {analytic}");
+    }
+}
+
+#[test]
+fn fused_ops_agree_with_finite_differences() {
+    let w = rand(&[3, 6], 11);
+    let gain = (rand(&[6], 12) + 1.0).unwrap();
+    let bias = rand(&[6], 13);
+    finite_difference_check(&|x| weighted_sum(&softmax_last_dim(&(x * 2.0).unwrap()).unwrap(), &w), &[3, 6], 20);
+    finite_difference_check(&|x| weighted_sum(&layer_norm(x, &gain, &bias, 1e-5).unwrap(), &w), &[3, 6], 21);
+    finite_difference_check(&|x| weighted_sum(&quick_gelu(x).unwrap(), &w), &[3, 6], 22);
+}
