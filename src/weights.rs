@@ -26,13 +26,23 @@ struct SeededBackend {
 
 fn sample_init(init: Init, shape: &Shape, rng: &mut StdRng) -> Vec<f32> {
     let n = shape.elem_count();
-    let normal = |rng: &mut StdRng, mean: f64, std: f64| (0..n).map(|_| (mean + std * rng.sample::<f64, _>(StandardNormal)) as f32).collect();
-    let uniform = |rng: &mut StdRng, lo: f64, hi: f64| (0..n).map(|_| rng.random_range(lo..hi) as f32).collect();
+    let normal = |rng: &mut StdRng, mean: f64, std: f64| {
+        (0..n)
+            .map(|_| (mean + std * rng.sample::<f64, _>(StandardNormal)) as f32)
+            .collect()
+    };
+    let uniform = |rng: &mut StdRng, lo: f64, hi: f64| {
+        (0..n).map(|_| rng.random_range(lo..hi) as f32).collect()
+    };
     match init {
         Init::Const(v) => vec![v as f32; n],
         Init::Randn { mean, stdev } => normal(rng, mean, stdev),
         Init::Uniform { lo, up } => uniform(rng, lo, up),
-        Init::Kaiming { dist, fan, non_linearity } => {
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
             let fan = match fan {
                 FanInOut::FanIn | FanInOut::FanOut => fan.for_shape(shape).max(1),
             };
@@ -49,15 +59,33 @@ fn sample_init(init: Init, shape: &Shape, rng: &mut StdRng) -> Vec<f32> {
 }
 
 impl SimpleBackend for SeededBackend {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let mut data = self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
         if let Some(var) = data.get(name) {
             if var.shape() != &shape {
-                candle_core::bail!("variable {name}: shape {:?} requested, {:?} exists", shape.dims(), var.shape().dims());
+                candle_core::bail!(
+                    "variable {name}: shape {:?} requested, {:?} exists",
+                    shape.dims(),
+                    var.shape().dims()
+                );
             }
             return Ok(var.as_tensor().clone());
         }
-        let mut rng = self.rng.lock().map_err(|_| candle_core::Error::Msg("rng lock poisoned".into()))?;
+        let mut rng = self
+            .rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("rng lock poisoned".into()))?;
         let values = sample_init(init, &shape, &mut rng);
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, dev)?.to_dtype(dtype)?)?;
         let tensor = var.as_tensor().clone();
@@ -65,15 +93,30 @@ impl SimpleBackend for SeededBackend {
         Ok(tensor)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
-        let data = self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("var map lock poisoned".into()))?;
         data.get(name)
             .map(|v| v.as_tensor().clone())
-            .ok_or_else(|| candle_core::Error::CannotFindTensor { path: name.to_string() })
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+        self.varmap
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
     }
 }
 
@@ -98,8 +141,15 @@ pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
 }
 
 /// Writes named tensors and string metadata as one safetensors file, atomically.
-pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
-    let werr = |e: String| Error::Write { path: path.to_path_buf(), reason: e };
+pub fn save(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
+    let werr = |e: String| Error::Write {
+        path: path.to_path_buf(),
+        reason: e,
+    };
     let mut owned: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -114,13 +164,17 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
                 .map_err(|e| werr(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata.clone())).map_err(|e| werr(e.to_string()))?;
+    let bytes =
+        safetensors::serialize(views, Some(metadata.clone())).map_err(|e| werr(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
 /// Saves every variable of `varmap` with `metadata`.
 pub fn save_varmap(path: &Path, varmap: &VarMap, metadata: &HashMap<String, String>) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> = sorted_vars(varmap).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let tensors: Vec<(String, Tensor)> = sorted_vars(varmap)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
     save(path, &tensors, metadata)
 }
 
@@ -132,16 +186,25 @@ pub struct Loaded {
 
 /// Reads a safetensors file, with errors that name the file and what to do.
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
-    let bad = |reason: String| Error::Weights { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::Weights {
+        path: path.to_path_buf(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| bad(format!("{e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file ({e})")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("corrupt safetensors file ({e})")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("corrupt safetensors file ({e})")))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        let t = candle_core::safetensors::Load::load(&view, device)
+            .map_err(|e| bad(format!("tensor {name}: {e}")))?;
         tensors.insert(name, t.to_dtype(DType::F32)?);
     }
-    Ok(Loaded { tensors, metadata: meta.metadata().clone().unwrap_or_default() })
+    Ok(Loaded {
+        tensors,
+        metadata: meta.metadata().clone().unwrap_or_default(),
+    })
 }
 
 /// Copies loaded tensors into the variables of `varmap`, checking that every variable is present

@@ -5,8 +5,20 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Chapter folders under `book/src/generated/` and the binaries that write them.
-const CHAPTERS: &[(&str, &str)] = &[("ch01", env!("CARGO_BIN_EXE_ch01_forward_noising"))];
+/// Chapter folders under `book/src/generated/`, the binaries that write them, and flags that
+/// make a run quick (same figures, fewer samples).
+const CHAPTERS: &[(&str, &str, &[&str])] = &[
+    (
+        "ch01",
+        env!("CARGO_BIN_EXE_ch01_forward_noising"),
+        &["--chains", "500"],
+    ),
+    (
+        "ch04",
+        env!("CARGO_BIN_EXE_ch04_clip_similarity"),
+        &["--demo-steps", "3", "--per-pair", "2"],
+    ),
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -79,10 +91,11 @@ fn images(text: &str) -> Vec<String> {
 /// Runs every chapter into a temporary folder and returns the `generated/chNN/file` paths made.
 fn generated_by_chapters(tmp: &Path) -> BTreeSet<String> {
     let mut made = BTreeSet::new();
-    for (name, bin) in CHAPTERS {
+    for (name, bin, quick) in CHAPTERS {
         let out = tmp.join(name);
         let status = Command::new(bin)
-            .args(["--out", out.to_str().unwrap(), "--chains", "500"])
+            .args(["--out", out.to_str().unwrap()])
+            .args(*quick)
             .output()
             .unwrap();
         assert!(

@@ -243,3 +243,147 @@ fn forward_noise_reads_a_user_image() {
     assert!(o.status.success(), "{stderr}");
     assert!(out.join("forward_noise_grid.png").exists());
 }
+
+#[test]
+fn tokenize_shows_specials_padding_and_pieces() {
+    let (out, stdout, stderr) = run(inkdrop().args(["tokenize", "a girl with a dog", "--json"]));
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tokens: Vec<&str> = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 16);
+    assert_eq!(tokens[0], "<|startoftext|>");
+    assert_eq!(*tokens.last().unwrap(), "<|endoftext|>");
+    assert!(
+        tokens
+            .iter()
+            .any(|t| !t.ends_with("</w>") && !t.starts_with("<|")),
+        "unknown words split: {tokens:?}"
+    );
+    let (out, stdout, _) = run(inkdrop().args(["tokenize", "a red circle"]));
+    assert!(out.status.success() && stdout.contains("padding") && stdout.contains("end of text"));
+    assert_clear_error(inkdrop().args(["tokenize", "  "]), "empty");
+    let (out, _, stderr) = run(inkdrop().args(["tokenize", &"a red circle ".repeat(8)]));
+    assert!(
+        out.status.success() && stderr.contains("cut off"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn similarity_prefers_the_true_caption_and_handles_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, _, stderr) = run(inkdrop().args([
+        "dataset",
+        "--count",
+        "1",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--seed",
+        "3",
+        "--size",
+        "64",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    let jsonl = std::fs::read_to_string(dir.path().join("captions.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    let truth = record["caption"].as_str().unwrap().to_string();
+    let img = dir.path().join("00000.png");
+    let (out, stdout, stderr) = run(inkdrop().args([
+        "similarity",
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        &truth,
+        "--text",
+        "a tiny elephant",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resized to 32x32"),
+        "a 64 px image is resized and the user told: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let probs: Vec<f64> = v["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(v["cosine"].as_array().unwrap().len(), 2);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    assert!(
+        probs[0] > probs[1],
+        "{truth:?} should beat an unrelated text: {probs:?}"
+    );
+    assert_clear_error(
+        inkdrop().args(["similarity", "--image", img.to_str().unwrap(), "--text", ""]),
+        "is empty",
+    );
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "hello").unwrap();
+    assert_clear_error(
+        inkdrop().args([
+            "similarity",
+            "--image",
+            text.to_str().unwrap(),
+            "--text",
+            "a red circle",
+        ]),
+        "is not an image",
+    );
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, "junk").unwrap();
+    assert_clear_error(
+        inkdrop().args([
+            "similarity",
+            "--image",
+            img.to_str().unwrap(),
+            "--text",
+            "a red circle",
+            "--weights",
+            bad.to_str().unwrap(),
+        ]),
+        "bad.safetensors",
+    );
+}
+
+#[test]
+fn train_clip_tiny_runs_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, ckpt) = (dir.path().join("c.safetensors"), dir.path().join("c.ckpt"));
+    let args = |steps: &str| {
+        vec![
+            "train".to_string(),
+            "clip".into(),
+            "--tiny".into(),
+            "--steps".into(),
+            steps.into(),
+            "--batch-size".into(),
+            "8".into(),
+            "--out".into(),
+            out_path.display().to_string(),
+            "--checkpoint".into(),
+            ckpt.display().to_string(),
+        ]
+    };
+    let (out, stdout, stderr) = run(inkdrop().args(args("3")));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("zero-shot") && stdout.contains("held-out"),
+        "{stdout}"
+    );
+    assert!(out_path.exists() && ckpt.exists());
+    let mut resume = args("5");
+    resume.push("--resume".into());
+    let (out, _, stderr) = run(inkdrop().args(&resume));
+    assert!(
+        !out.status.success() && stderr.contains("other settings"),
+        "a checkpoint of a 3-step run is not resumed as a 5-step run: {stderr}"
+    );
+}

@@ -32,7 +32,14 @@ fn every_variable_receives_a_gradient() {
     let vm = VarMap::new();
     let model = Clip::new(&cfg, weights::seeded_var_builder(&vm, 0, &Device::Cpu)).unwrap();
     let (x, ids, eot, caps) = batch(&tok, 8);
-    let out = contrastive_loss(&model.image_features(&x).unwrap(), &model.text_features(&ids, &eot).unwrap(), &model.scale().unwrap(), &match_targets(&caps, &Device::Cpu).unwrap(), true).unwrap();
+    let out = contrastive_loss(
+        &model.image_features(&x).unwrap(),
+        &model.text_features(&ids, &eot).unwrap(),
+        &model.scale().unwrap(),
+        &match_targets(&caps, &Device::Cpu).unwrap(),
+        true,
+    )
+    .unwrap();
     let grads = out.loss.backward().unwrap();
     let vars = weights::sorted_vars(&vm);
     assert!(vars.len() > 30);
@@ -41,7 +48,13 @@ fn every_variable_receives_a_gradient() {
         match grads.get(var.as_tensor()) {
             None => dead.push(format!("{name}: no gradient")),
             Some(g) => {
-                let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                let norm = g
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
                 if norm == 0.0 {
                     dead.push(format!("{name}: zero gradient"));
                 }
@@ -59,19 +72,127 @@ fn loss_rewards_alignment_and_counts_duplicate_captions_as_matches() {
     let e = Tensor::new(&[[1f32, 0., 0.], [0., 1., 0.], [0., 0., 1.]], &dev).unwrap();
     let scale = Tensor::new(10f32, &dev).unwrap();
     let distinct = vec!["a".to_string(), "b".into(), "c".into()];
-    let aligned = contrastive_loss(&e, &e, &scale, &match_targets(&distinct, &dev).unwrap(), true).unwrap();
+    let aligned = contrastive_loss(
+        &e,
+        &e,
+        &scale,
+        &match_targets(&distinct, &dev).unwrap(),
+        true,
+    )
+    .unwrap();
     let shuffled_txt = Tensor::new(&[[0f32, 1., 0.], [0., 0., 1.], [1., 0., 0.]], &dev).unwrap();
-    let wrong = contrastive_loss(&e, &shuffled_txt, &scale, &match_targets(&distinct, &dev).unwrap(), true).unwrap();
-    let (a, w) = (aligned.loss.to_scalar::<f32>().unwrap(), wrong.loss.to_scalar::<f32>().unwrap());
+    let wrong = contrastive_loss(
+        &e,
+        &shuffled_txt,
+        &scale,
+        &match_targets(&distinct, &dev).unwrap(),
+        true,
+    )
+    .unwrap();
+    let (a, w) = (
+        aligned.loss.to_scalar::<f32>().unwrap(),
+        wrong.loss.to_scalar::<f32>().unwrap(),
+    );
     // Aligned: -log(e^10 / (e^10 + 2)) = 9.1e-5; shuffled: about 10.
     assert!((a - (1.0 + 2.0 * (-10f32).exp()).ln()).abs() < 1e-5, "{a}");
     assert!(w > 9.0, "{w}");
     let t = match_targets(&["x".to_string(), "y".into(), "x".into()], &dev).unwrap();
-    assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![0.5, 0.0, 0.5], vec![0.0, 1.0, 0.0], vec![0.5, 0.0, 0.5]]);
+    assert_eq!(
+        t.to_vec2::<f32>().unwrap(),
+        vec![
+            vec![1.0, 0.0, 1.0],
+            vec![0.0, 1.0, 0.0],
+            vec![1.0, 0.0, 1.0]
+        ]
+    );
+    // A match matrix spreads each row's target evenly: with every pair matching, each row's
+    // target is (0.5, 0.5), so the loss is -(0.5 log p(own) + 0.5 log p(other)) = 5.0000454 here.
+    let e2 = Tensor::new(&[[1f32, 0.], [0., 1.]], &dev).unwrap();
+    let all = Tensor::ones((2, 2), candle_core::DType::F32, &dev).unwrap();
+    let spread = contrastive_loss(&e2, &e2, &scale, &all, true)
+        .unwrap()
+        .loss
+        .to_scalar::<f32>()
+        .unwrap();
+    let expected =
+        -(0.5 * (-(1.0f64 + (-10f64).exp()).ln()) + 0.5 * (-10.0 - (1.0f64 + (-10f64).exp()).ln()));
+    assert!(
+        (f64::from(spread) - expected).abs() < 1e-5,
+        "{spread} vs {expected}"
+    );
+}
+
+#[test]
+fn truth_targets_count_every_true_caption() {
+    use inkdrop::shapes::caption::{Claim, ObjectClaim};
+    use inkdrop::shapes::scene::{Background, Color, Position, Scene, Shape, Size};
+    let w = WorldConfig::default();
+    let mut rng = inkdrop::support::seeded_rng(0);
+    let circle = |c: Color, rng: &mut rand::rngs::StdRng| Scene {
+        background: Background::Black,
+        objects: vec![inkdrop::shapes::scene::place(
+            Shape::Circle,
+            c,
+            Size::Small,
+            Position::Center,
+            rng,
+        )],
+    };
+    let claim = |shape: Option<Shape>, color: Option<Color>| Claim {
+        objects: vec![ObjectClaim {
+            shape,
+            color,
+            size: None,
+            position: None,
+        }],
+        relation: None,
+        background: None,
+    };
+    let mk = |scene: Scene, claim: Claim| inkdrop::shapes::Sample {
+        caption: claim.text(),
+        claim,
+        scene,
+    };
+    let samples = vec![
+        mk(
+            circle(Color::Red, &mut rng),
+            claim(Some(Shape::Circle), Some(Color::Red)),
+        ),
+        mk(
+            circle(Color::Blue, &mut rng),
+            claim(Some(Shape::Circle), None),
+        ),
+        mk(
+            circle(Color::Blue, &mut rng),
+            claim(None, Some(Color::Blue)),
+        ),
+    ];
+    assert_eq!(samples[1].caption, "a circle");
+    assert_eq!(samples[2].caption, "a blue shape");
+    let m = inkdrop::clip::truth_targets(&samples, &Device::Cpu)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // Rows: images (red circle, blue circle, blue circle); columns: captions.
+    assert_eq!(
+        m,
+        vec![vec![1., 1., 0.], vec![0., 1., 1.], vec![0., 1., 1.]]
+    );
+    // And on real samples every caption is true of its own scene.
+    for i in 0..500 {
+        let s = sample_at(&w, 6, i);
+        assert!(s.claim.is_true_of(&s.scene), "{:?}", s.caption);
+    }
 }
 
 fn small_run(steps: usize) -> ClipTrainConfig {
-    ClipTrainConfig { steps, batch_size: 8, warmup: 1, checkpoint_every: 2, ..ClipTrainConfig::default() }
+    ClipTrainConfig {
+        steps,
+        batch_size: 8,
+        warmup: 1,
+        checkpoint_every: 2,
+        ..ClipTrainConfig::default()
+    }
 }
 
 #[test]
@@ -81,20 +202,51 @@ fn interrupted_training_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let (out_a, ck_a) = (dir.path().join("a.safetensors"), dir.path().join("a.ckpt"));
     let (out_b, ck_b) = (dir.path().join("b.safetensors"), dir.path().join("b.ckpt"));
-    train_clip(&tok, &cfg, &small_run(4), &out_a, &ck_a, false, &mut |_| true).unwrap().unwrap();
-    let stopped = train_clip(&tok, &cfg, &small_run(4), &out_b, &ck_b, false, &mut |s| s.step < 3).unwrap();
+    train_clip(&tok, &cfg, &small_run(4), &out_a, &ck_a, false, &mut |_| {
+        true
+    })
+    .unwrap()
+    .unwrap();
+    let stopped = train_clip(&tok, &cfg, &small_run(4), &out_b, &ck_b, false, &mut |s| {
+        s.step < 3
+    })
+    .unwrap();
     assert!(stopped.is_none() && !out_b.exists());
-    let report = train_clip(&tok, &cfg, &small_run(4), &out_b, &ck_b, true, &mut |_| true).unwrap().unwrap();
+    let report = train_clip(&tok, &cfg, &small_run(4), &out_b, &ck_b, true, &mut |_| {
+        true
+    })
+    .unwrap()
+    .unwrap();
     assert_eq!(report.resumed_from, 3);
-    let (a, b) = (weights::load(&out_a, &Device::Cpu).unwrap(), weights::load(&out_b, &Device::Cpu).unwrap());
+    let (a, b) = (
+        weights::load(&out_a, &Device::Cpu).unwrap(),
+        weights::load(&out_b, &Device::Cpu).unwrap(),
+    );
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, ta) in &a.tensors {
-        let diff = (ta - &b.tensors[name]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let diff = (ta - &b.tensors[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert_eq!(diff, 0.0, "{name} differs after resume");
     }
     // A checkpoint from other settings is refused with a fix.
-    let err = train_clip(&tok, &cfg, &small_run(6), &out_b, &ck_b, true, &mut |_| true).err().unwrap().to_string();
-    assert!(err.contains("other settings") && err.contains("--resume"), "{err}");
+    let err = train_clip(&tok, &cfg, &small_run(6), &out_b, &ck_b, true, &mut |_| {
+        true
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("other settings") && err.contains("--resume"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -102,27 +254,50 @@ fn saved_model_loads_and_bad_files_are_named() {
     let tok = tokenizer();
     let cfg = ClipConfig::test(tok.vocab_size(), 16);
     let dir = tempfile::tempdir().unwrap();
-    let (out, ck, tk) = (dir.path().join("m.safetensors"), dir.path().join("m.ckpt"), dir.path().join("tokenizer.json"));
+    let (out, ck, tk) = (
+        dir.path().join("m.safetensors"),
+        dir.path().join("m.ckpt"),
+        dir.path().join("tokenizer.json"),
+    );
     tok.save(&tk).unwrap();
-    train_clip(&tok, &cfg, &small_run(2), &out, &ck, false, &mut |_| true).unwrap().unwrap();
+    train_clip(&tok, &cfg, &small_run(2), &out, &ck, false, &mut |_| true)
+        .unwrap()
+        .unwrap();
     let bundle = ClipBundle::load(&out, &tk).unwrap();
     let e = bundle.embed_texts(&["a red circle".to_string()]).unwrap();
-    let norm = e.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let norm = e
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!((norm - 1.0).abs() < 1e-4);
 
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"not weights at all").unwrap();
     let err = ClipBundle::load(&garbage, &tk).err().unwrap().to_string();
-    assert!(err.contains("garbage.safetensors") && err.contains("not a safetensors file"), "{err}");
+    assert!(
+        err.contains("garbage.safetensors") && err.contains("not a safetensors file"),
+        "{err}"
+    );
 
     // Same names, one tensor with the wrong shape: the error names it and both shapes.
     let loaded = weights::load(&out, &Device::Cpu).unwrap();
     let mut tensors: Vec<(String, Tensor)> = loaded.tensors.into_iter().collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let victim = tensors.iter().position(|(n, _)| n == "text_projection.weight").unwrap();
+    let victim = tensors
+        .iter()
+        .position(|(n, _)| n == "text_projection.weight")
+        .unwrap();
     tensors[victim].1 = Tensor::zeros((3, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
     let bad = dir.path().join("bad.safetensors");
     weights::save(&bad, &tensors, &loaded.metadata).unwrap();
     let err = ClipBundle::load(&bad, &tk).err().unwrap().to_string();
-    assert!(err.contains("text_projection.weight") && err.contains("[3, 5]") && err.contains("[16, 32]"), "{err}");
+    assert!(
+        err.contains("text_projection.weight")
+            && err.contains("[3, 5]")
+            && err.contains("[16, 32]"),
+        "{err}"
+    );
 }

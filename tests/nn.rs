@@ -2,7 +2,9 @@
 //! differences, on odd shapes.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use inkdrop::nn::{bias_add, layer_norm, layer_norm_reference, quick_gelu, quick_gelu_reference, softmax_last_dim};
+use inkdrop::nn::{
+    bias_add, layer_norm, layer_norm_reference, quick_gelu, quick_gelu_reference, softmax_last_dim,
+};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = inkdrop::support::seeded_rng(seed);
@@ -10,7 +12,16 @@ fn rand(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// A fixed random weighting so the loss depends on every output differently.
@@ -28,7 +39,10 @@ fn softmax_matches_candle_values_and_gradients() {
         assert!(max_abs_diff(&ours, &theirs) < 1e-6);
         let g1 = weighted_sum(&ours, &w).backward().unwrap();
         let g2 = weighted_sum(&theirs, &w).backward().unwrap();
-        assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5, "{shape:?}");
+        assert!(
+            max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5,
+            "{shape:?}"
+        );
     }
 }
 
@@ -69,9 +83,22 @@ fn quick_gelu_and_bias_add_match_reference_gradients() {
 /// Central finite differences of a scalar function, checked against autograd, element by element.
 fn finite_difference_check(f: &dyn Fn(&Tensor) -> Tensor, shape: &[usize], seed: u64) {
     let x0: Vec<f32> = rand(shape, seed).flatten_all().unwrap().to_vec1().unwrap();
-    let to_f64 = |v: &[f32]| Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let to_f64 = |v: &[f32]| {
+        Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
     let x = Var::from_tensor(&Tensor::from_vec(x0.clone(), shape, &Device::Cpu).unwrap()).unwrap();
-    let grad = f(&x).backward().unwrap().get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let grad = f(&x)
+        .backward()
+        .unwrap()
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let h = 1e-2f32;
     for i in 0..x0.len() {
         let eval = |delta: f32| {
@@ -82,7 +109,10 @@ fn finite_difference_check(f: &dyn Fn(&Tensor) -> Tensor, shape: &[usize], seed:
         };
         let numeric = (eval(h) - eval(-h)) / (2.0 * f64::from(h));
         let analytic = f64::from(grad[i]);
-        assert!((numeric - analytic).abs() < 2e-2 * (1.0 + numeric.abs()), "element {i}: numeric {numeric}, autograd {analytic}");
+        assert!(
+            (numeric - analytic).abs() < 2e-2 * (1.0 + numeric.abs()),
+            "element {i}: numeric {numeric}, autograd {analytic}"
+        );
     }
 }
 
@@ -91,7 +121,15 @@ fn fused_ops_agree_with_finite_differences() {
     let w = rand(&[3, 6], 11);
     let gain = (rand(&[6], 12) + 1.0).unwrap();
     let bias = rand(&[6], 13);
-    finite_difference_check(&|x| weighted_sum(&softmax_last_dim(&(x * 2.0).unwrap()).unwrap(), &w), &[3, 6], 20);
-    finite_difference_check(&|x| weighted_sum(&layer_norm(x, &gain, &bias, 1e-5).unwrap(), &w), &[3, 6], 21);
+    finite_difference_check(
+        &|x| weighted_sum(&softmax_last_dim(&(x * 2.0).unwrap()).unwrap(), &w),
+        &[3, 6],
+        20,
+    );
+    finite_difference_check(
+        &|x| weighted_sum(&layer_norm(x, &gain, &bias, 1e-5).unwrap(), &w),
+        &[3, 6],
+        21,
+    );
     finite_difference_check(&|x| weighted_sum(&quick_gelu(x).unwrap(), &w), &[3, 6], 22);
 }

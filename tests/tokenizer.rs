@@ -17,9 +17,15 @@ fn frames_pads_and_lowercases_like_clip() {
     let t = trained();
     let e = t.encode("A  Red CIRCLE").unwrap();
     assert_eq!(e.ids.len(), 16);
-    assert_eq!(e.tokens[..5], [START_OF_TEXT, "a</w>", "red</w>", "circle</w>", END_OF_TEXT]);
+    assert_eq!(
+        e.tokens[..5],
+        [START_OF_TEXT, "a</w>", "red</w>", "circle</w>", END_OF_TEXT]
+    );
     assert_eq!(e.eot_index, 4);
-    assert!(e.ids[4..].iter().all(|&id| id == t.end_id()), "padded with <|endoftext|>");
+    assert!(
+        e.ids[4..].iter().all(|&id| id == t.end_id()),
+        "padded with <|endoftext|>"
+    );
     assert_eq!(e.truncated, 0);
     assert_eq!(t.decode(&e.ids).unwrap(), "a red circle");
     // CLIP's layout: 256 bytes, 256 bytes + </w>, merges, then the two specials last.
@@ -32,12 +38,29 @@ fn frames_pads_and_lowercases_like_clip() {
 #[test]
 fn every_shapes_world_word_is_one_token() {
     let t = trained();
-    let mut words: Vec<&str> = vec!["a", "an", "and", "at", "the", "in", "on", "background", "of", "to", "next"];
+    let mut words: Vec<&str> = vec![
+        "a",
+        "an",
+        "and",
+        "at",
+        "the",
+        "in",
+        "on",
+        "background",
+        "of",
+        "to",
+        "next",
+        "shape",
+    ];
     words.extend(Shape::ALL.iter().map(|s| s.word()));
     words.extend(Color::ALL.iter().map(|s| s.word()));
     words.extend(Size::ALL.iter().map(|s| s.word()));
     words.extend(Background::ALL.iter().map(|s| s.word()));
-    let phrases: Vec<&str> = Position::ALL.iter().map(|p| p.word()).chain(Relation::ALL.iter().map(|r| r.word())).collect();
+    let phrases: Vec<&str> = Position::ALL
+        .iter()
+        .map(|p| p.word())
+        .chain(Relation::ALL.iter().map(|r| r.word()))
+        .collect();
     for p in &phrases {
         words.extend(p.split(' '));
     }
@@ -54,7 +77,10 @@ fn unknown_words_split_into_pieces_and_long_texts_are_cut() {
     let pieces = t.pieces("zebra").unwrap();
     assert!(pieces.len() > 1, "{pieces:?}");
     assert!(pieces.last().unwrap().1.ends_with("</w>") && !pieces[0].1.ends_with("</w>"));
-    let spelled: String = pieces.iter().map(|p| p.1.trim_end_matches("</w>")).collect();
+    let spelled: String = pieces
+        .iter()
+        .map(|p| p.1.trim_end_matches("</w>"))
+        .collect();
     assert_eq!(spelled, "zebra", "no byte is lost");
     let long = "a red circle ".repeat(10);
     let e = t.encode(&long).unwrap();
@@ -71,24 +97,44 @@ fn loads_openai_vocab_and_merges() {
     t.save_vocab_merges(dir.path()).unwrap();
     let merges = std::fs::read_to_string(dir.path().join("merges.txt")).unwrap();
     assert!(merges.starts_with("#version"), "OpenAI's merges.txt header");
-    let u = ClipTokenizer::from_vocab_merges(&dir.path().join("vocab.json"), &dir.path().join("merges.txt"), 16).unwrap();
-    for s in ["a large purple star below a white circle", "a girl with a dog under a tree"] {
+    let u = ClipTokenizer::from_vocab_merges(
+        &dir.path().join("vocab.json"),
+        &dir.path().join("merges.txt"),
+        16,
+    )
+    .unwrap();
+    for s in [
+        "a large purple star below a white circle",
+        "a girl with a dog under a tree",
+    ] {
         assert_eq!(t.encode(s).unwrap(), u.encode(s).unwrap(), "{s}");
     }
     // And the JSON round trip.
     let path = dir.path().join("tokenizer.json");
     t.save(&path).unwrap();
     let v = ClipTokenizer::from_file(&path, 16).unwrap();
-    assert_eq!(t.encode("a blue star").unwrap(), v.encode("a blue star").unwrap());
+    assert_eq!(
+        t.encode("a blue star").unwrap(),
+        v.encode("a blue star").unwrap()
+    );
 }
 
 #[test]
 fn missing_or_bad_tokenizer_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let err = ClipTokenizer::from_file(&dir.path().join("none.json"), 16).err().unwrap().to_string();
-    assert!(err.contains("not found") && err.contains("inkdrop train"), "{err}");
+    let err = ClipTokenizer::from_file(&dir.path().join("none.json"), 16)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not found") && err.contains("inkdrop train"),
+        "{err}"
+    );
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{}").unwrap();
-    let err = ClipTokenizer::from_file(&bad, 16).err().unwrap().to_string();
+    let err = ClipTokenizer::from_file(&bad, 16)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("not a tokenizer.json"), "{err}");
 }

@@ -31,11 +31,16 @@ pub struct DatasetArgs {
 pub fn run(args: &DatasetArgs) -> anyhow::Result<()> {
     let out = prepare_out_dir(&args.out)?;
     let world = WorldConfig {
-        split: if args.include_held_out { Split::All } else { Split::Train },
+        split: if args.include_held_out {
+            Split::All
+        } else {
+            Split::Train
+        },
         ..WorldConfig::default()
     };
     let bar = ProgressBar::new(args.count).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {elapsed} (eta {eta})").context("progress template")?,
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {elapsed} (eta {eta})")
+            .context("progress template")?,
     );
     let mut lines = String::new();
     for i in 0..args.count {
@@ -53,6 +58,11 @@ pub fn run(args: &DatasetArgs) -> anyhow::Result<()> {
     }
     write_atomic(&out.join("captions.jsonl"), lines.as_bytes())?;
     bar.finish_and_clear();
-    println!("wrote {} images ({} px) and captions.jsonl to {}", args.count, args.size, out.display());
+    println!(
+        "wrote {} images ({} px) and captions.jsonl to {}",
+        args.count,
+        args.size,
+        out.display()
+    );
     Ok(())
 }

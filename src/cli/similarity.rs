@@ -28,17 +28,26 @@ pub struct SimilarityArgs {
 
 pub fn run(args: &SimilarityArgs) -> anyhow::Result<()> {
     if let Some(i) = args.texts.iter().position(|t| t.trim().is_empty()) {
-        anyhow::bail!("--text number {} is empty: describe the image in words, e.g. --text \"a red circle\"", i + 1);
+        anyhow::bail!(
+            "--text number {} is empty: describe the image in words, e.g. --text \"a red circle\"",
+            i + 1
+        );
     }
     let bundle = ClipBundle::load(
         &args.weights.clone().unwrap_or_else(default_clip_path),
-        &args.tokenizer.clone().unwrap_or_else(default_tokenizer_path),
+        &args
+            .tokenizer
+            .clone()
+            .unwrap_or_else(default_tokenizer_path),
     )?;
     let img = load_image(&args.image)?;
     let size = bundle.model.config.image_size as u32;
     let (img, resized) = fit_image(&img, size);
     if resized {
-        eprintln!("note: {} was cropped to a square and resized to {size}x{size}, the model's input size", args.image.display());
+        eprintln!(
+            "note: {} was cropped to a square and resized to {size}x{size}, the model's input size",
+            args.image.display()
+        );
     }
     let text = bundle.embed_texts(&args.texts)?; // (N, E)
     let image = bundle.embed_images(&[img])?; // (1, E)
@@ -50,12 +59,19 @@ pub fn run(args: &SimilarityArgs) -> anyhow::Result<()> {
     let z: f32 = exp.iter().sum();
     let probs: Vec<f32> = exp.iter().map(|e| e / z).collect();
     if args.json {
-        println!("{}", serde_json::json!({ "texts": args.texts, "cosine": cosine, "probs": probs }));
+        println!(
+            "{}",
+            serde_json::json!({ "texts": args.texts, "cosine": cosine, "probs": probs })
+        );
         return Ok(());
     }
     let mut table = Table::new(["text", "cosine", "probability"]);
     for ((t, c), p) in args.texts.iter().zip(&cosine).zip(&probs) {
-        table.row([format!("{t:?}"), format!("{c:+.3}"), format!("{:.1}%", 100.0 * p)]);
+        table.row([
+            format!("{t:?}"),
+            format!("{c:+.3}"),
+            format!("{:.1}%", 100.0 * p),
+        ]);
     }
     println!("{table}\n\nprobability = softmax over these texts of {scale:.1} x cosine (CLIP's learned temperature)");
     Ok(())

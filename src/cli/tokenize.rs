@@ -27,7 +27,10 @@ pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
     if args.text.trim().is_empty() {
         anyhow::bail!("the text is empty: give some words, e.g. inkdrop tokenize \"a red circle\"");
     }
-    let path = args.tokenizer.clone().unwrap_or_else(default_tokenizer_path);
+    let path = args
+        .tokenizer
+        .clone()
+        .unwrap_or_else(default_tokenizer_path);
     let tok = ClipTokenizer::from_file(&path, args.context_length)?;
     let enc = tok.encode(&args.text)?;
     if args.json {
@@ -55,11 +58,25 @@ pub fn run(args: &TokenizeArgs) -> anyhow::Result<()> {
         } else {
             "piece of a word"
         };
-        table.row([i.to_string(), id.to_string(), token.clone(), note.to_string()]);
+        table.row([
+            i.to_string(),
+            id.to_string(),
+            token.clone(),
+            note.to_string(),
+        ]);
     }
-    println!("{:?} -> {} ids (vocabulary of {}, context {})\n\n{table}", args.text, enc.ids.len(), tok.vocab_size(), tok.context_length);
+    println!(
+        "{:?} -> {} ids (vocabulary of {}, context {})\n\n{table}",
+        args.text,
+        enc.ids.len(),
+        tok.vocab_size(),
+        tok.context_length
+    );
     if enc.truncated > 0 {
-        eprintln!("warning: {} tokens did not fit in the context of {} and were cut off", enc.truncated, tok.context_length);
+        eprintln!(
+            "warning: {} tokens did not fit in the context of {} and were cut off",
+            enc.truncated, tok.context_length
+        );
     }
     Ok(())
 }

@@ -82,16 +82,27 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
 fn run_tokenizer(args: &TokenizerArgs) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(default_tokenizer_path);
     let world = WorldConfig::default();
-    let captions: Vec<String> = (0..args.captions).map(|i| sample_at(&world, args.seed, i).caption).collect();
+    let captions: Vec<String> = (0..args.captions)
+        .map(|i| sample_at(&world, args.seed, i).caption)
+        .collect();
     let tok = ClipTokenizer::train(captions.iter().map(String::as_str), CONTEXT_LENGTH)?;
     tok.save(&out)?;
-    println!("trained on {} captions: vocabulary of {} tokens; wrote {}", captions.len(), tok.vocab_size(), out.display());
+    println!(
+        "trained on {} captions: vocabulary of {} tokens; wrote {}",
+        captions.len(),
+        tok.vocab_size(),
+        out.display()
+    );
     Ok(())
 }
 
 fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
-    let tok_path = args.tokenizer.clone().unwrap_or_else(default_tokenizer_path);
-    let tok = ClipTokenizer::from_file(&tok_path, CONTEXT_LENGTH).context("run `inkdrop train tokenizer` first")?;
+    let tok_path = args
+        .tokenizer
+        .clone()
+        .unwrap_or_else(default_tokenizer_path);
+    let tok = ClipTokenizer::from_file(&tok_path, CONTEXT_LENGTH)
+        .context("run `inkdrop train tokenizer` first")?;
     let model_config = if args.tiny {
         ClipConfig::test(tok.vocab_size(), CONTEXT_LENGTH)
     } else {
@@ -106,15 +117,32 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
         ..ClipTrainConfig::default()
     };
     let out = args.out.clone().unwrap_or_else(default_clip_path);
-    let ckpt = args.checkpoint.clone().unwrap_or_else(|| default_out_dir("checkpoints").join("clip.safetensors"));
+    let ckpt = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_out_dir("checkpoints").join("clip.safetensors"));
     let bar = ProgressBar::new(cfg.steps as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})").context("progress template")?,
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})")
+            .context("progress template")?,
     );
-    let report = train_clip(&tok, &model_config, &cfg, &out, &ckpt, args.resume, &mut |s| {
-        bar.set_position(s.step as u64);
-        bar.set_message(format!("loss {:.3}  batch acc {:>3.0}%  lr {:.1e}", s.loss, 100.0 * s.accuracy, s.lr));
-        true
-    })?
+    let report = train_clip(
+        &tok,
+        &model_config,
+        &cfg,
+        &out,
+        &ckpt,
+        args.resume,
+        &mut |s| {
+            bar.set_position(s.step as u64);
+            bar.set_message(format!(
+                "loss {:.3}  batch acc {:>3.0}%  lr {:.1e}",
+                s.loss,
+                100.0 * s.accuracy,
+                s.lr
+            ));
+            true
+        },
+    )?
     .context("training stopped early")?;
     bar.finish();
     if report.resumed_from > 0 {

@@ -38,7 +38,8 @@ impl ClipBundle {
         if !weights_path.exists() {
             return Err(Error::Weights {
                 path: weights_path.to_path_buf(),
-                reason: "not found; train it with `inkdrop train clip` or restore data/ from git".into(),
+                reason: "not found; train it with `inkdrop train clip` or restore data/ from git"
+                    .into(),
             });
         }
         let device = Device::Cpu;
@@ -47,7 +48,10 @@ impl ClipBundle {
             .metadata
             .get("config")
             .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| Error::Weights { path: weights_path.to_path_buf(), reason: "no CLIP config in its metadata".into() })?;
+            .ok_or_else(|| Error::Weights {
+                path: weights_path.to_path_buf(),
+                reason: "no CLIP config in its metadata".into(),
+            })?;
         let tokenizer = ClipTokenizer::from_file(tokenizer_path, config.context_length)?;
         if tokenizer.vocab_size() != config.vocab_size {
             return Err(Error::Weights {
@@ -63,7 +67,13 @@ impl ClipBundle {
         let varmap = VarMap::new();
         let model = Clip::new(&config, weights::seeded_var_builder(&varmap, 0, &device))?;
         weights::load_into(&varmap, &loaded, weights_path)?;
-        Ok(ClipBundle { model, varmap, tokenizer, metadata: loaded.metadata, device })
+        Ok(ClipBundle {
+            model,
+            varmap,
+            tokenizer,
+            metadata: loaded.metadata,
+            device,
+        })
     }
 
     /// The shipped model and tokenizer from `data/`.
@@ -87,7 +97,13 @@ impl ClipBundle {
     pub fn embed_images(&self, images: &[RgbImage]) -> Result<Tensor> {
         let parts = images
             .chunks(256)
-            .map(|chunk| Ok(l2_normalize(&self.model.image_features(&images_tensor(chunk, &self.device)?)?)?))
+            .map(|chunk| {
+                Ok(l2_normalize(
+                    &self
+                        .model
+                        .image_features(&images_tensor(chunk, &self.device)?)?,
+                )?)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     }
@@ -95,7 +111,11 @@ impl ClipBundle {
 
 /// Tokenizes a batch: ids (B, T) and end-of-text positions. Texts that do not fit are cut and
 /// reported on stderr (CLIP truncates silently; we say so).
-pub fn tokenize(tokenizer: &ClipTokenizer, texts: &[String], device: &Device) -> Result<(Tensor, Vec<usize>)> {
+pub fn tokenize(
+    tokenizer: &ClipTokenizer,
+    texts: &[String],
+    device: &Device,
+) -> Result<(Tensor, Vec<usize>)> {
     let mut ids = Vec::with_capacity(texts.len() * tokenizer.context_length);
     let mut eot = Vec::with_capacity(texts.len());
     for text in texts {
@@ -109,7 +129,10 @@ pub fn tokenize(tokenizer: &ClipTokenizer, texts: &[String], device: &Device) ->
         ids.extend(enc.ids);
         eot.push(enc.eot_index);
     }
-    Ok((Tensor::from_vec(ids, (texts.len(), tokenizer.context_length), device)?, eot))
+    Ok((
+        Tensor::from_vec(ids, (texts.len(), tokenizer.context_length), device)?,
+        eot,
+    ))
 }
 
 /// Makes any image the model's input size: centre square crop and resize. Returns the image and

@@ -13,17 +13,27 @@ use crate::Result;
 
 /// Every (colour, shape) pair, in a fixed order, with its prompt.
 pub fn all_pairs() -> Vec<(Color, Shape, String)> {
-    Color::ALL.iter().flat_map(|&c| Shape::ALL.iter().map(move |&s| (c, s, pair_prompt(c, s)))).collect()
+    Color::ALL
+        .iter()
+        .flat_map(|&c| Shape::ALL.iter().map(move |&s| (c, s, pair_prompt(c, s))))
+        .collect()
 }
 
 /// A single-object scene of a given colour and shape, everything else random.
 pub fn single_object_scene(color: Color, shape: Shape, rng: &mut impl Rng) -> Scene {
-    let backgrounds: Vec<Background> = Background::ALL.iter().copied().filter(|b| b.clashing_color() != Some(color)).collect();
+    let backgrounds: Vec<Background> = Background::ALL
+        .iter()
+        .copied()
+        .filter(|b| b.clashing_color() != Some(color))
+        .collect();
     let background = *backgrounds.choose(rng).unwrap_or(&Background::Gray);
     let size = *Size::ALL.choose(rng).unwrap_or(&Size::Small);
     let position = *Position::ALL.choose(rng).unwrap_or(&Position::Center);
     let obj: Object = place(shape, color, size, position, rng);
-    Scene { background, objects: vec![obj] }
+    Scene {
+        background,
+        objects: vec![obj],
+    }
 }
 
 /// Zero-shot results.
@@ -56,14 +66,18 @@ pub fn zero_shot(bundle: &ClipBundle, per_pair: usize, seed: u64) -> Result<Zero
     let mut truth = Vec::new();
     for (i, &(c, s, _)) in pairs.iter().enumerate() {
         for _ in 0..per_pair {
-            images.push(render(&single_object_scene(c, s, &mut rng), bundle.model.config.image_size as u32));
+            images.push(render(
+                &single_object_scene(c, s, &mut rng),
+                bundle.model.config.image_size as u32,
+            ));
             truth.push(i);
         }
     }
     let img = bundle.embed_images(&images)?; // (N, E)
     let sims = img.matmul(&text.t()?)?; // (N, 28)
     let pred: Vec<u32> = sims.argmax(1)?.to_vec1()?;
-    let (mut seen, mut seen_ok, mut held, mut held_ok, mut color_ok, mut shape_ok) = (0, 0, 0, 0, 0, 0);
+    let (mut seen, mut seen_ok, mut held, mut held_ok, mut color_ok, mut shape_ok) =
+        (0, 0, 0, 0, 0, 0);
     let mut confusion = std::collections::BTreeMap::new();
     let mut shape_confusion = vec![vec![0usize; Shape::ALL.len()]; Shape::ALL.len()];
     let mut color_confusion = vec![vec![0usize; Color::ALL.len()]; Color::ALL.len()];
@@ -85,10 +99,13 @@ pub fn zero_shot(bundle: &ClipBundle, per_pair: usize, seed: u64) -> Result<Zero
         color_ok += usize::from(tc == pc);
         shape_ok += usize::from(ts == ps);
         if !ok {
-            *confusion.entry((pairs[t].2.clone(), pairs[p as usize].2.clone())).or_insert(0) += 1;
+            *confusion
+                .entry((pairs[t].2.clone(), pairs[p as usize].2.clone()))
+                .or_insert(0) += 1;
         }
     }
-    let mut confusions: Vec<(String, String, usize)> = confusion.into_iter().map(|((a, b), n)| (a, b, n)).collect();
+    let mut confusions: Vec<(String, String, usize)> =
+        confusion.into_iter().map(|((a, b), n)| (a, b, n)).collect();
     confusions.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
     confusions.truncate(10);
     let n = truth.len().max(1) as f64;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::{causal_mask, linear_no_bias, Encoder, LayerNorm, Linear};
 
-pub use loss::{contrastive_loss, match_targets, ContrastiveOutput};
+pub use loss::{contrastive_loss, match_targets, truth_targets, ContrastiveOutput};
 
 /// Sizes of both towers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,10 +43,16 @@ pub struct ClipConfig {
     /// which sees shapes across patch borders and trains faster on small images.
     #[serde(default)]
     pub conv_stem: bool,
+    /// Pool the image tokens by their mean instead of reading CLIP's `[CLS]` token. With
+    /// `vision_layers = 0` the image tower is a plain CNN with global average pooling, which
+    /// composes colour and shape better on unseen pairs (see chapter 4).
+    #[serde(default)]
+    pub mean_pool: bool,
 }
 
 impl ClipConfig {
-    /// inkdrop's default: 128-wide towers of 3 layers on 32x32 images in 8x8 patches.
+    /// inkdrop's default: 128-wide towers of 3 transformer layers; images enter the vision
+    /// tower through a conv stem (32x32 pixels to 4x4 tokens) and are read at `[CLS]`.
     pub fn tiny(vocab_size: usize, context_length: usize) -> Self {
         ClipConfig {
             vocab_size,
@@ -61,6 +67,7 @@ impl ClipConfig {
             vision_heads: 4,
             embed_dim: 64,
             conv_stem: true,
+            mean_pool: false,
         }
     }
 
@@ -99,10 +106,17 @@ pub struct ClipTextTransformer {
 impl ClipTextTransformer {
     pub fn new(c: &ClipConfig, vb: VarBuilder) -> Result<Self> {
         let e = vb.pp("embeddings");
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.01 };
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.01,
+        };
         Ok(ClipTextTransformer {
             token_embedding: embedding(c.vocab_size, c.text_width, e.pp("token_embedding"))?,
-            position_embedding: e.get_with_hints((c.context_length, c.text_width), "position_embedding.weight", init)?,
+            position_embedding: e.get_with_hints(
+                (c.context_length, c.text_width),
+                "position_embedding.weight",
+                init,
+            )?,
             encoder: Encoder::new(c.text_width, c.text_heads, c.text_layers, vb.pp("encoder"))?,
             final_layer_norm: LayerNorm::new(c.text_width, vb.pp("final_layer_norm"))?,
         })
@@ -112,10 +126,19 @@ impl ClipTextTransformer {
     /// Returns (last hidden states (B, T, W), pooled (B, W) taken at the end-of-text token).
     pub fn forward(&self, ids: &Tensor, eot_index: &[usize]) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
-        let x = self.token_embedding.forward(ids)?.broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?; // (B, T, W)
+        let x = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?; // (B, T, W)
         let mask = causal_mask(t, ids.device())?; // (T, T): each token sees only its past
-        let hidden = self.final_layer_norm.forward(&self.encoder.forward(&x, Some(&mask))?)?; // (B, T, W)
-        let rows: Vec<u32> = eot_index.iter().enumerate().map(|(i, &e)| (i * t + e.min(t - 1)) as u32).collect();
+        let hidden = self
+            .final_layer_norm
+            .forward(&self.encoder.forward(&x, Some(&mask))?)?; // (B, T, W)
+        let rows: Vec<u32> = eot_index
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| (i * t + e.min(t - 1)) as u32)
+            .collect();
         let rows = Tensor::from_vec(rows, b, ids.device())?;
         let w = hidden.dim(2)?;
         let pooled = hidden.reshape((b * t, w))?.index_select(&rows, 0)?; // (B, W)
@@ -125,8 +148,9 @@ impl ClipTextTransformer {
 
 /// CLIP's vision tower (a ViT): patches -> linear embedding, a learned [CLS] token, position
 /// embeddings, pre-LayerNorm, transformer, post-LayerNorm of [CLS].
-/// Three stride-2 3x3 convolutions, 3 -> W/4 -> W/2 -> W channels, quick-GELU between: a
-/// 32x32 image becomes a 4x4 grid of W-wide tokens.
+/// Four 3x3 convolutions, 3 -> W/8 (stride 1, full resolution for small shapes) -> W/4 -> W/2
+/// -> W channels (stride 2 each), quick-GELU between: a 32x32 image becomes a 4x4 grid of
+/// W-wide tokens.
 #[derive(Clone, Debug)]
 struct ConvStem {
     convs: Vec<(Tensor, Tensor)>,
@@ -134,13 +158,21 @@ struct ConvStem {
 
 impl ConvStem {
     fn new(width: usize, vb: VarBuilder) -> Result<Self> {
-        let chans = [3, width / 4, width / 2, width];
-        let convs = (0..3)
+        let chans = [3, width / 8, width / 4, width / 2, width];
+        let convs = (0..4)
             .map(|i| {
                 let (cin, cout) = (chans[i], chans[i + 1]);
                 let fan_in = (cin * 9) as f64;
-                let w = vb.get_with_hints((cout, cin, 3, 3), &format!("{i}.weight"), candle_nn::Init::Randn { mean: 0.0, stdev: (2.0 / fan_in).sqrt() })?;
-                let b = vb.get_with_hints(cout, &format!("{i}.bias"), candle_nn::Init::Const(0.0))?;
+                let w = vb.get_with_hints(
+                    (cout, cin, 3, 3),
+                    &format!("{i}.weight"),
+                    candle_nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: (2.0 / fan_in).sqrt(),
+                    },
+                )?;
+                let b =
+                    vb.get_with_hints(cout, &format!("{i}.bias"), candle_nn::Init::Const(0.0))?;
                 Ok((w, b))
             })
             .collect::<Result<_>>()?;
@@ -150,9 +182,13 @@ impl ConvStem {
     /// (B, 3, H, W) -> (B, H/8 * W/8, width)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.clone();
+        let last = self.convs.len() - 1;
         for (i, (w, b)) in self.convs.iter().enumerate() {
-            h = h.conv2d(w, 1, 2, 1, 1)?.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?; // (B, C, H/2, W/2)
-            if i < 2 {
+            let stride = if i == 0 { 1 } else { 2 };
+            h = h
+                .conv2d(w, 1, stride, 1, 1)?
+                .broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?; // (B, C, H', W')
+            if i < last {
                 h = crate::nn::quick_gelu(&h)?;
             }
         }
@@ -165,7 +201,7 @@ impl ConvStem {
 pub struct ClipVisionTransformer {
     stem: Option<ConvStem>,
     patch_embedding: Option<Tensor>,
-    class_embedding: Tensor,
+    class_embedding: Option<Tensor>,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
     encoder: Encoder,
@@ -178,19 +214,43 @@ impl ClipVisionTransformer {
         let e = vb.pp("embeddings");
         let p = c.patch_size;
         let fan_in = 3 * p * p;
-        let init = |s: f64| candle_nn::Init::Randn { mean: 0.0, stdev: s };
+        let init = |s: f64| candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: s,
+        };
         Ok(ClipVisionTransformer {
-            stem: if c.conv_stem { Some(ConvStem::new(c.vision_width, e.pp("stem"))?) } else { None },
+            stem: if c.conv_stem {
+                Some(ConvStem::new(c.vision_width, e.pp("stem"))?)
+            } else {
+                None
+            },
             // A conv with kernel = stride = p, stored as diffusers/HF store it: (W, 3, p, p).
             patch_embedding: if c.conv_stem {
                 None
             } else {
-                Some(e.get_with_hints((c.vision_width, 3, p, p), "patch_embedding.weight", init((fan_in as f64).powf(-0.5)))?)
+                Some(e.get_with_hints(
+                    (c.vision_width, 3, p, p),
+                    "patch_embedding.weight",
+                    init((fan_in as f64).powf(-0.5)),
+                )?)
             },
-            class_embedding: e.get_with_hints(c.vision_width, "class_embedding", init(0.02))?,
-            position_embedding: e.get_with_hints((c.num_patches() + 1, c.vision_width), "position_embedding.weight", init(0.01))?,
+            class_embedding: if c.mean_pool {
+                None
+            } else {
+                Some(e.get_with_hints(c.vision_width, "class_embedding", init(0.02))?)
+            },
+            position_embedding: e.get_with_hints(
+                (c.num_patches() + usize::from(!c.mean_pool), c.vision_width),
+                "position_embedding.weight",
+                init(0.01),
+            )?,
             pre_layrnorm: LayerNorm::new(c.vision_width, vb.pp("pre_layrnorm"))?,
-            encoder: Encoder::new(c.vision_width, c.vision_heads, c.vision_layers, vb.pp("encoder"))?,
+            encoder: Encoder::new(
+                c.vision_width,
+                c.vision_heads,
+                c.vision_layers,
+                vb.pp("encoder"),
+            )?,
             post_layernorm: LayerNorm::new(c.vision_width, vb.pp("post_layernorm"))?,
             patch_size: p,
         })
@@ -199,14 +259,27 @@ impl ClipVisionTransformer {
     /// `images`: (B, 3, H, W) in [-1, 1]. Returns the pooled [CLS] state (B, W).
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
         let tokens = match (&self.stem, &self.patch_embedding) {
-            (Some(stem), _) => stem.forward(images)?,              // (B, N, W)
+            (Some(stem), _) => stem.forward(images)?, // (B, N, W)
             (None, Some(kernel)) => self.patchify(images, kernel)?, // (B, N, W)
-            (None, None) => candle_core::bail!("vision tower has neither a conv stem nor a patch embedding"),
+            (None, None) => {
+                candle_core::bail!("vision tower has neither a conv stem nor a patch embedding")
+            }
         };
         let (b, _, width) = tokens.dims3()?;
-        let cls = self.class_embedding.reshape((1, 1, width))?.broadcast_as((b, 1, width))?; // (B, 1, W)
+        let Some(class_embedding) = &self.class_embedding else {
+            let x = tokens.broadcast_add(&self.position_embedding)?; // (B, N, W)
+            let x = self
+                .encoder
+                .forward(&self.pre_layrnorm.forward(&x)?, None)?; // (B, N, W)
+            return self.post_layernorm.forward(&x.mean(1)?); // (B, W): average over the grid
+        };
+        let cls = class_embedding
+            .reshape((1, 1, width))?
+            .broadcast_as((b, 1, width))?; // (B, 1, W)
         let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embedding)?; // (B, N+1, W)
-        let x = self.encoder.forward(&self.pre_layrnorm.forward(&x)?, None)?; // (B, N+1, W)
+        let x = self
+            .encoder
+            .forward(&self.pre_layrnorm.forward(&x)?, None)?; // (B, N+1, W)
         self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?) // (B, W)
     }
 
@@ -248,8 +321,16 @@ impl Clip {
         Ok(Clip {
             text_model: ClipTextTransformer::new(config, vb.pp("text_model"))?,
             vision_model: ClipVisionTransformer::new(config, vb.pp("vision_model"))?,
-            text_projection: linear_no_bias(config.text_width, config.embed_dim, vb.pp("text_projection"))?,
-            visual_projection: linear_no_bias(config.vision_width, config.embed_dim, vb.pp("visual_projection"))?,
+            text_projection: linear_no_bias(
+                config.text_width,
+                config.embed_dim,
+                vb.pp("text_projection"),
+            )?,
+            visual_projection: linear_no_bias(
+                config.vision_width,
+                config.embed_dim,
+                vb.pp("visual_projection"),
+            )?,
             logit_scale: vb.get_with_hints((), "logit_scale", init)?,
             config: config.clone(),
         })
@@ -263,7 +344,8 @@ impl Clip {
 
     /// Image embeddings before normalisation, (B, E).
     pub fn image_features(&self, images: &Tensor) -> Result<Tensor> {
-        self.visual_projection.forward(&self.vision_model.forward(images)?)
+        self.visual_projection
+            .forward(&self.vision_model.forward(images)?)
     }
 
     /// exp(logit_scale), clamped at 100, as a scalar tensor (differentiable below the clamp).

@@ -30,7 +30,10 @@ impl Module for Linear {
     /// (..., in) -> (..., out)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let (rows, din) = (dims[..dims.len() - 1].iter().product::<usize>(), dims[dims.len() - 1]);
+        let (rows, din) = (
+            dims[..dims.len() - 1].iter().product::<usize>(),
+            dims[dims.len() - 1],
+        );
         let y = x.reshape((rows, din))?.matmul(&self.weight.t()?)?; // (rows, out)
         let y = match &self.bias {
             Some(b) => bias_add(&y, b)?,
@@ -45,13 +48,19 @@ impl Module for Linear {
 /// A [`Linear`] layer with bias (`prefix.weight`, `prefix.bias`).
 pub fn linear(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear> {
     let l = candle_nn::linear(din, dout, vb)?;
-    Ok(Linear { weight: l.weight().clone(), bias: l.bias().cloned() })
+    Ok(Linear {
+        weight: l.weight().clone(),
+        bias: l.bias().cloned(),
+    })
 }
 
 /// A [`Linear`] layer without bias.
 pub fn linear_no_bias(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear> {
     let l = candle_nn::linear_no_bias(din, dout, vb)?;
-    Ok(Linear { weight: l.weight().clone(), bias: None })
+    Ok(Linear {
+        weight: l.weight().clone(),
+        bias: None,
+    })
 }
 
 /// LayerNorm over the last axis, written with differentiable ops:
@@ -81,12 +90,22 @@ impl Module for LayerNorm {
 
 /// The same LayerNorm written with candle's differentiable ops (the reference the fused
 /// [`layer_norm`] is tested against).
-pub fn layer_norm_reference(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn layer_norm_reference(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?; // (..., 1)
     let centered = x.broadcast_sub(&mean)?; // (..., W)
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?; // (..., 1)
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// CLIP's activation written with candle ops (the reference for the fused [`quick_gelu`]).
+pub fn quick_gelu_reference(x: &Tensor) -> Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
 }
 
 /// Multi-head self-attention, `softmax(Q K^T / sqrt(d_head) + mask) V`, with CLIP's names.
@@ -118,7 +137,9 @@ impl SelfAttention {
         let (b, t, w) = x.dims3()?;
         let d = w / self.heads;
         let split = |y: Tensor| -> Result<Tensor> {
-            y.reshape((b, t, self.heads, d))?.transpose(1, 2)?.contiguous() // (B, H, T, d)
+            y.reshape((b, t, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous() // (B, H, T, d)
         };
         let q = split((self.q_proj.forward(x)? * (d as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(x)?)?;
@@ -136,7 +157,15 @@ impl SelfAttention {
 
 /// The causal mask: position i may attend to positions 0..=i only. (T, T), 0 or -inf.
 pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..t * t).map(|k| if k % t > k / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let v: Vec<f32> = (0..t * t)
+        .map(|k| {
+            if k % t > k / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
     Tensor::from_vec(v, (t, t), device)?.to_dtype(DType::F32)
 }
 
@@ -164,8 +193,12 @@ impl EncoderLayer {
 
     /// (B, T, W) -> (B, T, W).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
-        let m = self.fc2.forward(&quick_gelu(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
+        let h = (x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
+        let m = self.fc2.forward(&quick_gelu(
+            &self.fc1.forward(&self.layer_norm2.forward(&h)?)?,
+        )?)?;
         h + m
     }
 }
@@ -186,6 +219,8 @@ impl Encoder {
 
     /// (B, T, W) -> (B, T, W).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        self.layers.iter().try_fold(x.clone(), |h, layer| layer.forward(&h, mask))
+        self.layers
+            .iter()
+            .try_fold(x.clone(), |h, layer| layer.forward(&h, mask))
     }
 }

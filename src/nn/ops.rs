@@ -39,7 +39,10 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxBackward)?))
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &SoftmaxBackward,
+        )?))
     }
 }
 
@@ -51,12 +54,22 @@ impl CustomOp2 for SoftmaxBackward {
         "inkdrop-softmax-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let p = contiguous_f32(s1, l1, self.name())?;
         let g = contiguous_f32(s2, l2, self.name())?;
         let n = l1.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; p.len()];
-        for ((pr, gr), o) in p.chunks_exact(n).zip(g.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
+        for ((pr, gr), o) in p
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(out.chunks_exact_mut(n))
+        {
             let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
             for ((oi, &pi), &gi) in o.iter_mut().zip(pr).zip(gr) {
                 *oi = pi * (gi - dot);
@@ -79,7 +92,13 @@ impl CustomOp2 for BiasAdd {
         "inkdrop-bias-add"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let b = contiguous_f32(s2, l2, self.name())?;
         if l1.dims().last() != Some(&b.len()) {
@@ -92,7 +111,13 @@ impl CustomOp2 for BiasAdd {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, _x: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad_b = grad.contiguous()?.apply_op1_no_bwd(&SumRows)?;
         Ok((Some(grad.clone()), Some(grad_b)))
     }
@@ -179,7 +204,11 @@ impl candle_core::CustomOp3 for LayerNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let x = x.contiguous()?;
-        let dx = x.apply_op3_no_bwd(&w.contiguous()?, &grad, &LayerNormBackward { eps: self.eps })?;
+        let dx = x.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &grad,
+            &LayerNormBackward { eps: self.eps },
+        )?;
         // dw = sum_rows(g * xhat): recompute xhat with unit weight and zero bias.
         let n = w.dim(0)?;
         let ones = Tensor::ones(n, candle_core::DType::F32, x.device())?;
@@ -216,7 +245,11 @@ impl candle_core::CustomOp3 for LayerNormBackward {
         let n = w.len();
         let mut out = vec![0f32; x.len()];
         let mut h = vec![0f32; n];
-        for ((row, gr), o) in x.chunks_exact(n).zip(g.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
+        for ((row, gr), o) in x
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(out.chunks_exact_mut(n))
+        {
             let (mean, rstd) = row_stats(row, self.eps);
             let (mut mean_h, mut mean_hx) = (0f32, 0f32);
             for i in 0..n {
@@ -237,7 +270,11 @@ impl candle_core::CustomOp3 for LayerNormBackward {
 
 /// LayerNorm over the last axis of `x` (..., W) with weight and bias (W,), fused (f32).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: eps as f32 })
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )
 }
 
 /// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused, with its derivative
@@ -260,7 +297,10 @@ impl CustomOp1 for QuickGelu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &QuickGeluBackward)?))
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &QuickGeluBackward,
+        )?))
     }
 }
 
@@ -271,7 +311,13 @@ impl CustomOp2 for QuickGeluBackward {
         "inkdrop-quick-gelu-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let g = contiguous_f32(s2, l2, self.name())?;
         let out = x

@@ -1,9 +1,121 @@
-//! Captions the way people write them: always the shape, usually the colour, sometimes the size,
-//! the position or the background; for two objects, their relation read off the placement.
+//! Captions the way people write them: usually the colour and the shape, sometimes only one of
+//! them, sometimes the size, the position or the background; for two objects, their relation
+//! read off the placement.
+//!
+//! Every caption is built from a [`Claim`], a structured statement of what it says, so we can
+//! check whether a caption is true of *any* scene ([`Claim::is_true_of`]). Contrastive training
+//! uses that to count every true caption in a batch as a match (no false negatives).
 
 use rand::Rng;
+use serde::Serialize;
 
-use super::scene::{Object, Relation, Scene};
+use super::scene::{Background, Color, Object, Position, Relation, Scene, Shape, Size};
+
+/// What a caption says about one object; `None` means "not mentioned".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectClaim {
+    pub shape: Option<Shape>,
+    pub color: Option<Color>,
+    pub size: Option<Size>,
+    pub position: Option<Position>,
+}
+
+impl ObjectClaim {
+    fn is_true_of(&self, o: &Object) -> bool {
+        self.shape.is_none_or(|s| s == o.shape)
+            && self.color.is_none_or(|c| c == o.color)
+            && self.size.is_none_or(|s| s == o.size)
+            && self.position.is_none_or(|p| p == o.position)
+    }
+
+    /// "a red circle", "a large blue star", "an orange shape".
+    pub fn phrase(&self) -> String {
+        let mut words: Vec<&str> = Vec::new();
+        if let Some(s) = self.size {
+            words.push(s.word());
+        }
+        if let Some(c) = self.color {
+            words.push(c.word());
+        }
+        words.push(self.shape.map_or("shape", Shape::word));
+        let phrase = words.join(" ");
+        let mut s = format!("{} {phrase}", article(&phrase));
+        if let Some(p) = self.position {
+            s.push(' ');
+            s.push_str(&p.phrase());
+        }
+        s
+    }
+}
+
+/// Everything a caption says: one or two objects, how they sit, the background.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Claim {
+    pub objects: Vec<ObjectClaim>,
+    /// For two objects: `Some(relation)` ("above", ..., "next to"), `None` for "A and B".
+    pub relation: Option<Relation>,
+    pub background: Option<Background>,
+}
+
+impl Claim {
+    /// The caption text.
+    pub fn text(&self) -> String {
+        let mut s = match self.objects.as_slice() {
+            [a] => a.phrase(),
+            [a, b] => match self.relation {
+                Some(r) => format!("{} {} {}", a.phrase(), r.word(), b.phrase()),
+                None => format!("{} and {}", a.phrase(), b.phrase()),
+            },
+            _ => String::new(),
+        };
+        if let Some(bg) = self.background {
+            s.push_str(&format!(" on a {} background", bg.word()));
+        }
+        s
+    }
+
+    /// Whether the caption is a true description of `scene`: same number of objects, each
+    /// claim true of its object (in either order for "and" and "next to"), the relation holds.
+    pub fn is_true_of(&self, scene: &Scene) -> bool {
+        if self.background.is_some_and(|b| b != scene.background)
+            || self.objects.len() != scene.objects.len()
+        {
+            return false;
+        }
+        match (self.objects.as_slice(), scene.objects.as_slice()) {
+            ([c], [o]) => c.is_true_of(o),
+            ([ca, cb], [oa, ob]) => {
+                let in_order = ca.is_true_of(oa) && cb.is_true_of(ob);
+                let swapped = ca.is_true_of(ob) && cb.is_true_of(oa);
+                match self.relation {
+                    None | Some(Relation::NextTo) => in_order || swapped,
+                    Some(r) => {
+                        (in_order && relation_of(oa, ob) == r)
+                            || (swapped && relation_of(ob, oa) == r)
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How `a` sits relative to `b` (the rule captions use).
+pub fn relation_of(a: &Object, b: &Object) -> Relation {
+    let dx = a.center[0] - b.center[0];
+    let dy = a.center[1] - b.center[1];
+    if dy.abs() >= dx.abs() {
+        if dy < 0.0 {
+            Relation::Above
+        } else {
+            Relation::Below
+        }
+    } else if dx < 0.0 {
+        Relation::LeftOf
+    } else {
+        Relation::RightOf
+    }
+}
 
 /// "a" or "an" before a word.
 fn article(next: &str) -> &'static str {
@@ -14,57 +126,66 @@ fn article(next: &str) -> &'static str {
     }
 }
 
-/// "a red circle", "a large blue star", "an orange square": an object with optional attributes.
-pub fn describe(obj: &Object, with_color: bool, with_size: bool) -> String {
-    let mut words = Vec::new();
-    if with_size {
-        words.push(obj.size.word());
-    }
-    if with_color {
-        words.push(obj.color.word());
-    }
-    words.push(obj.shape.word());
-    let phrase = words.join(" ");
-    format!("{} {phrase}", article(&phrase))
-}
-
 /// The caption used to ask about a (colour, shape) pair: "a red circle", "an orange star".
-pub fn pair_prompt(color: super::Color, shape: super::Shape) -> String {
-    let phrase = format!("{} {}", color.word(), shape.word());
-    format!("{} {phrase}", article(&phrase))
+pub fn pair_prompt(color: Color, shape: Shape) -> String {
+    ObjectClaim {
+        shape: Some(shape),
+        color: Some(color),
+        size: None,
+        position: None,
+    }
+    .phrase()
 }
 
-/// A random caption for `scene` from several templates.
-pub fn caption(scene: &Scene, rng: &mut impl Rng) -> String {
-    let background = format!(" on a {} background", scene.background.word());
-    match scene.objects.as_slice() {
-        [o] => {
-            let mut s = describe(o, rng.random_bool(0.9), rng.random_bool(0.35));
-            if rng.random_bool(0.35) {
-                s.push(' ');
-                s.push_str(&o.position.phrase());
-            }
-            if rng.random_bool(0.25) {
-                s.push_str(&background);
-            }
-            s
-        }
-        [a, b] => {
-            let (da, db) = (
-                describe(a, rng.random_bool(0.9), rng.random_bool(0.2)),
-                describe(b, rng.random_bool(0.9), rng.random_bool(0.2)),
-            );
-            let relation = scene.relation().unwrap_or(Relation::NextTo);
-            let mut s = match rng.random_range(0..10) {
-                0 => format!("{da} and {db}"),
-                1 => format!("{da} {} {db}", Relation::NextTo.word()),
-                _ => format!("{da} {} {db}", relation.word()),
-            };
-            if rng.random_bool(0.15) {
-                s.push_str(&background);
-            }
-            s
-        }
-        _ => String::new(),
+/// Which attributes of a single object a caption mentions: colour and shape mostly, sometimes
+/// only one of them (which teaches the encoders each attribute on its own).
+fn object_claim(o: &Object, p_size: f64, p_position: f64, rng: &mut impl Rng) -> ObjectClaim {
+    let (color, shape) = match rng.random_range(0..20) {
+        0..=2 => (None, Some(o.shape)), // "a circle": 15%
+        3..=4 => (Some(o.color), None), // "an orange shape": 10%
+        _ => (Some(o.color), Some(o.shape)),
+    };
+    ObjectClaim {
+        shape,
+        color,
+        size: rng.random_bool(p_size).then_some(o.size),
+        position: rng.random_bool(p_position).then_some(o.position),
     }
+}
+
+/// A random claim about `scene` from several templates.
+pub fn claim(scene: &Scene, rng: &mut impl Rng) -> Claim {
+    match scene.objects.as_slice() {
+        [o] => Claim {
+            objects: vec![object_claim(o, 0.35, 0.35, rng)],
+            relation: None,
+            background: rng.random_bool(0.25).then_some(scene.background),
+        },
+        [a, b] => {
+            let (ca, cb) = (
+                object_claim(a, 0.2, 0.0, rng),
+                object_claim(b, 0.2, 0.0, rng),
+            );
+            let relation = match rng.random_range(0..10) {
+                0 => None,
+                1 => Some(Relation::NextTo),
+                _ => Some(relation_of(a, b)),
+            };
+            Claim {
+                objects: vec![ca, cb],
+                relation,
+                background: rng.random_bool(0.15).then_some(scene.background),
+            }
+        }
+        _ => Claim {
+            objects: Vec::new(),
+            relation: None,
+            background: None,
+        },
+    }
+}
+
+/// A random caption for `scene` (the text of a random [`claim`]).
+pub fn caption(scene: &Scene, rng: &mut impl Rng) -> String {
+    claim(scene, rng).text()
 }

@@ -36,10 +36,12 @@ pub fn is_held_out(color: Color, shape: Shape) -> bool {
     HELD_OUT_PAIRS.contains(&(color, shape))
 }
 
-/// One data point: the scene (ground truth) and a caption for it.
+/// One data point: the scene (ground truth), a caption for it, and what the caption claims.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Sample {
     pub caption: String,
+    #[serde(skip)]
+    pub claim: caption::Claim,
     #[serde(flatten)]
     pub scene: Scene,
 }
@@ -73,8 +75,12 @@ impl Default for WorldConfig {
 /// Draws one captioned sample.
 pub fn sample(config: &WorldConfig, rng: &mut impl Rng) -> Sample {
     let scene = scene::sample_scene(config, rng);
-    let caption = caption::caption(&scene, rng);
-    Sample { caption, scene }
+    let claim = caption::claim(&scene, rng);
+    Sample {
+        caption: claim.text(),
+        claim,
+        scene,
+    }
 }
 
 /// The `index`-th sample of the data set with this seed: the same (seed, index) always gives the

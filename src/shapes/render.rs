@@ -25,7 +25,7 @@ pub fn polygon(obj: &Object) -> Option<Vec<[f32; 2]>> {
         Shape::Circle => None,
         Shape::Square => Some(ring(4, &|_| r * 0.92, std::f32::consts::FRAC_PI_4)),
         Shape::Triangle => Some(ring(3, &|_| r, 0.0)),
-        Shape::Star => Some(ring(10, &|i| if i % 2 == 0 { r } else { r * 0.45 }, 0.0)),
+        Shape::Star => Some(ring(10, &|i| if i % 2 == 0 { r } else { r * 0.42 }, 0.0)),
     }
 }
 
@@ -35,7 +35,9 @@ fn inside_polygon(p: [f32; 2], poly: &[[f32; 2]]) -> bool {
     let mut j = poly.len() - 1;
     for i in 0..poly.len() {
         let (a, b) = (poly[i], poly[j]);
-        if (a[1] > p[1]) != (b[1] > p[1]) && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0] {
+        if (a[1] > p[1]) != (b[1] > p[1])
+            && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0]
+        {
             inside = !inside;
         }
         j = i;
@@ -78,16 +80,27 @@ pub fn bounding_box(obj: &Object) -> [f32; 4] {
             let ([cx, cy], r) = (obj.center, obj.radius());
             [cx - r, cy - r, cx + r, cy + r]
         }
-        Some(poly) => poly.iter().fold([f32::MAX, f32::MAX, f32::MIN, f32::MIN], |b, p| {
-            [b[0].min(p[0]), b[1].min(p[1]), b[2].max(p[0]), b[3].max(p[1])]
-        }),
+        Some(poly) => poly
+            .iter()
+            .fold([f32::MAX, f32::MAX, f32::MIN, f32::MIN], |b, p| {
+                [
+                    b[0].min(p[0]),
+                    b[1].min(p[1]),
+                    b[2].max(p[0]),
+                    b[3].max(p[1]),
+                ]
+            }),
     }
 }
 
 /// Renders `scene` as a `size` x `size` RGB image: each pixel averages 4x4 sub-samples of
 /// (background, or the colour of the last object covering the sub-sample).
 pub fn render(scene: &Scene, size: u32) -> RgbImage {
-    let shapes: Vec<(Coverage, [u8; 3])> = scene.objects.iter().map(|o| (Coverage::new(o), o.color.rgb())).collect();
+    let shapes: Vec<(Coverage, [u8; 3])> = scene
+        .objects
+        .iter()
+        .map(|o| (Coverage::new(o), o.color.rgb()))
+        .collect();
     let bg = scene.background.rgb();
     let n = SUPERSAMPLE * SUPERSAMPLE;
     RgbImage::from_fn(size, size, |px, py| {
@@ -98,7 +111,11 @@ pub fn render(scene: &Scene, size: u32) -> RgbImage {
                     (px as f32 + (sx as f32 + 0.5) / SUPERSAMPLE as f32) / size as f32,
                     (py as f32 + (sy as f32 + 0.5) / SUPERSAMPLE as f32) / size as f32,
                 ];
-                let rgb = shapes.iter().rev().find(|(c, _)| c.contains(p)).map_or(bg, |(_, rgb)| *rgb);
+                let rgb = shapes
+                    .iter()
+                    .rev()
+                    .find(|(c, _)| c.contains(p))
+                    .map_or(bg, |(_, rgb)| *rgb);
                 for ch in 0..3 {
                     acc[ch] += u32::from(rgb[ch]);
                 }

@@ -43,7 +43,7 @@ vocabulary!(
     }
 );
 vocabulary!(
-    /// Small (about a quarter of the canvas across) or large (about half).
+    /// Small (about a third of the canvas across) or large (about half).
     Size { Small => "small", Large => "large" }
 );
 vocabulary!(
@@ -104,7 +104,7 @@ impl Size {
     /// Diameter of the shape's circumscribed circle as a fraction of the canvas side.
     pub fn diameter(self) -> f32 {
         match self {
-            Size::Small => 0.26,
+            Size::Small => 0.32,
             Size::Large => 0.48,
         }
     }
@@ -165,22 +165,10 @@ impl Scene {
     /// The relation of object 0 to object 1 read off their centres ("above" when the first is
     /// clearly higher, and so on), or `None` for single-object scenes.
     pub fn relation(&self) -> Option<Relation> {
-        let [a, b] = self.objects.as_slice() else {
-            return None;
-        };
-        let dx = a.center[0] - b.center[0];
-        let dy = a.center[1] - b.center[1];
-        Some(if dy.abs() >= dx.abs() {
-            if dy < 0.0 {
-                Relation::Above
-            } else {
-                Relation::Below
-            }
-        } else if dx < 0.0 {
-            Relation::LeftOf
-        } else {
-            Relation::RightOf
-        })
+        match self.objects.as_slice() {
+            [a, b] => Some(super::caption::relation_of(a, b)),
+            _ => None,
+        }
     }
 }
 
@@ -188,7 +176,11 @@ impl Scene {
 /// held-out pair in the training split.
 pub fn sample_scene(config: &WorldConfig, rng: &mut impl Rng) -> Scene {
     let background = *Background::ALL.choose(rng).unwrap_or(&Background::Gray);
-    let n = if rng.random_bool(config.p_two_objects.clamp(0.0, 1.0)) { 2 } else { 1 };
+    let n = if rng.random_bool(config.p_two_objects.clamp(0.0, 1.0)) {
+        2
+    } else {
+        1
+    };
     loop {
         let mut objects: Vec<Object> = Vec::with_capacity(n);
         let mut used = Vec::new();
@@ -204,13 +196,17 @@ pub fn sample_scene(config: &WorldConfig, rng: &mut impl Rng) -> Scene {
         }
         let disjoint = match objects.as_slice() {
             [a, b] => {
-                let d = ((a.center[0] - b.center[0]).powi(2) + (a.center[1] - b.center[1]).powi(2)).sqrt();
+                let d = ((a.center[0] - b.center[0]).powi(2) + (a.center[1] - b.center[1]).powi(2))
+                    .sqrt();
                 d > a.radius() + b.radius() + 0.03
             }
             _ => true,
         };
         if objects.len() == n && disjoint {
-            return Scene { background, objects };
+            return Scene {
+                background,
+                objects,
+            };
         }
     }
 }
@@ -220,14 +216,21 @@ fn draw_pair(background: Background, split: Split, rng: &mut impl Rng) -> (Color
         let color = *Color::ALL.choose(rng).unwrap_or(&Color::Red);
         let shape = *Shape::ALL.choose(rng).unwrap_or(&Shape::Circle);
         let clash = background.clashing_color() == Some(color);
-        if !clash && !(split == Split::Train && is_held_out(color, shape)) {
+        let excluded = split == Split::Train && is_held_out(color, shape);
+        if !clash && !excluded {
             return (color, shape);
         }
     }
 }
 
 /// Places an object in its grid cell with jitter, kept fully inside the canvas.
-pub fn place(shape: Shape, color: Color, size: Size, position: Position, rng: &mut impl Rng) -> Object {
+pub fn place(
+    shape: Shape,
+    color: Color,
+    size: Size,
+    position: Position,
+    rng: &mut impl Rng,
+) -> Object {
     let r = size.diameter() / 2.0;
     let (cx, cy) = position.center();
     let jitter = 0.06;

@@ -39,13 +39,18 @@ pub fn blues(t: f32) -> Rgb<u8> {
 pub fn render_heatmap(h: &Heatmap) -> Result<RgbImage> {
     let rows = h.values.len() as u32;
     let cols = h.values.first().map_or(0, Vec::len) as u32;
-    let label_w = if h.row_images.is_some() { CELL + PAD } else { 9 * h.row_labels.iter().map(|s| s.len()).max().unwrap_or(0) as u32 + PAD };
+    let label_w = if h.row_images.is_some() {
+        CELL + PAD
+    } else {
+        9 * h.row_labels.iter().map(|s| s.len()).max().unwrap_or(0) as u32 + PAD
+    };
     let top = 34 + 20;
     let width = PAD + label_w + cols * CELL + PAD;
     let height = top + rows * CELL + PAD + LEGEND_LINE * h.col_labels.len() as u32 + PAD;
     let mut img = RgbImage::from_pixel(width.max(420), height, Rgb([255, 255, 255]));
     let x0 = PAD + label_w;
-    let mut texts: Vec<(String, (i32, i32), f64)> = vec![(h.title.to_string(), ((img.width() / 2) as i32, 8), 18.0)];
+    let mut texts: Vec<(String, (i32, i32), f64)> =
+        vec![(h.title.to_string(), ((img.width() / 2) as i32, 8), 18.0)];
     let (lo, hi) = h.range;
     for (r, row) in h.values.iter().enumerate() {
         for (c, &v) in row.iter().enumerate() {
@@ -58,30 +63,47 @@ pub fn render_heatmap(h: &Heatmap) -> Result<RgbImage> {
                 }
             }
             if let Some(d) = h.decimals {
-                texts.push((format!("{v:.d$}"), ((cx + CELL / 2) as i32, (cy + CELL / 2 - 8) as i32), 13.0));
+                texts.push((
+                    format!("{v:.d$}"),
+                    ((cx + CELL / 2) as i32, (cy + CELL / 2 - 8) as i32),
+                    13.0,
+                ));
             }
         }
         let cy = top + r as u32 * CELL;
         match h.row_images {
             Some(images) => {
                 if let Some(im) = images.get(r) {
-                    let thumb = imageops::resize(im, CELL - 4, CELL - 4, imageops::FilterType::Nearest);
+                    let thumb =
+                        imageops::resize(im, CELL - 4, CELL - 4, imageops::FilterType::Nearest);
                     imageops::replace(&mut img, &thumb, i64::from(PAD), i64::from(cy + 2));
                 }
             }
             None => {
                 if let Some(l) = h.row_labels.get(r) {
-                    texts.push((l.clone(), ((PAD + label_w / 2) as i32, (cy + CELL / 2 - 8) as i32), 13.0));
+                    texts.push((
+                        l.clone(),
+                        ((PAD + label_w / 2) as i32, (cy + CELL / 2 - 8) as i32),
+                        13.0,
+                    ));
                 }
             }
         }
     }
     for c in 0..cols {
-        texts.push(((c + 1).to_string(), ((x0 + c * CELL + CELL / 2) as i32, (top - 20) as i32), 14.0));
+        texts.push((
+            (c + 1).to_string(),
+            ((x0 + c * CELL + CELL / 2) as i32, (top - 20) as i32),
+            14.0,
+        ));
     }
     for (i, l) in h.col_labels.iter().enumerate() {
         let y = top + rows * CELL + PAD + i as u32 * LEGEND_LINE;
-        texts.push((format!("{}: {l}", i + 1), ((img.width() / 2) as i32, y as i32), 13.0));
+        texts.push((
+            format!("{}: {l}", i + 1),
+            ((img.width() / 2) as i32, y as i32),
+            13.0,
+        ));
     }
     draw_texts(&mut img, &texts, h.title)?;
     Ok(img)

@@ -182,16 +182,29 @@ pub struct Point {
 }
 
 /// A scatter plot of labelled points, written as PNG.
-pub fn save_scatter(path: &Path, title: &str, axes: (&str, &str), points: &[Point], size: (u32, u32)) -> Result<()> {
+pub fn save_scatter(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    points: &[Point],
+    size: (u32, u32),
+) -> Result<()> {
     fonts::register();
     let name = path.display().to_string();
-    let err = |e: String| Error::Plot { name: name.clone(), reason: e };
+    let err = |e: String| Error::Plot {
+        name: name.clone(),
+        reason: e,
+    };
     let (w, h) = size;
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let panel = Panel {
-            series: vec![Series::new("", points.iter().map(|p| (p.x, p.y)).collect(), 0)],
+            series: vec![Series::new(
+                "",
+                points.iter().map(|p| (p.x, p.y)).collect(),
+                0,
+            )],
             ..Panel::default()
         };
         let (x0, x1) = fit_range(&panel, |p| p.0);
@@ -221,15 +234,23 @@ pub fn save_scatter(path: &Path, title: &str, axes: (&str, &str), points: &[Poin
                 let fill = p.color.filled();
                 let c = (p.x, p.y);
                 match p.marker {
-                    0 => chart.draw_series([Circle::new(c, 7, fill), Circle::new(c, 7, outline.stroke_width(1))])?,
+                    0 => chart.draw_series([
+                        Circle::new(c, 7, fill),
+                        Circle::new(c, 7, outline.stroke_width(1)),
+                    ])?,
                     1 => chart.draw_series([
                         EmptyElement::at(c) + Rectangle::new([(-6, -6), (6, 6)], fill),
-                        EmptyElement::at(c) + Rectangle::new([(-6, -6), (6, 6)], outline.stroke_width(1)),
+                        EmptyElement::at(c)
+                            + Rectangle::new([(-6, -6), (6, 6)], outline.stroke_width(1)),
                     ])?,
-                    2 => chart.draw_series([TriangleMarker::new(c, 9, fill), TriangleMarker::new(c, 9, outline.stroke_width(1))])?,
-                    _ => chart.draw_series([Cross::new(c, 7, p.color.stroke_width(3)), Cross::new(c, 7, p.color.stroke_width(3))])?,
+                    2 => chart.draw_series([TriangleMarker::new(c, 9, fill)])?,
+                    _ => chart.draw_series([
+                        Cross::new(c, 7, p.color.stroke_width(3)),
+                        Cross::new(c, 7, p.color.stroke_width(3)),
+                    ])?,
                 };
-                chart.draw_series([EmptyElement::at(c) + Text::new(p.label.clone(), (10, -7), (fonts::FAMILY, 12).into_font())])?;
+                chart.draw_series([EmptyElement::at(c)
+                    + Text::new(p.label.clone(), (10, -7), (fonts::FAMILY, 12).into_font())])?;
             }
             root.present()?;
             Ok(())

@@ -72,8 +72,13 @@ pub fn pca_2d(points: &[Vec<f32>]) -> (Vec<(f64, f64)>, [f64; 2]) {
     if n == 0 || d == 0 {
         return (Vec::new(), [0.0; 2]);
     }
-    let mean: Vec<f64> = (0..d).map(|j| points.iter().map(|p| f64::from(p[j])).sum::<f64>() / n as f64).collect();
-    let centered: Vec<Vec<f64>> = points.iter().map(|p| (0..d).map(|j| f64::from(p[j]) - mean[j]).collect()).collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|j| points.iter().map(|p| f64::from(p[j])).sum::<f64>() / n as f64)
+        .collect();
+    let centered: Vec<Vec<f64>> = points
+        .iter()
+        .map(|p| (0..d).map(|j| f64::from(p[j]) - mean[j]).collect())
+        .collect();
     let mut cov = vec![vec![0f64; d]; d];
     for p in &centered {
         for i in 0..d {
@@ -88,7 +93,9 @@ pub fn pca_2d(points: &[Vec<f32>]) -> (Vec<(f64, f64)>, [f64; 2]) {
     for (k, share) in explained.iter_mut().enumerate() {
         let mut v: Vec<f64> = (0..d).map(|i| 1.0 + (i + k) as f64 * 1e-3).collect();
         for _ in 0..500 {
-            let mut w: Vec<f64> = (0..d).map(|i| (0..d).map(|j| cov[i][j] * v[j]).sum()).collect();
+            let mut w: Vec<f64> = (0..d)
+                .map(|i| (0..d).map(|j| cov[i][j] * v[j]).sum())
+                .collect();
             for c in &components {
                 let dot: f64 = w.iter().zip(c).map(|(a, b)| a * b).sum();
                 w.iter_mut().zip(c).for_each(|(a, b)| *a -= dot * b);
@@ -96,11 +103,16 @@ pub fn pca_2d(points: &[Vec<f32>]) -> (Vec<(f64, f64)>, [f64; 2]) {
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
             v = w.iter().map(|x| x / norm).collect();
         }
-        let largest = v.iter().copied().fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let largest = v
+            .iter()
+            .copied()
+            .fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
         if largest < 0.0 {
             v.iter_mut().for_each(|x| *x = -*x);
         }
-        let lambda: f64 = (0..d).map(|i| v[i] * (0..d).map(|j| cov[i][j] * v[j]).sum::<f64>()).sum();
+        let lambda: f64 = (0..d)
+            .map(|i| v[i] * (0..d).map(|j| cov[i][j] * v[j]).sum::<f64>())
+            .sum();
         *share = if total > 0.0 { lambda / total } else { 0.0 };
         components.push(v);
     }

@@ -33,7 +33,8 @@ pub const CONTEXT_LENGTH: usize = 16;
 
 /// CLIP's pre-tokenizer pattern: contractions, runs of letters, single digits, runs of other
 /// symbols; whitespace is dropped.
-const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const CLIP_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// A tokenized text: ids of length `context_length` and what happened on the way.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,27 +73,43 @@ fn clip_pipeline(bpe: BPE) -> Result<Tokenizer> {
     .map_err(|e| tok_err("CLIP pattern", e))?;
     let normalizer = NormalizerSequence::new(vec![
         NFC.into(),
-        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-            .map_err(|e| tok_err("whitespace rule", e))?
-            .into(),
+        Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+            " ",
+        )
+        .map_err(|e| tok_err("whitespace rule", e))?
+        .into(),
         Lowercase.into(),
     ]);
-    let pre = PreTokenizerSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]);
+    let pre = PreTokenizerSequence::new(vec![
+        split.into(),
+        ByteLevel::new(false, true, false).into(),
+    ]);
     let mut tk = Tokenizer::new(bpe);
-    tk.with_normalizer(Some(normalizer)).map_err(|e| tok_err("normalizer", e))?;
+    tk.with_normalizer(Some(normalizer))
+        .map_err(|e| tok_err("normalizer", e))?;
     tk.with_pre_tokenizer(Some(pre));
-    tk.with_decoder(Some(tokenizers::decoders::bpe::BPEDecoder::new(END_OF_WORD.into())));
+    tk.with_decoder(Some(tokenizers::decoders::bpe::BPEDecoder::new(
+        END_OF_WORD.into(),
+    )));
     let specials = [START_OF_TEXT, END_OF_TEXT].map(|s| AddedToken::from(s, true));
-    tk.add_special_tokens(specials).map_err(|e| tok_err("special tokens", e))?;
+    tk.add_special_tokens(specials)
+        .map_err(|e| tok_err("special tokens", e))?;
     Ok(tk)
 }
 
 impl ClipTokenizer {
     fn wrap(inner: Tokenizer, context_length: usize) -> Result<Self> {
         if context_length < 3 {
-            return Err(Error::Tokenizer(format!("context length {context_length} leaves no room for text; use at least 3")));
+            return Err(Error::Tokenizer(format!(
+                "context length {context_length} leaves no room for text; use at least 3"
+            )));
         }
-        let id = |t: &str| inner.token_to_id(t).ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no {t} token")));
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no {t} token")))
+        };
         Ok(ClipTokenizer {
             start_id: id(START_OF_TEXT)?,
             end_id: id(END_OF_TEXT)?,
@@ -105,7 +122,10 @@ impl ClipTokenizer {
     /// word of the corpus is a single token), then lays the vocabulary out as OpenAI's CLIP does:
     /// the 256 byte symbols, the same 256 with `</w>` (so any word can be spelled), the merges in
     /// order, and the two specials last.
-    pub fn train<'a>(corpus: impl Iterator<Item = &'a str> + Send, context_length: usize) -> Result<Self> {
+    pub fn train<'a>(
+        corpus: impl Iterator<Item = &'a str> + Send,
+        context_length: usize,
+    ) -> Result<Self> {
         let trainer = BpeTrainerBuilder::new()
             .vocab_size(4096)
             .min_frequency(0)
@@ -113,10 +133,15 @@ impl ClipTokenizer {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect::<HashSet<char>>())
             .end_of_word_suffix(END_OF_WORD.into())
             .build();
-        let bpe = BPE::builder().end_of_word_suffix(END_OF_WORD.into()).build().map_err(|e| tok_err("BPE", e))?;
+        let bpe = BPE::builder()
+            .end_of_word_suffix(END_OF_WORD.into())
+            .build()
+            .map_err(|e| tok_err("BPE", e))?;
         let mut trainer = tokenizers::models::TrainerWrapper::BpeTrainer(trainer);
         let mut trained = clip_pipeline(bpe)?;
-        trained.train(&mut trainer, corpus).map_err(|e| tok_err("training", e))?;
+        trained
+            .train(&mut trainer, corpus)
+            .map_err(|e| tok_err("training", e))?;
         let merges = merges_of(&trained)?;
 
         let bytes = bytes_to_unicode();
@@ -124,7 +149,11 @@ impl ClipTokenizer {
         vocab.extend(bytes.iter().map(|c| format!("{c}{END_OF_WORD}")));
         vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         vocab.extend([START_OF_TEXT.to_string(), END_OF_TEXT.to_string()]);
-        let vocab: tokenizers::models::bpe::Vocab = vocab.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = vocab
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .end_of_word_suffix(END_OF_WORD.into())
@@ -136,9 +165,13 @@ impl ClipTokenizer {
     /// Loads a tokenizer saved by [`ClipTokenizer::save`] (a `tokenizer.json`).
     pub fn from_file(path: &Path, context_length: usize) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::Tokenizer(format!("tokenizer file '{}' not found; rebuild it with `inkdrop train clip`", path.display())));
+            return Err(Error::Tokenizer(format!(
+                "tokenizer file '{}' not found; rebuild it with `inkdrop train clip`",
+                path.display()
+            )));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| tok_err(&format!("'{}' is not a tokenizer.json", path.display()), e))?;
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| tok_err(&format!("'{}' is not a tokenizer.json", path.display()), e))?;
         Self::wrap(inner, context_length)
     }
 
@@ -154,7 +187,10 @@ impl ClipTokenizer {
 
     /// Saves as `tokenizer.json`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = self.inner.to_string(true).map_err(|e| tok_err("serialising", e))?;
+        let json = self
+            .inner
+            .to_string(true)
+            .map_err(|e| tok_err("serialising", e))?;
         write_atomic(path, json.as_bytes())
     }
 
@@ -163,7 +199,8 @@ impl ClipTokenizer {
         use tokenizers::Model;
         match self.inner.get_model() {
             tokenizers::ModelWrapper::BPE(bpe) => {
-                bpe.save(dir, None).map_err(|e| tok_err("saving vocab.json and merges.txt", e))?;
+                bpe.save(dir, None)
+                    .map_err(|e| tok_err("saving vocab.json and merges.txt", e))?;
                 Ok(())
             }
             _ => Err(Error::Tokenizer("not a BPE tokenizer".into())),
@@ -192,8 +229,16 @@ impl ClipTokenizer {
 
     /// The BPE pieces of `text` without specials or padding: `["a</w>", "red</w>", ...]`.
     pub fn pieces(&self, text: &str) -> Result<Vec<(u32, String)>> {
-        let enc = self.inner.encode(text, false).map_err(|e| tok_err(&format!("encoding {text:?}"), e))?;
-        Ok(enc.get_ids().iter().copied().zip(enc.get_tokens().iter().cloned()).collect())
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(&format!("encoding {text:?}"), e))?;
+        Ok(enc
+            .get_ids()
+            .iter()
+            .copied()
+            .zip(enc.get_tokens().iter().cloned())
+            .collect())
     }
 
     /// Frames `text` the way CLIP does: `[start] pieces [end]`, cut to fit, padded with `end`.
@@ -207,21 +252,35 @@ impl ClipTokenizer {
         ids.push(self.start_id);
         ids.extend(pieces.iter().map(|(id, _)| *id));
         ids.resize(self.context_length, self.end_id);
-        let tokens = ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_default()).collect();
-        Ok(Encoding { ids, tokens, eot_index, truncated })
+        let tokens = ids
+            .iter()
+            .map(|&id| self.inner.id_to_token(id).unwrap_or_default())
+            .collect();
+        Ok(Encoding {
+            ids,
+            tokens,
+            eot_index,
+            truncated,
+        })
     }
 
     /// Decodes ids back to text, dropping specials.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let text = self.inner.decode(ids, true).map_err(|e| tok_err("decoding", e))?;
+        let text = self
+            .inner
+            .decode(ids, true)
+            .map_err(|e| tok_err("decoding", e))?;
         Ok(text.trim().to_string())
     }
 }
 
 /// The ordered merge list of a trained BPE tokenizer (read from its serialised form).
 fn merges_of(tk: &Tokenizer) -> Result<Vec<(String, String)>> {
-    let json: serde_json::Value = serde_json::to_value(tk).map_err(|e| tok_err("serialising", e))?;
-    let merges = json["model"]["merges"].as_array().ok_or_else(|| Error::Tokenizer("trained model has no merges".into()))?;
+    let json: serde_json::Value =
+        serde_json::to_value(tk).map_err(|e| tok_err("serialising", e))?;
+    let merges = json["model"]["merges"]
+        .as_array()
+        .ok_or_else(|| Error::Tokenizer("trained model has no merges".into()))?;
     merges
         .iter()
         .map(|m| match m {
@@ -242,8 +301,14 @@ fn merges_of(tk: &Tokenizer) -> Result<Vec<(String, String)>> {
 /// themselves, the other 68 bytes to the code points 256, 257, ... so every byte is a visible
 /// character (a space becomes `Ġ`).
 pub fn bytes_to_unicode() -> Vec<char> {
-    let printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~')).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut symbols: Vec<char> = printable.iter().filter_map(|&b| char::from_u32(b)).collect();
+    let printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut symbols: Vec<char> = printable
+        .iter()
+        .filter_map(|&b| char::from_u32(b))
+        .collect();
     let mut extra = 0;
     for b in 0..256u32 {
         if !printable.contains(&b) {

@@ -17,8 +17,10 @@ pub fn save(path: &Path, varmap: &VarMap, opt: &AdamW, fingerprint: &str) -> Res
     if let Some(dir) = path.parent() {
         crate::support::files::prepare_out_dir(dir)?;
     }
-    let mut tensors: Vec<(String, candle_core::Tensor)> =
-        weights::sorted_vars(varmap).into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let mut tensors: Vec<(String, candle_core::Tensor)> = weights::sorted_vars(varmap)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
     tensors.extend(opt.state());
     let meta = HashMap::from([
         ("step".to_string(), opt.step.to_string()),
@@ -31,7 +33,11 @@ pub fn save(path: &Path, varmap: &VarMap, opt: &AdamW, fingerprint: &str) -> Res
 /// made with other settings (its fingerprint differs).
 pub fn load(path: &Path, varmap: &VarMap, opt: &mut AdamW, fingerprint: &str) -> Result<usize> {
     let loaded = weights::load(path, &Device::Cpu)?;
-    let theirs = loaded.metadata.get("fingerprint").map(String::as_str).unwrap_or("");
+    let theirs = loaded
+        .metadata
+        .get("fingerprint")
+        .map(String::as_str)
+        .unwrap_or("");
     if theirs != fingerprint {
         return Err(Error::Weights {
             path: path.to_path_buf(),
@@ -41,7 +47,11 @@ pub fn load(path: &Path, varmap: &VarMap, opt: &mut AdamW, fingerprint: &str) ->
             ),
         });
     }
-    let step: usize = loaded.metadata.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let step: usize = loaded
+        .metadata
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     weights::load_into(varmap, &loaded, path)?;
     opt.load_state(&loaded.tensors, step)?;
     Ok(step)

@@ -5,7 +5,7 @@
 //! the scaled cosine similarities, identical captions counting as matches.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -16,7 +16,9 @@ use super::checkpoint;
 use super::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
 use crate::clip::bundle::{tokenize, ClipBundle};
 use crate::clip::eval::{zero_shot, ZeroShot};
-use crate::clip::{contrastive_loss, images_tensor, match_targets, Clip, ClipConfig, MAX_LOGIT_SCALE};
+use crate::clip::{
+    contrastive_loss, images_tensor, truth_targets, Clip, ClipConfig, MAX_LOGIT_SCALE,
+};
 use crate::shapes::{render, sample_at, WorldConfig};
 use crate::text::ClipTokenizer;
 use crate::{weights, Result};
@@ -45,7 +47,7 @@ pub struct ClipTrainConfig {
 impl Default for ClipTrainConfig {
     fn default() -> Self {
         ClipTrainConfig {
-            steps: 1500,
+            steps: 1200,
             batch_size: 128,
             lr: 1e-3,
             warmup: 100,
@@ -87,53 +89,85 @@ pub fn train_clip(
     tokenizer: &ClipTokenizer,
     model_config: &ClipConfig,
     cfg: &ClipTrainConfig,
-    out: &PathBuf,
-    checkpoint_path: &PathBuf,
+    out: &Path,
+    checkpoint_path: &Path,
     resume: bool,
     on_step: &mut dyn FnMut(&StepStats) -> bool,
 ) -> Result<Option<ClipTrainReport>> {
     let device = Device::Cpu;
     let varmap = VarMap::new();
-    let model = Clip::new(model_config, weights::seeded_var_builder(&varmap, cfg.seed, &device))?;
+    let model = Clip::new(
+        model_config,
+        weights::seeded_var_builder(&varmap, cfg.seed, &device),
+    )?;
     let vars = weights::sorted_vars(&varmap);
     let plain_vars: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, AdamWConfig { weight_decay: cfg.weight_decay, ..AdamWConfig::default() })?;
+    let mut opt = AdamW::new(
+        vars,
+        AdamWConfig {
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
     let fingerprint = serde_json::json!({ "model": model_config, "train": cfg }).to_string();
     let start_step = if resume && checkpoint_path.exists() {
         checkpoint::load(checkpoint_path, &varmap, &mut opt, &fingerprint)?
     } else {
         0
     };
-    let world = WorldConfig { p_two_objects: cfg.p_two_objects, ..WorldConfig::default() };
+    let world = WorldConfig {
+        p_two_objects: cfg.p_two_objects,
+        ..WorldConfig::default()
+    };
     let size = model_config.image_size as u32;
     let started = Instant::now();
     let (mut last_loss, mut last_acc) = (f64::NAN, f64::NAN);
     for step in start_step..cfg.steps {
         // 1. A fresh batch, a pure function of (seed, step).
-        let samples: Vec<_> = (0..cfg.batch_size as u64).map(|i| sample_at(&world, cfg.seed, (step * cfg.batch_size) as u64 + i)).collect();
+        let samples: Vec<_> = (0..cfg.batch_size as u64)
+            .map(|i| sample_at(&world, cfg.seed, (step * cfg.batch_size) as u64 + i))
+            .collect();
         let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
         let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
         let x = images_tensor(&images, &device)?; // (B, 3, 32, 32)
         let (ids, eot) = tokenize(tokenizer, &captions, &device)?; // (B, T)
-        // 2. Embed both sides and score every image against every caption.
+                                                                   // 2. Embed both sides and score every image against every caption.
         let targets = if cfg.soft_targets {
-            (candle_core::Tensor::ones((captions.len(), captions.len()), candle_core::DType::F32, &device)? / captions.len() as f64)?
+            candle_core::Tensor::ones(
+                (captions.len(), captions.len()),
+                candle_core::DType::F32,
+                &device,
+            )? // everything "matches"
         } else {
-            match_targets(&captions, &device)?
+            truth_targets(&samples, &device)? // every true caption in the batch is a match
         };
-        let out = contrastive_loss(&model.image_features(&x)?, &model.text_features(&ids, &eot)?, &model.scale()?, &targets, cfg.l2_normalize)?;
+        let out = contrastive_loss(
+            &model.image_features(&x)?,
+            &model.text_features(&ids, &eot)?,
+            &model.scale()?,
+            &targets,
+            cfg.l2_normalize,
+        )?;
         // 3. Backpropagate, clip, update; keep the temperature in CLIP's range.
         let mut grads = out.loss.backward()?;
         clip_grad_norm(&mut grads, &plain_vars, cfg.max_grad_norm)?;
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr);
         opt.update(&grads, lr)?;
         let clamped = model.logit_scale.clamp(0.0, MAX_LOGIT_SCALE.ln())?;
-        if let Some((_, v)) = weights::sorted_vars(&varmap).into_iter().find(|(n, _)| n == "logit_scale") {
+        if let Some((_, v)) = weights::sorted_vars(&varmap)
+            .into_iter()
+            .find(|(n, _)| n == "logit_scale")
+        {
             v.set(&clamped)?;
         }
         last_loss = f64::from(out.loss.to_scalar::<f32>()?);
-        last_acc = batch_accuracy(&out.logits, &captions)?;
-        let go_on = on_step(&StepStats { step: step + 1, loss: last_loss, accuracy: last_acc, lr });
+        last_acc = batch_accuracy(&out.logits, &samples)?;
+        let go_on = on_step(&StepStats {
+            step: step + 1,
+            loss: last_loss,
+            accuracy: last_acc,
+            lr,
+        });
         if !go_on {
             checkpoint::save(checkpoint_path, &varmap, &opt, &fingerprint)?;
             return Ok(None);
@@ -144,7 +178,13 @@ pub fn train_clip(
     }
     let seconds = started.elapsed().as_secs_f64();
     let logit_scale = f64::from(model.logit_scale.exp()?.to_scalar::<f32>()?);
-    let bundle = ClipBundle { model, varmap, tokenizer: tokenizer.clone(), metadata: HashMap::new(), device };
+    let bundle = ClipBundle {
+        model,
+        varmap,
+        tokenizer: tokenizer.clone(),
+        metadata: HashMap::new(),
+        device,
+    };
     let zero_shot = zero_shot(&bundle, 40, cfg.seed + 1_000_003)?;
     let report = ClipTrainReport {
         steps: cfg.steps,
@@ -156,18 +196,31 @@ pub fn train_clip(
         zero_shot,
     };
     let metadata = HashMap::from([
-        ("config".to_string(), serde_json::to_string(model_config).unwrap_or_default()),
-        ("training".to_string(), serde_json::to_string(cfg).unwrap_or_default()),
-        ("report".to_string(), serde_json::to_string(&report).unwrap_or_default()),
+        (
+            "config".to_string(),
+            serde_json::to_string(model_config).unwrap_or_default(),
+        ),
+        (
+            "training".to_string(),
+            serde_json::to_string(cfg).unwrap_or_default(),
+        ),
+        (
+            "report".to_string(),
+            serde_json::to_string(&report).unwrap_or_default(),
+        ),
     ]);
     weights::save_varmap(out, &bundle.varmap, &metadata)?;
     checkpoint::save(checkpoint_path, &bundle.varmap, &opt, &fingerprint)?;
     Ok(Some(report))
 }
 
-/// Share of images whose best-scoring caption equals their own caption.
-fn batch_accuracy(logits: &candle_core::Tensor, captions: &[String]) -> Result<f64> {
+/// Share of images whose best-scoring caption is a true description of them.
+fn batch_accuracy(logits: &candle_core::Tensor, samples: &[crate::shapes::Sample]) -> Result<f64> {
     let best: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-    let ok = best.iter().enumerate().filter(|(i, &j)| captions[*i] == captions[j as usize]).count();
-    Ok(ok as f64 / captions.len().max(1) as f64)
+    let ok = best
+        .iter()
+        .enumerate()
+        .filter(|(i, &j)| samples[j as usize].claim.is_true_of(&samples[*i].scene))
+        .count();
+    Ok(ok as f64 / samples.len().max(1) as f64)
 }

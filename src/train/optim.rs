@@ -70,7 +70,11 @@ impl AdamW {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(AdamW { slots, step: 0, config })
+        Ok(AdamW {
+            slots,
+            step: 0,
+            config,
+        })
     }
 
     /// Applies one update with learning rate `lr`. Variables without a gradient are skipped.
@@ -103,20 +107,32 @@ impl AdamW {
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.slots
             .iter()
-            .flat_map(|s| [(format!("adamw.m.{}", s.name), s.m.clone()), (format!("adamw.v.{}", s.name), s.v.clone())])
+            .flat_map(|s| {
+                [
+                    (format!("adamw.m.{}", s.name), s.m.clone()),
+                    (format!("adamw.v.{}", s.name), s.v.clone()),
+                ]
+            })
             .collect()
     }
 
     /// Restores moments saved by [`AdamW::state`] and the step count.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: usize) -> Result<()> {
         for s in &mut self.slots {
-            let (m, v) = (tensors.get(&format!("adamw.m.{}", s.name)), tensors.get(&format!("adamw.v.{}", s.name)));
+            let (m, v) = (
+                tensors.get(&format!("adamw.m.{}", s.name)),
+                tensors.get(&format!("adamw.v.{}", s.name)),
+            );
             match (m, v) {
                 (Some(m), Some(v)) if m.dims() == s.var.dims() && v.dims() == s.var.dims() => {
                     s.m = m.clone();
                     s.v = v.clone();
                 }
-                _ => candle_core::bail!("checkpoint has no optimizer state for {} with shape {:?}", s.name, s.var.dims()),
+                _ => candle_core::bail!(
+                    "checkpoint has no optimizer state for {} with shape {:?}",
+                    s.name,
+                    s.var.dims()
+                ),
             }
         }
         self.step = step;
