@@ -47,7 +47,8 @@ pub fn render_heatmap(h: &Heatmap) -> Result<RgbImage> {
     let top = 34 + 20;
     let width = PAD + label_w + cols * CELL + PAD;
     let height = top + rows * CELL + PAD + LEGEND_LINE * h.col_labels.len() as u32 + PAD;
-    let mut img = RgbImage::from_pixel(width.max(420), height, Rgb([255, 255, 255]));
+    let title_w = 10 * h.title.chars().count() as u32 + 2 * PAD; // about 10 px per character at 18 pt
+    let mut img = RgbImage::from_pixel(width.max(title_w), height, Rgb([255, 255, 255]));
     let x0 = PAD + label_w;
     let mut texts: Vec<(String, (i32, i32), f64)> =
         vec![(h.title.to_string(), ((img.width() / 2) as i32, 8), 18.0)];
