@@ -70,8 +70,21 @@ impl Table {
         out
     }
 
-    /// A GitHub-flavoured Markdown table, for `book/src/generated/`.
+    /// A GitHub-flavoured Markdown table, for `book/src/generated/`. Cells are escaped so that
+    /// `|` does not split a cell and `<|endoftext|>` or `</w>` are not read as HTML.
     pub fn to_markdown(&self) -> String {
+        let escaped = Table {
+            headers: self.headers.iter().map(|c| escape_markdown(c)).collect(),
+            rows: self
+                .rows
+                .iter()
+                .map(|r| r.iter().map(|c| escape_markdown(c)).collect())
+                .collect(),
+        };
+        escaped.markdown_lines()
+    }
+
+    fn markdown_lines(&self) -> String {
         let widths = self.widths();
         let mut out = format!("| {} |\n", Self::line(&self.headers, &widths, " | "));
         let rule: Vec<String> = widths
@@ -90,6 +103,14 @@ impl Table {
         }
         out
     }
+}
+
+/// Escapes a table cell for Markdown + HTML: `|` as `\|`, `<` and `>` as entities, `&` first.
+fn escape_markdown(cell: &str) -> String {
+    cell.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('|', "\\|")
 }
 
 impl std::fmt::Display for Table {
