@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Parser;
-use inkdrop::noising::{add_noise, expected_stats, markov_step, measured_stats, randn};
-use inkdrop::support::figures::{fmt_db, histogram_panel, noising_tiles, schedule_panels};
-use inkdrop::support::files::{crate_root, default_out_dir, prepare_out_dir, write_atomic};
+use inkdrop::noising::{add_noise, markov_step, randn};
+use inkdrop::support::figures::{
+    fmt_db, histogram_panel, noising_tiles, schedule_panels, stats_cells,
+};
+use inkdrop::support::files::{chapter_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
 use inkdrop::support::image_io::{astronaut, center_square, from_chw, save_png, to_chw};
 use inkdrop::support::notebook::Notebook;
@@ -57,12 +59,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let out = match (&args.out, args.book) {
-        (_, true) => crate_root().join("book/src/generated/ch01"),
-        (Some(dir), false) => dir.clone(),
-        (None, false) => default_out_dir("ch01"),
-    };
-    let out = prepare_out_dir(&out)?;
+    let out = chapter_out_dir("ch01", args.book, args.out.as_deref())?;
     let mut nb = Notebook::new("Chapter 1: forward noising", args.interactive);
     let schedule = NoiseSchedule::default(); // Stable Diffusion's: scaled_linear, T = 1000
     let x0 = to_chw(&center_square(&astronaut()?, 128)); // (3, 128, 128) in [-1, 1]
@@ -257,7 +254,6 @@ fn run(args: Args) -> anyhow::Result<()> {
          sqrt(alpha_bar s_0^2 + 1 - alpha_bar), correlation with the original \
          sqrt(alpha_bar) s_0 / std. Measured on the photograph:",
     );
-    let (m0, s0) = mean_std(&x0);
     let mut stats = Table::new([
         "t",
         "SNR",
@@ -269,21 +265,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         "theory",
     ]);
     for &t in &TIMESTEPS {
-        let x_t = add_noise(&schedule, &x0, &eps, t)?;
-        let (got, want) = (
-            measured_stats(&x_t, &x0),
-            expected_stats(&schedule, t, m0, s0)?,
-        );
-        stats.row([
-            t.to_string(),
-            fmt_db(schedule.snr_db(t)),
-            format!("{:+.3}", got.mean),
-            format!("{:+.3}", want.mean),
-            format!("{:.3}", got.std),
-            format!("{:.3}", want.std),
-            format!("{:.3}", got.corr),
-            format!("{:.3}", want.corr),
-        ]);
+        let mut row = vec![t.to_string(), fmt_db(schedule.snr_db(t))];
+        row.extend(stats_cells(&schedule, &x0, &eps, t)?);
+        stats.row(row);
     }
     println!("{stats}\n");
     write_md(&out, "forward_stats.md", &stats.to_markdown())?;

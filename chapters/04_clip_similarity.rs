@@ -22,7 +22,7 @@ use inkdrop::clip::eval::{all_pairs, zero_shot};
 use inkdrop::clip::{images_tensor, l2_normalize, Clip, ClipConfig};
 use inkdrop::shapes::scene::{Color, Shape};
 use inkdrop::shapes::{is_held_out, render, sample_at, WorldConfig};
-use inkdrop::support::files::{crate_root, default_out_dir, prepare_out_dir, write_atomic};
+use inkdrop::support::files::{chapter_out_dir, default_out_dir, prepare_out_dir, write_atomic};
 use inkdrop::support::heatmap::{render_heatmap, Heatmap};
 use inkdrop::support::image_io::save_png;
 use inkdrop::support::notebook::Notebook;
@@ -62,12 +62,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let out = match (&args.out, args.book) {
-        (_, true) => crate_root().join("book/src/generated/ch04"),
-        (Some(dir), false) => dir.clone(),
-        (None, false) => default_out_dir("ch04"),
-    };
-    let out = prepare_out_dir(&out)?;
+    let out = chapter_out_dir("ch04", args.book, args.out.as_deref())?;
     let write_md = |name: &str, text: &str| write_atomic(&out.join(name), text.as_bytes());
     let mut nb = Notebook::new("Chapter 4: CLIP similarity", args.interactive);
     let clip = ClipBundle::load_default()?;

@@ -15,8 +15,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use inkdrop::noising::{add_noise, expected_stats, measured_stats, randn};
-use inkdrop::support::figures::{fmt_db, histogram_panel, noising_tiles, schedule_panels};
+use inkdrop::noising::randn;
+use inkdrop::support::figures::{
+    fmt_db, histogram_panel, noising_tiles, schedule_panels, stats_cells,
+};
 use inkdrop::support::files::{default_out_dir, prepare_out_dir};
 use inkdrop::support::grid::labelled_grid;
 use inkdrop::support::image_io::{astronaut, center_square, load_image, save_png, to_chw};
@@ -116,20 +118,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         "(theory)",
     ]);
     for &t in &args.timesteps {
-        let x_t = add_noise(&schedule, &x0, &eps, t)?;
-        let got = measured_stats(&x_t, &x0);
-        let want = expected_stats(&schedule, t, m0, s0)?;
-        table.row([
+        let mut row = vec![
             t.to_string(),
             format!("{:.4}", schedule.alpha_bar(t)),
             fmt_db(schedule.snr_db(t)),
-            format!("{:+.3}", got.mean),
-            format!("{:+.3}", want.mean),
-            format!("{:.3}", got.std),
-            format!("{:.3}", want.std),
-            format!("{:.3}", got.corr),
-            format!("{:.3}", want.corr),
-        ]);
+        ];
+        row.extend(stats_cells(&schedule, &x0, &eps, t)?);
+        table.row(row);
     }
     println!("Pixel statistics of x_t, measured on this image and predicted by the closed form");
     println!("(x_0: mean {m0:+.3}, std {s0:.3}; eps ~ N(0, 1)):\n\n{table}\n");

@@ -41,6 +41,28 @@ pub fn noising_tiles(
     Ok(tiles)
 }
 
+/// Measured and predicted pixel statistics of x_t as table cells:
+/// mean, its theory, std, its theory, corr(x_t, x_0), its theory.
+pub fn stats_cells(
+    schedule: &NoiseSchedule,
+    x0: &Array3<f32>,
+    noise: &Array3<f32>,
+    t: usize,
+) -> Result<Vec<String>> {
+    let (m0, s0) = super::stats::mean_std(x0);
+    let x_t = add_noise(schedule, x0, noise, t)?; // (3, H, W)
+    let got = crate::noising::measured_stats(&x_t, x0);
+    let want = crate::noising::expected_stats(schedule, t, m0, s0)?;
+    Ok(vec![
+        format!("{:+.3}", got.mean),
+        format!("{:+.3}", want.mean),
+        format!("{:.3}", got.std),
+        format!("{:.3}", want.std),
+        format!("{:.3}", got.corr),
+        format!("{:.3}", want.corr),
+    ])
+}
+
 /// An SNR in decibels with its sign, `-inf dB` at zero SNR.
 pub fn fmt_db(db: f64) -> String {
     if db.is_finite() {

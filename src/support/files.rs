@@ -15,6 +15,17 @@ pub fn default_out_dir(name: &str) -> PathBuf {
     crate_root().join("target").join("inkdrop").join(name)
 }
 
+/// The output folder of a chapter, created if needed: `book/src/generated/<chapter>` with
+/// `--book`, else `--out`, else `target/inkdrop/<chapter>`.
+pub fn chapter_out_dir(chapter: &str, book: bool, out: Option<&Path>) -> Result<PathBuf> {
+    let dir = match (out, book) {
+        (_, true) => crate_root().join("book/src/generated").join(chapter),
+        (Some(dir), false) => dir.to_path_buf(),
+        (None, false) => default_out_dir(chapter),
+    };
+    prepare_out_dir(&dir)
+}
+
 /// Creates `dir` (and its parents) if needed and returns it.
 pub fn prepare_out_dir(dir: &Path) -> Result<PathBuf> {
     if dir.exists() && !dir.is_dir() {
