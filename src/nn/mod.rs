@@ -5,11 +5,18 @@
 //! Parameter names follow Hugging Face's CLIP checkpoints (`self_attn.q_proj`, `layer_norm1`,
 //! `mlp.fc1`, ...) so the same code could load real weights.
 
+pub mod conv;
+pub mod gemm;
+pub mod group_norm;
+pub mod layers2d;
 pub mod ops;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+pub use conv::{conv2d, Padding};
+pub use group_norm::group_norm;
+pub use layers2d::{Conv2d, GroupNorm};
 pub use ops::{bias_add, layer_norm, quick_gelu, softmax_last_dim};
 
 /// A fully connected layer, `y = x W^T + b`, with candle-nn's initialisation and names

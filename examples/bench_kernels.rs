@@ -1,0 +1,153 @@
+//! Benchmarks of the convolution and GroupNorm kernels against candle's own ops, at the layer
+//! shapes of the VAE and UNet, with GFLOP/s and the machine's matrix-product peak for scale.
+//! Prints medians.
+//!
+//! ```text
+//! cargo run --release --example bench_kernels              # batch 32, 9 repetitions each
+//! cargo run --release --example bench_kernels -- --batch-size 8 --reps 21
+//! ```
+//!
+//! Timings vary with the machine and its load; compare numbers from one run.
+
+use std::time::Instant;
+
+use candle_core::{Device, Module, Tensor, Var};
+use clap::Parser;
+use inkdrop::nn::{conv2d, group_norm, Padding};
+use inkdrop::support::table::Table;
+
+/// Benchmark conv2d and GroupNorm, ours against candle's.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 9)]
+    reps: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+fn median_ms(
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    f()?; // warm up
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn main() -> anyhow::Result<()> {
+    inkdrop::support::tune_allocator();
+    let args = Args::parse();
+    let (dev, r, n) = (Device::Cpu, args.reps, args.batch_size);
+    let mut rng = inkdrop::support::seeded_rng(0);
+    let mut randn = |shape: &[usize]| inkdrop::noising::randn_tensor(shape, &mut rng, &dev);
+
+    let a = randn(&[1024, 1024])?;
+    let mm = median_ms(r, || a.matmul(&a).map(drop))?;
+    println!(
+        "sgemm 1024^3: {mm:.2} ms = {:.0} GFLOP/s (the machine's matrix-product peak)\n",
+        2.0 * 1024f64.powi(3) / mm / 1e6
+    );
+
+    let mut table = Table::new([
+        "conv2d",
+        "input",
+        "candle fwd ms",
+        "ours fwd ms",
+        "ours fwd GFLOP/s",
+        "candle fwd+bwd ms",
+        "ours fwd+bwd ms",
+        "ours fwd+bwd GFLOP/s",
+        "fwd+bwd speed-up",
+    ]);
+    // (C_in, C_out, size, kernel, stride): the VAE's and UNet's layers.
+    for (c_in, c_out, size, k, stride) in [
+        (3, 32, 32, 3, 1),
+        (32, 32, 32, 3, 1),
+        (64, 32, 32, 3, 1),
+        (32, 32, 32, 3, 2),
+        (64, 64, 16, 3, 1),
+        (64, 64, 8, 3, 1),
+        (128, 128, 8, 3, 1),
+        (64, 128, 8, 1, 1),
+    ] {
+        let pad = if k == 3 {
+            Padding::same(1)
+        } else {
+            Padding::same(0)
+        };
+        let x = Var::from_tensor(&randn(&[n, c_in, size, size])?)?;
+        let w = Var::from_tensor(&(randn(&[c_out, c_in, k, k])? * 0.1)?)?;
+        let b = Var::from_tensor(&randn(&[c_out])?)?;
+        let out = (size + 2 * pad.top - k) / stride + 1;
+        let flops = 2.0 * (n * c_out * out * out * c_in * k * k) as f64;
+        let theirs = || {
+            x.conv2d(&w, pad.top, stride, 1, 1)?
+                .broadcast_add(&b.reshape((1, c_out, 1, 1))?)
+        };
+        let ours = || conv2d(&x, &w, &b, stride, pad);
+        let tf = median_ms(r, || theirs().map(drop))?;
+        let of = median_ms(r, || ours().map(drop))?;
+        let tb = median_ms(r, || theirs()?.sum_all()?.backward().map(drop))?;
+        let ob = median_ms(r, || ours()?.sum_all()?.backward().map(drop))?;
+        table.row([
+            format!("{k}x{k} s{stride} {c_in}->{c_out}"),
+            format!("{n}x{c_in}x{size}x{size}"),
+            format!("{tf:.2}"),
+            format!("{of:.2}"),
+            format!("{:.0}", flops / of / 1e6),
+            format!("{tb:.2}"),
+            format!("{ob:.2}"),
+            format!("{:.0}", 3.0 * flops / ob / 1e6),
+            format!("{:.1}x", tb / ob),
+        ]);
+    }
+    println!("{table}\n");
+
+    let mut gn = Table::new([
+        "GroupNorm + SiLU",
+        "input",
+        "candle fwd+bwd ms",
+        "ours fwd+bwd ms",
+        "ours GB/s",
+        "speed-up",
+    ]);
+    for (c, size) in [(32, 32), (64, 16), (128, 8)] {
+        let x = Var::from_tensor(&randn(&[n, c, size, size])?)?;
+        let g = Var::from_tensor(&Tensor::ones(c, candle_core::DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::zeros(c, candle_core::DType::F32, &dev)?)?;
+        let reference =
+            candle_nn::GroupNorm::new(g.as_tensor().clone(), b.as_tensor().clone(), c, 32, 1e-6)?;
+        let tb = median_ms(r, || {
+            candle_nn::ops::silu(&reference.forward(&x)?)?
+                .sum_all()?
+                .backward()
+                .map(drop)
+        })?;
+        let ob = median_ms(r, || {
+            group_norm(&x, &g, &b, 32, 1e-6, true)?
+                .sum_all()?
+                .backward()
+                .map(drop)
+        })?;
+        // Bytes moved at the least: read x, write y; read x and dy, write dx.
+        let bytes = 5.0 * (x.elem_count() * 4) as f64;
+        gn.row([
+            format!("32 groups, {c} channels"),
+            format!("{n}x{c}x{size}x{size}"),
+            format!("{tb:.2}"),
+            format!("{ob:.2}"),
+            format!("{:.1}", bytes / ob / 1e6),
+            format!("{:.1}x", tb / ob),
+        ]);
+    }
+    println!("{gn}");
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! The convolution and GroupNorm kernels against candle's own ops (values and gradients) and
+//! against finite differences, on odd shapes: batch 1, non-square channels, stride 2, asymmetric
+//! padding, 1x1 kernels, non-square images, and channels == height == width.
+
+use candle_core::{Device, Tensor, Var};
+use inkdrop::nn::{conv2d, group_norm, Padding};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = inkdrop::support::seeded_rng(seed);
+    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn weighted_sum(y: &Tensor, w: &Tensor) -> Tensor {
+    (y * w).unwrap().sum_all().unwrap()
+}
+
+/// candle's conv2d with the same (possibly asymmetric) zero padding, as the reference.
+fn candle_conv(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: Padding) -> Tensor {
+    let x = x.pad_with_zeros(2, pad.top, pad.bottom).unwrap();
+    let x = x.pad_with_zeros(3, pad.left, pad.right).unwrap();
+    let y = x.conv2d(w, 0, stride, 1, 1).unwrap();
+    y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap())
+        .unwrap()
+}
+
+struct Case {
+    x: [usize; 4],
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: Padding,
+}
+
+fn cases() -> Vec<Case> {
+    let asym = Padding {
+        top: 0,
+        bottom: 1,
+        left: 0,
+        right: 1,
+    };
+    vec![
+        Case {
+            x: [1, 3, 5, 5],
+            c_out: 4,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [2, 5, 7, 7],
+            c_out: 3,
+            k: 3,
+            stride: 2,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [2, 4, 4, 4],
+            c_out: 4,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [3, 6, 8, 8],
+            c_out: 2,
+            k: 1,
+            stride: 1,
+            pad: Padding::same(0),
+        },
+        Case {
+            x: [2, 3, 8, 8],
+            c_out: 5,
+            k: 3,
+            stride: 2,
+            pad: asym,
+        },
+        Case {
+            x: [1, 2, 6, 9],
+            c_out: 3,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [2, 3, 9, 9],
+            c_out: 2,
+            k: 5,
+            stride: 3,
+            pad: Padding::same(2),
+        },
+        // Large enough to take several im2col chunks and the threaded gemm path.
+        Case {
+            x: [9, 64, 32, 32],
+            c_out: 32,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+    ]
+}
+
+#[test]
+fn conv2d_matches_candle_values_and_gradients() {
+    for (i, c) in cases().iter().enumerate() {
+        let seed = 10 * i as u64;
+        let x = Var::from_tensor(&rand(&c.x, seed)).unwrap();
+        let w = Var::from_tensor(&rand(&[c.c_out, c.x[1], c.k, c.k], seed + 1)).unwrap();
+        let b = Var::from_tensor(&rand(&[c.c_out], seed + 2)).unwrap();
+        let ours = conv2d(&x, &w, &b, c.stride, c.pad).unwrap();
+        let theirs = candle_conv(&x, &w, &b, c.stride, c.pad);
+        assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+        let scale = theirs
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap()
+            .max_all()
+            .unwrap();
+        let tol = 1e-5 * (1.0 + scale.to_scalar::<f32>().unwrap());
+        assert!(max_abs_diff(&ours, &theirs) < tol, "case {i}: values");
+        let r = rand(ours.dims(), seed + 3);
+        let g1 = weighted_sum(&ours, &r).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &r).backward().unwrap();
+        // candle's backward reuses the H padding for W, so only square maps with equal
+        // padding are compared with it; the others are covered by finite differences.
+        let candle_ok = c.x[2] == c.x[3] && c.pad.top == c.pad.left && c.pad.bottom == c.pad.right;
+        if candle_ok {
+            for (name, v) in [("dx", &x), ("dW", &w), ("db", &b)] {
+                let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let tol = 1e-4
+                    * (1.0
+                        + e.abs()
+                            .unwrap()
+                            .max_all()
+                            .unwrap()
+                            .to_scalar::<f32>()
+                            .unwrap());
+                assert!(max_abs_diff(a, e) < tol, "case {i}: {name}");
+            }
+        }
+    }
+}
+
+/// Central finite differences of `loss` at a few coordinates of `v`, against autograd.
+fn check_finite_differences(v: &Var, loss: &dyn Fn() -> Tensor, picks: &[usize]) {
+    let grads = loss().backward().unwrap();
+    let analytic: Vec<f32> = grads
+        .get(v)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let base: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+    let h = 1e-2f32;
+    for &i in picks {
+        let at = |d: f32| {
+            let mut p = base.clone();
+            p[i] += d;
+            v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            loss().to_scalar::<f32>().unwrap()
+        };
+        let numeric = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (numeric - analytic[i]).abs() < 2e-2 * (1.0 + numeric.abs()),
+            "coordinate {i}: finite difference {numeric}, autograd {}",
+            analytic[i]
+        );
+    }
+    v.set(&Tensor::from_vec(base, v.shape(), &Device::Cpu).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences_on_non_square_and_asymmetric_cases() {
+    let asym = Padding {
+        top: 0,
+        bottom: 1,
+        left: 0,
+        right: 1,
+    };
+    for (shape, stride, pad) in [([1, 2, 5, 7], 1, Padding::same(1)), ([2, 3, 6, 6], 2, asym)] {
+        let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
+        let w = Var::from_tensor(&rand(&[3, shape[1], 3, 3], 2)).unwrap();
+        let b = Var::from_tensor(&rand(&[3], 3)).unwrap();
+        let out = conv2d(&x, &w, &b, stride, pad).unwrap();
+        let r = rand(out.dims(), 4);
+        let loss = || weighted_sum(&conv2d(&x, &w, &b, stride, pad).unwrap(), &r);
+        let n = x.elem_count();
+        check_finite_differences(&x, &loss, &[0, 1, n / 2, n - 1]);
+        check_finite_differences(&w, &loss, &[0, 7, w.elem_count() - 1]);
+        check_finite_differences(&b, &loss, &[0, 2]);
+    }
+}
+
+#[test]
+fn conv2d_names_the_mismatch() {
+    let x = rand(&[1, 3, 4, 4], 1);
+    let w = rand(&[2, 4, 3, 3], 2);
+    let b = rand(&[2], 3);
+    let err = conv2d(&x, &w, &b, 1, Padding::same(1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("3 channels") && err.contains("expects 4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn group_norm_matches_candle_and_fused_silu_matches_composition() {
+    for (shape, groups) in [
+        (vec![1, 4, 3, 3], 2),
+        (vec![2, 6, 5, 7], 3),
+        (vec![3, 32, 8, 8], 32),
+        (vec![2, 8, 16], 4),
+    ] {
+        let c = shape[1];
+        let x = Var::from_tensor(&rand(&shape, 1).affine(2.0, 0.5).unwrap()).unwrap();
+        let gamma = Var::from_tensor(&(rand(&[c], 2) + 1.0).unwrap()).unwrap();
+        let beta = Var::from_tensor(&rand(&[c], 3)).unwrap();
+        let r = rand(&shape, 4);
+        let reference = candle_nn::GroupNorm::new(
+            gamma.as_tensor().clone(),
+            beta.as_tensor().clone(),
+            c,
+            groups,
+            1e-5,
+        )
+        .unwrap();
+        let theirs = candle_core::Module::forward(&reference, &x).unwrap();
+        for silu in [false, true] {
+            let ours = group_norm(&x, &gamma, &beta, groups, 1e-5, silu).unwrap();
+            let expected = if silu {
+                candle_nn::ops::silu(&theirs).unwrap()
+            } else {
+                theirs.clone()
+            };
+            assert!(
+                max_abs_diff(&ours, &expected) < 1e-5,
+                "{shape:?} silu={silu}"
+            );
+            let g1 = weighted_sum(&ours, &r).backward().unwrap();
+            let g2 = weighted_sum(&expected, &r).backward().unwrap();
+            for (name, v) in [("dx", &x), ("dgamma", &gamma), ("dbeta", &beta)] {
+                let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(max_abs_diff(a, e) < 1e-4, "{shape:?} silu={silu}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn group_norm_silu_gradients_match_finite_differences() {
+    let x = Var::from_tensor(&rand(&[2, 4, 3, 5], 1)).unwrap();
+    let gamma = Var::from_tensor(&(rand(&[4], 2) + 1.0).unwrap()).unwrap();
+    let beta = Var::from_tensor(&rand(&[4], 3)).unwrap();
+    let r = rand(&[2, 4, 3, 5], 4);
+    let loss = || weighted_sum(&group_norm(&x, &gamma, &beta, 2, 1e-5, true).unwrap(), &r);
+    check_finite_differences(&x, &loss, &[0, 13, 59, 119]);
+    check_finite_differences(&gamma, &loss, &[0, 3]);
+    check_finite_differences(&beta, &loss, &[1, 2]);
+}
+
+#[test]
+fn group_norm_rejects_channels_not_divisible_by_groups() {
+    let x = rand(&[1, 6, 2, 2], 1);
+    let g = rand(&[6], 2);
+    let err = group_norm(&x, &g, &g, 4, 1e-5, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("divisible by 4 groups"), "{err}");
+}
