@@ -5,6 +5,7 @@ mod schedule;
 mod similarity;
 mod tokenize;
 mod train;
+mod vae;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,8 @@ pub enum Command {
     Similarity(similarity::SimilarityArgs),
     /// Train the tokenizer or a model from scratch.
     Train(train::TrainArgs),
+    /// Push an image through the VAE and back, or convert between images and latent files.
+    Vae(vae::VaeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Similarity(args) => similarity::run(&args),
+        Command::Vae(args) => vae::run(&args),
     }
 }

@@ -13,6 +13,8 @@ use inkdrop::shapes::{sample_at, WorldConfig};
 use inkdrop::support::files::default_out_dir;
 use inkdrop::text::{ClipTokenizer, CONTEXT_LENGTH};
 use inkdrop::train::clip::{train_clip, ClipTrainConfig};
+use inkdrop::train::vae::{train_vae, VaeTrainConfig};
+use inkdrop::vae::{bundle::default_vae_path, VaeConfig};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -26,6 +28,39 @@ pub enum TrainWhat {
     Tokenizer(TokenizerArgs),
     /// Train the tiny CLIP contrastively (minutes); writes data/clip.safetensors.
     Clip(ClipArgs),
+    /// Train the VAE (AutoencoderKL) on Shapes World (minutes); writes data/vae.safetensors.
+    Vae(VaeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VaeArgs {
+    /// Optimizer steps.
+    #[arg(long, default_value_t = VaeTrainConfig::default().steps)]
+    pub steps: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = VaeTrainConfig::default().batch_size, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+    pub batch_size: usize,
+    /// Peak learning rate (after warmup; cosine decay to 0).
+    #[arg(long, default_value_t = VaeTrainConfig::default().lr)]
+    pub lr: f64,
+    /// Weight of the KL term against the reconstruction MSE.
+    #[arg(long, default_value_t = VaeTrainConfig::default().kl_weight)]
+    pub kl_weight: f64,
+    /// Seed of the initial weights, the data stream and the sampled z.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the trained model [default: data/vae.safetensors].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Checkpoint file [default: target/inkdrop/checkpoints/vae.safetensors].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint if there is one (same settings required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Use the very small test-size model (for trying the command in seconds).
+    #[arg(long)]
+    pub tiny: bool,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +111,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     match &args.what {
         TrainWhat::Tokenizer(a) => run_tokenizer(a),
         TrainWhat::Clip(a) => run_clip(a),
+        TrainWhat::Vae(a) => run_vae(a),
     }
 }
 
@@ -121,10 +157,7 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
         .checkpoint
         .clone()
         .unwrap_or_else(|| default_out_dir("checkpoints").join("clip.safetensors"));
-    let bar = ProgressBar::new(cfg.steps as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})")
-            .context("progress template")?,
-    );
+    let bar = progress(cfg.steps)?;
     let report = train_clip(
         &tok,
         &model_config,
@@ -165,6 +198,101 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
         100.0 * z.shape_acc,
         out.display(),
         ckpt.display()
+    );
+    Ok(())
+}
+
+/// A progress bar over `steps`; when stderr is not a terminal (a log file, CI) the bar is
+/// hidden, so `log_line` says whether to print this step as a plain line instead.
+fn progress(steps: usize) -> anyhow::Result<ProgressBar> {
+    Ok(ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})")
+            .context("progress template")?,
+    ))
+}
+
+fn log_line(bar: &ProgressBar, step: usize, steps: usize) -> bool {
+    bar.is_hidden() && (step % 50 == 0 || step == steps)
+}
+
+fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
+    let model_config = if args.tiny {
+        VaeConfig::test()
+    } else {
+        VaeConfig::tiny()
+    };
+    let cfg = VaeTrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        kl_weight: args.kl_weight,
+        seed: args.seed,
+        warmup: (args.steps / 20).clamp(1, 100),
+        eval_images: if args.tiny {
+            50
+        } else {
+            VaeTrainConfig::default().eval_images
+        },
+        ..VaeTrainConfig::default()
+    };
+    let out = args.out.clone().unwrap_or_else(default_vae_path);
+    let ckpt = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_out_dir("checkpoints").join("vae.safetensors"));
+    let recon_dir = default_out_dir("train_vae");
+    inkdrop::support::files::prepare_out_dir(&recon_dir)?;
+    let bar = progress(cfg.steps)?;
+    let started = std::time::Instant::now();
+    let report = train_vae(
+        &model_config,
+        &cfg,
+        &out,
+        &ckpt,
+        Some(recon_dir.clone()),
+        args.resume,
+        &mut |s| {
+            bar.set_position(s.step as u64);
+            let msg = format!(
+                "loss {:.5}  batch PSNR {:.1} dB  lr {:.1e}",
+                s.loss, s.psnr_db, s.lr
+            );
+            if log_line(&bar, s.step, cfg.steps) {
+                eprintln!(
+                    "step {}/{}  {msg}  {:.0} s",
+                    s.step,
+                    cfg.steps,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            bar.set_message(msg);
+            true
+        },
+    )?
+    .context("training stopped early")?;
+    bar.finish();
+    if report.resumed_from > 0 {
+        println!("resumed from step {}", report.resumed_from);
+    }
+    let e = &report.eval;
+    println!(
+        "trained {} steps in {:.1} s ({:.3} s/step); final loss {:.5}\n\
+         held out ({} images): PSNR {:.2} dB, colour error on object pixels {:.2} / 255\n\
+         latents: mean {:.3}, std {:.3} -> scaling_factor {:.4}\n\
+         wrote {} (checkpoint {}, reconstruction grids in {})",
+        report.steps,
+        report.seconds,
+        report.seconds_per_step,
+        report.final_loss,
+        e.images,
+        e.psnr_db,
+        e.object_color_error,
+        e.latent_mean,
+        e.latent_std,
+        report.scaling_factor,
+        out.display(),
+        ckpt.display(),
+        recon_dir.display()
     );
     Ok(())
 }

@@ -90,3 +90,79 @@ impl Module for GroupNorm {
         group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
     }
 }
+
+/// Nearest-neighbour 2x upsampling, `y[n, c, i, j] = x[n, c, i / 2, j / 2]`, with its backward
+/// (each input pixel's gradient is the sum over its 2x2 block).
+struct Upsample2x;
+
+impl candle_core::CustomOp1 for Upsample2x {
+    fn name(&self) -> &'static str {
+        "inkdrop-upsample-nearest-2x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let &[n, c, h, w] = l.dims() else {
+            candle_core::bail!("upsample: expects (N, C, H, W), got {:?}", l.dims())
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("upsample: expects a contiguous tensor")
+        };
+        let x = &s.as_slice::<f32>()?[start..end];
+        let mut y = vec![0f32; x.len() * 4];
+        for (src, dst) in x.chunks_exact(w).zip(y.chunks_exact_mut(4 * w)) {
+            let (top, bottom) = dst.split_at_mut(2 * w);
+            for (j, &v) in src.iter().enumerate() {
+                top[2 * j] = v;
+                top[2 * j + 1] = v;
+            }
+            bottom.copy_from_slice(top);
+        }
+        Ok((candle_core::CpuStorage::F32(y), (n, c, 2 * h, 2 * w).into()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&Downsum2x)?))
+    }
+}
+
+/// The adjoint of [`Upsample2x`]: sums of 2x2 blocks.
+struct Downsum2x;
+
+impl candle_core::CustomOp1 for Downsum2x {
+    fn name(&self) -> &'static str {
+        "inkdrop-downsum-2x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let &[n, c, h2, w2] = l.dims() else {
+            candle_core::bail!("downsum: expects (N, C, H, W), got {:?}", l.dims())
+        };
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("downsum: expects a contiguous tensor")
+        };
+        let dy = &s.as_slice::<f32>()?[start..end];
+        let w = w2 / 2;
+        let mut dx = vec![0f32; dy.len() / 4];
+        for (src, dst) in dy.chunks_exact(2 * w2).zip(dx.chunks_exact_mut(w)) {
+            let (top, bottom) = src.split_at(w2);
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = top[2 * j] + top[2 * j + 1] + bottom[2 * j] + bottom[2 * j + 1];
+            }
+        }
+        Ok((candle_core::CpuStorage::F32(dx), (n, c, h2 / 2, w).into()))
+    }
+}
+
+/// Nearest-neighbour 2x upsampling of (N, C, H, W) to (N, C, 2H, 2W), as
+/// `F.interpolate(x, scale_factor=2.0, mode="nearest")`, differentiable.
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Upsample2x)
+}

@@ -10,14 +10,16 @@ pub mod gemm;
 pub mod group_norm;
 pub mod layers2d;
 pub mod ops;
+pub mod resnet;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 pub use conv::{conv2d, Padding};
 pub use group_norm::group_norm;
-pub use layers2d::{Conv2d, GroupNorm};
+pub use layers2d::{upsample_nearest2x, Conv2d, GroupNorm};
 pub use ops::{bias_add, layer_norm, quick_gelu, softmax_last_dim};
+pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 
 /// A fully connected layer, `y = x W^T + b`, with candle-nn's initialisation and names
 /// (`weight` (out, in), `bias` (out)) but a fused bias add (see [`ops`]).

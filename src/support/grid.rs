@@ -108,3 +108,29 @@ pub(crate) fn draw_texts(
     }
     Ok(())
 }
+
+/// Same-size images in `cols` columns, each enlarged `scale` times (nearest), 2-pixel white
+/// gaps, no labels: for quick looks such as training snapshots.
+pub fn image_grid(images: &[RgbImage], cols: usize, scale: u32) -> RgbImage {
+    const GAP: u32 = 2;
+    let (w, h) = images.first().map_or((1, 1), |i| i.dimensions());
+    let (tw, th) = (w * scale, h * scale);
+    let cols = cols.clamp(1, images.len().max(1));
+    let rows = images.len().div_ceil(cols) as u32;
+    let mut canvas = RgbImage::from_pixel(
+        cols as u32 * (tw + GAP) + GAP,
+        rows * (th + GAP) + GAP,
+        BACKGROUND,
+    );
+    for (i, img) in images.iter().enumerate() {
+        let big = imageops::resize(img, tw, th, imageops::FilterType::Nearest);
+        let (c, r) = ((i % cols) as u32, (i / cols) as u32);
+        imageops::replace(
+            &mut canvas,
+            &big,
+            i64::from(GAP + c * (tw + GAP)),
+            i64::from(GAP + r * (th + GAP)),
+        );
+    }
+    canvas
+}

@@ -4,3 +4,4 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod optim;
+pub mod vae;
