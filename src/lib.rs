@@ -17,6 +17,7 @@ pub mod shapes;
 pub mod support;
 pub mod text;
 pub mod train;
+pub mod unet;
 pub mod vae;
 pub mod weights;
 

@@ -18,6 +18,11 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
         env!("CARGO_BIN_EXE_ch04_clip_similarity"),
         &["--demo-steps", "3", "--per-pair", "2"],
     ),
+    (
+        "ch06",
+        env!("CARGO_BIN_EXE_ch06_latent_space"),
+        &["--eval-images", "20"],
+    ),
 ];
 
 fn root() -> PathBuf {

@@ -49,6 +49,10 @@ pub struct VaeArgs {
     /// Seed of the initial weights, the data stream and the sampled z.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Initial log-variance of the posterior (the bias of quant_conv's logvar half): -6 starts
+    /// the posterior narrow, so the decoder sees the encoder's mean rather than noise.
+    #[arg(long, allow_negative_numbers = true, default_value_t = -6.0)]
+    pub init_logvar: f64,
     /// Where to write the trained model [default: data/vae.safetensors].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -227,6 +231,7 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
         lr: args.lr,
         kl_weight: args.kl_weight,
         seed: args.seed,
+        init_logvar: Some(args.init_logvar),
         warmup: (args.steps / 20).clamp(1, 100),
         eval_images: if args.tiny {
             50

@@ -42,18 +42,18 @@ impl Padding {
 /// Every size a convolution needs, read off the input (N, C_in, H, W) and weight
 /// (C_out, C_in, kh, kw).
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
-    n: usize,
-    c_in: usize,
-    h: usize,
-    w: usize,
-    c_out: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: Padding,
-    h_out: usize,
-    w_out: usize,
+pub(super) struct Geometry {
+    pub(super) n: usize,
+    pub(super) c_in: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) c_out: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) pad: Padding,
+    pub(super) h_out: usize,
+    pub(super) w_out: usize,
 }
 
 impl Geometry {
@@ -84,8 +84,14 @@ impl Geometry {
     }
 
     /// Rows of the column matrix: one per (input channel, ky, kx).
-    fn k(&self) -> usize {
+    pub(super) fn k(&self) -> usize {
         self.c_in * self.kh * self.kw
+    }
+
+    /// Stride 1 with the same padding on every side: the fast path of [`super::conv_stride1`].
+    fn stride1_same_pad(&self) -> bool {
+        let p = self.pad;
+        self.stride == 1 && p.top == p.bottom && p.top == p.left && p.left == p.right
     }
 
     /// Output pixels per image.
@@ -247,6 +253,10 @@ impl CustomOp3 for Conv2d {
                 g.c_out
             );
         }
+        if g.stride1_same_pad() {
+            let y = super::conv_stride1::forward(&g, x, w, bias);
+            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.h_out, g.w_out))));
+        }
         let (k, p, nb) = (g.k(), g.p(), g.chunk());
         let mut y = vec![0f32; g.n * g.c_out * p];
         with_scratch(k * nb * p, g.c_out * nb * p, |col, y_cols| {
@@ -341,6 +351,12 @@ impl CustomOp3 for Conv2dBackward {
         let mut out = vec![0f32; nx + g.c_out * k + g.c_out];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(g.c_out * k);
+        if g.stride1_same_pad() {
+            let dx = self.input_grad.then_some(dx);
+            super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
+            let len = out.len();
+            return Ok((CpuStorage::F32(out), Shape::from(len)));
+        }
         // The weight gradient is accumulated transposed, dW^T = col @ dy^T (K, C_out): the
         // matrix-product kernels run 5x faster in this orientation when the inner dimension
         // (N*P) is long and the output small.
@@ -355,7 +371,7 @@ impl CustomOp3 for Conv2dBackward {
                     dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
                 }); // (C_out, nb*P)
                 for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
-                    db[co] += row.iter().sum::<f32>();
+                    db[co] += super::fastmath::sum(row);
                 }
                 let col = &mut col[..k * nbc * p];
                 im2col(&g, &x[b0 * g.c_in * g.h * g.w..], nbc, col);

@@ -44,6 +44,17 @@ impl<'a> MatRef<'a> {
 /// `c = a @ b` (or `c += a @ b` when `accumulate`), with `c` row-major (a.rows, b.cols).
 /// Products above about 64^3 multiply-adds run on all rayon threads.
 pub fn sgemm(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
+    let big = a.rows * a.cols * b.cols >= 64 * 64 * 64;
+    sgemm_on(a, b, c, accumulate, big);
+}
+
+/// [`sgemm`] on the calling thread only (for kernels that split the work across threads
+/// themselves).
+pub fn sgemm_serial(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
+    sgemm_on(a, b, c, accumulate, false);
+}
+
+fn sgemm_on(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, threaded: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
     assert!(
@@ -59,7 +70,7 @@ pub fn sgemm(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
         }
         return;
     }
-    let parallelism = if m * n * k >= 64 * 64 * 64 {
+    let parallelism = if threaded {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

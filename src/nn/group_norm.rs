@@ -16,9 +16,7 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
     }
 }
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
+use super::fastmath::{sigmoid, sum, sum_map, sum_zip};
 
 /// Sizes of a (N, C, ...) input split into `groups` groups of channels.
 #[derive(Clone, Copy)]
@@ -56,8 +54,8 @@ impl Groups {
 /// Mean and `1 / sqrt(var + eps)` of one group (two passes, for accuracy).
 fn stats(seg: &[f32], eps: f32) -> (f32, f32) {
     let m = seg.len() as f32;
-    let mean = seg.iter().sum::<f32>() / m;
-    let var = seg.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / m;
+    let mean = sum(seg) / m;
+    let var = sum_map(seg, |v| (v - mean) * (v - mean)) / m;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -159,7 +157,9 @@ impl CustomOp3 for GroupNormBackward {
         let (gamma, beta) = affine.split_at(affine.len() / 2);
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
         let cpg = gs.channels_per_group();
-        let mut dx = vec![0f32; x.len()];
+        let c = gs.c;
+        let mut out = vec![0f32; x.len() + 2 * c];
+        let (dx, affine_grads) = out.split_at_mut(x.len());
         // Per segment: the (dgamma, dbeta) of its channels, summed over samples afterwards.
         let partial: Vec<Vec<(f32, f32)>> = dx
             .par_chunks_mut(gs.segment())
@@ -168,49 +168,45 @@ impl CustomOp3 for GroupNormBackward {
             .map(|(i, (dxs, (xs, dys)))| {
                 let (mean, rstd) = stats(xs, self.eps);
                 let c0 = (i % gs.groups) * cpg;
-                let (mut sum_h, mut sum_hx) = (0f32, 0f32);
+                // Pass 1: dz = dy * act'(z) into dxs, and per channel sum(dz), sum(dz * xhat).
                 let mut sums = vec![(0f32, 0f32); cpg];
                 for j in 0..cpg {
                     let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
                     let range = j * gs.s..(j + 1) * gs.s;
-                    for ((h, &xv), &g) in dxs[range.clone()]
-                        .iter_mut()
-                        .zip(&xs[range.clone()])
-                        .zip(&dys[range])
-                    {
-                        let xhat = (xv - mean) * rstd;
-                        let dz = if self.silu {
-                            let z = xhat * ga + be;
+                    let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range]);
+                    for ((dz, &xv), &g) in dzs.iter_mut().zip(xc).zip(gc) {
+                        *dz = if self.silu {
+                            let z = (xv - mean) * rstd * ga + be;
                             let s = sigmoid(z);
                             g * s * (1.0 + z * (1.0 - s))
                         } else {
                             g
                         };
-                        sums[j].0 += dz * xhat;
-                        sums[j].1 += dz;
-                        *h = dz * ga;
-                        sum_h += *h;
-                        sum_hx += *h * xhat;
                     }
+                    let sum_dz = sum(dzs);
+                    let sum_dz_xhat = sum_zip(dzs, xc, |dz, xv| dz * (xv - mean) * rstd);
+                    sums[j] = (sum_dz_xhat, sum_dz);
                 }
+                // Pass 2: with h = dz * gamma, dx = rstd * (h - mean(h) - xhat * mean(h xhat)).
                 let m = xs.len() as f32;
-                let (mean_h, mean_hx) = (sum_h / m, sum_hx / m);
-                for (d, &xv) in dxs.iter_mut().zip(xs) {
-                    let xhat = (xv - mean) * rstd;
-                    *d = rstd * (*d - mean_h - xhat * mean_hx);
+                let mean_h = (0..cpg).map(|j| gamma[c0 + j] * sums[j].1).sum::<f32>() / m;
+                let mean_hx = (0..cpg).map(|j| gamma[c0 + j] * sums[j].0).sum::<f32>() / m;
+                for j in 0..cpg {
+                    let ga = gamma[c0 + j];
+                    let range = j * gs.s..(j + 1) * gs.s;
+                    for (d, &xv) in dxs[range.clone()].iter_mut().zip(&xs[range]) {
+                        let xhat = (xv - mean) * rstd;
+                        *d = rstd * (*d * ga - mean_h - xhat * mean_hx);
+                    }
                 }
                 sums
             })
             .collect();
-        let c = gs.c;
-        let mut out = dx;
-        out.resize(out.len() + 2 * c, 0.0);
-        let base = x.len();
         for (i, sums) in partial.iter().enumerate() {
             let c0 = (i % gs.groups) * cpg;
             for (j, (dg, db)) in sums.iter().enumerate() {
-                out[base + c0 + j] += dg;
-                out[base + c + c0 + j] += db;
+                affine_grads[c0 + j] += dg;
+                affine_grads[c + c0 + j] += db;
             }
         }
         let len = out.len();

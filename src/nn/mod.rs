@@ -6,6 +6,8 @@
 //! `mlp.fc1`, ...) so the same code could load real weights.
 
 pub mod conv;
+mod conv_stride1;
+pub mod fastmath;
 pub mod gemm;
 pub mod group_norm;
 pub mod layers2d;

@@ -36,12 +36,15 @@ pub struct VaeTrainConfig {
     pub checkpoint_every: usize,
     /// Held-out images for the final evaluation.
     pub eval_images: usize,
+    /// Start the posterior's log-variance here (the logvar half of `quant_conv.bias`) instead
+    /// of around 0, so the decoder sees the encoder's mean rather than unit noise from step one.
+    pub init_logvar: Option<f64>,
 }
 
 impl Default for VaeTrainConfig {
     fn default() -> Self {
         Self {
-            steps: 1500,
+            steps: 3500,
             batch_size: 32,
             lr: 1e-3,
             warmup: 50,
@@ -50,6 +53,7 @@ impl Default for VaeTrainConfig {
             max_grad_norm: 1.0,
             checkpoint_every: 100,
             eval_images: 500,
+            init_logvar: Some(-6.0),
         }
     }
 }
@@ -99,6 +103,9 @@ pub fn train_vae(
         model_config,
         weights::seeded_var_builder(&varmap, cfg.seed, &device),
     )?;
+    if let Some(logvar) = cfg.init_logvar {
+        set_logvar_bias(&varmap, model_config.latent_channels, logvar)?;
+    }
     let vars = weights::sorted_vars(&varmap);
     let plain_vars: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let adam = AdamWConfig {
@@ -197,6 +204,18 @@ pub fn train_vae(
     weights::save_varmap(out, &varmap, &metadata)?;
     checkpoint::save(checkpoint_path, &varmap, &opt, &fingerprint)?;
     Ok(Some(report))
+}
+
+/// Sets the log-variance half of `quant_conv.bias` (moments = [mean; logvar]) to `logvar`.
+fn set_logvar_bias(varmap: &VarMap, latent_channels: usize, logvar: f64) -> Result<()> {
+    let (_, bias) = weights::sorted_vars(varmap)
+        .into_iter()
+        .find(|(n, _)| n == "quant_conv.bias")
+        .ok_or_else(|| candle_core::Error::Msg("the VAE has no quant_conv.bias".into()))?;
+    let mut v: Vec<f32> = bias.as_tensor().to_vec1()?;
+    v[latent_channels..].iter_mut().for_each(|b| *b = logvar as f32);
+    bias.set(&candle_core::Tensor::new(v, &Device::Cpu)?)?;
+    Ok(())
 }
 
 /// Up to 8 originals in the top row and their reconstructions below, 4x enlarged.

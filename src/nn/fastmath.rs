@@ -1,0 +1,98 @@
+//! `exp` and `sigmoid` in plain f32 arithmetic that the compiler can vectorise (libm's `expf`
+//! is a function call per element, which keeps the fused GroupNorm + SiLU loops scalar).
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
+const ROUND: f32 = 12_582_912.0;
+
+/// `e^x` to about 2 ulp (Cephes' `expf`): `x = n ln2 + r` with `|r| <= ln2 / 2`,
+/// `e^r` by a degree-6 polynomial, `2^n` from the exponent bits. Inputs are clamped to
+/// [-87, 88], where the result stays a normal float.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let e_r = p * r * r + r + 1.0;
+    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// `sigmoid(x) = 1 / (1 + e^-x)`.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// Independent partial sums, so reductions vectorise (a plain `iter().sum()` over f32 is one
+/// dependent add per element: the compiler may not reorder float additions).
+const LANES: usize = 16;
+
+/// `sum_i f(x_i)` with 16 partial sums.
+#[inline(always)]
+pub fn sum_map(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum_i x_i` with 16 partial sums.
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    sum_map(xs, |v| v)
+}
+
+/// `sum_i f(x_i, y_i)` over two equally long slices, with 16 partial sums.
+#[inline(always)]
+pub fn sum_zip(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (cx, cy) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let tail: f32 = cx.remainder().iter().zip(cy.remainder()).map(|(&a, &b)| f(a, b)).sum();
+    for (a, b) in cx.zip(cy) {
+        for ((s, &u), &v) in acc.iter_mut().zip(a).zip(b) {
+            *s += f(u, v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lane_sums_match_plain_sums() {
+        let xs: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.37).sin()).collect();
+        let ys: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.11).cos()).collect();
+        let plain: f64 = xs.iter().map(|&v| f64::from(v)).sum();
+        assert!((f64::from(super::sum(&xs)) - plain).abs() < 1e-3);
+        let dot: f64 = xs.iter().zip(&ys).map(|(&a, &b)| f64::from(a * b)).sum();
+        assert!((f64::from(super::sum_zip(&xs, &ys, |a, b| a * b)) - dot).abs() < 1e-3);
+        assert_eq!(super::sum(&[1.0, 2.0, 3.0]), 6.0);
+    }
+
+    #[test]
+    fn exp_matches_libm_to_a_few_ulp() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (ours, libm) = (super::exp(x), x.exp());
+            worst = worst.max(((ours - libm) / libm).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(super::sigmoid(0.0), 0.5);
+        assert!(super::sigmoid(-200.0) >= 0.0 && super::sigmoid(200.0) == 1.0);
+    }
+}

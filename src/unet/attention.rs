@@ -1,0 +1,185 @@
+//! Attention inside the UNet (diffusers' `Attention`, `BasicTransformerBlock`,
+//! `Transformer2DModel`): every latent position looks at every other one (self-attention) and
+//! at every text token (cross-attention), which is how the prompt steers the picture.
+//!
+//! Attention probabilities can be recorded on request ([`AttentionRecorder`]); when no recorder
+//! is passed nothing is kept.
+
+use std::cell::RefCell;
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::nn::{linear, linear_no_bias, softmax_last_dim, Conv2d, GroupNorm, LayerNorm, Linear, Padding};
+
+/// One recorded attention map.
+#[derive(Clone, Debug)]
+pub struct AttentionMap {
+    /// The attention module, with diffusers' path, e.g.
+    /// `down_blocks.0.attentions.0.transformer_blocks.0.attn2`.
+    pub name: String,
+    /// Latent height and width of the queries (positions are row-major over them).
+    pub height: usize,
+    pub width: usize,
+    /// softmax(Q K^T / sqrt(d)): (B, heads, H*W, keys), detached from the graph.
+    pub probs: Tensor,
+}
+
+/// Collects attention maps during a forward pass; cross-attention only unless `self_attention`.
+#[derive(Debug, Default)]
+pub struct AttentionRecorder {
+    pub self_attention: bool,
+    pub maps: RefCell<Vec<AttentionMap>>,
+}
+
+impl AttentionRecorder {
+    /// A recorder for cross-attention maps.
+    pub fn cross() -> Self {
+        Self::default()
+    }
+
+    /// Takes the maps recorded so far.
+    pub fn take(&self) -> Vec<AttentionMap> {
+        self.maps.take()
+    }
+}
+
+/// Multi-head attention, `softmax(Q K^T / sqrt(d)) V`, with Q from `x` and K, V from `context`
+/// (cross-attention) or from `x` itself (self-attention). Names: `to_q`, `to_k`, `to_v` (no
+/// bias), `to_out.0`.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    name: String,
+}
+
+impl Attention {
+    pub fn new(dim: usize, context_dim: Option<usize>, heads: usize, name: String, vb: VarBuilder) -> Result<Self> {
+        if heads == 0 || dim % heads != 0 {
+            candle_core::bail!("{name}: width {dim} is not divisible by {heads} heads");
+        }
+        let kv = context_dim.unwrap_or(dim);
+        Ok(Self {
+            to_q: linear_no_bias(dim, dim, vb.pp("to_q"))?,
+            to_k: linear_no_bias(kv, dim, vb.pp("to_k"))?,
+            to_v: linear_no_bias(kv, dim, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, vb.pp("to_out.0"))?,
+            heads,
+            name,
+        })
+    }
+
+    /// x (B, N, C), context (B, T, D) or None -> (B, N, C). `hw` = (H, W) of the N queries, for
+    /// the recorder.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, hw: (usize, usize), rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let d = c / self.heads;
+        let kv_src = context.unwrap_or(x);
+        let t = kv_src.dim(1)?;
+        let split = |y: Tensor, len: usize| -> Result<Tensor> {
+            y.reshape((b, len, self.heads, d))?.transpose(1, 2)?.contiguous() // (B, heads, len, d)
+        };
+        let q = split((self.to_q.forward(x)? * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
+        let k = split(self.to_k.forward(kv_src)?, t)?; // (B, h, T, d)
+        let v = split(self.to_v.forward(kv_src)?, t)?; // (B, h, T, d)
+        let probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
+        if let Some(rec) = rec {
+            if context.is_some() || rec.self_attention {
+                rec.maps.borrow_mut().push(AttentionMap { name: self.name.clone(), height: hw.0, width: hw.1, probs: probs.detach() });
+            }
+        }
+        let out = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, n, c))?; // (B, N, C)
+        self.to_out.forward(&out)
+    }
+}
+
+/// GEGLU feed-forward: `net.2(h * gelu(gate))` with `[h, gate] = net.0.proj(x)` (4x wider).
+#[derive(Clone, Debug)]
+struct FeedForward {
+    proj: Linear,
+    out: Linear,
+}
+
+impl FeedForward {
+    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let inner = 4 * dim;
+        Ok(Self { proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?, out: linear(inner, dim, vb.pp("net.2"))? })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hg = self.proj.forward(x)?; // (B, N, 8C)
+        let inner = hg.dim(2)? / 2;
+        let (h, gate) = (hg.narrow(2, 0, inner)?, hg.narrow(2, inner, inner)?);
+        self.out.forward(&(h * gate.gelu_erf()?)?)
+    }
+}
+
+/// diffusers' `BasicTransformerBlock`: `x += attn1(norm1(x))`, `x += attn2(norm2(x), context)`,
+/// `x += ff(norm3(x))`.
+#[derive(Clone, Debug)]
+struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    fn new(dim: usize, heads: usize, context_dim: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: LayerNorm::new(dim, vb.pp("norm1"))?,
+            attn1: Attention::new(dim, None, heads, format!("{name}.attn1"), vb.pp("attn1"))?,
+            norm2: LayerNorm::new(dim, vb.pp("norm2"))?,
+            attn2: Attention::new(dim, Some(context_dim), heads, format!("{name}.attn2"), vb.pp("attn2"))?,
+            norm3: LayerNorm::new(dim, vb.pp("norm3"))?,
+            ff: FeedForward::new(dim, vb.pp("ff"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, context: &Tensor, hw: (usize, usize), rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+        let x = (x + self.attn1.forward(&self.norm1.forward(x)?, None, hw, rec)?)?;
+        let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, Some(context), hw, rec)?)?;
+        &x + self.ff.forward(&self.norm3.forward(&x)?)?
+    }
+}
+
+/// diffusers' `Transformer2DModel` (SD 1.x: 1x1 conv projections): the feature map becomes a
+/// sequence of H*W tokens, goes through one [`BasicTransformerBlock`], and comes back, plus a
+/// residual: `y = x + proj_out(block(proj_in(norm(x))))`.
+#[derive(Clone, Debug)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Conv2d,
+    block: BasicTransformerBlock,
+    proj_out: Conv2d,
+}
+
+impl Transformer2DModel {
+    pub fn new(channels: usize, heads: usize, context_dim: usize, groups: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+        let none = Padding::same(0);
+        Ok(Self {
+            norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: Conv2d::new(channels, channels, 1, 1, none, vb.pp("proj_in"))?,
+            block: BasicTransformerBlock::new(channels, heads, context_dim, &format!("{name}.transformer_blocks.0"), vb.pp("transformer_blocks.0"))?,
+            proj_out: Conv2d::new(channels, channels, 1, 1, none, vb.pp("proj_out"))?,
+        })
+    }
+
+    /// x (B, C, H, W), context (B, T, D) -> (B, C, H, W)
+    pub fn forward(&self, x: &Tensor, context: &Tensor, rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let tokens = self.proj_in.forward(&self.norm.forward(x)?)?; // (B, C, H, W)
+        let tokens = tokens.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?; // (B, HW, C)
+        let tokens = self.block.forward(&tokens, context, (h, w), rec)?; // (B, HW, C)
+        let y = tokens.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))?;
+        x + self.proj_out.forward(&y)?
+    }
+}

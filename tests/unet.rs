@@ -1,0 +1,139 @@
+//! The UNet: shapes, diffusers' parameter names and count (checked against a number PyTorch
+//! printed for diffusers' own model), the timestep embedding, attention recording, and every
+//! weight trained (the guard test).
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use inkdrop::unet::attention::AttentionRecorder;
+use inkdrop::unet::embeddings::timestep_embedding;
+use inkdrop::unet::{UNet2DConditionModel, UNetConfig};
+use inkdrop::weights::{seeded_var_builder, sorted_vars};
+
+fn model(cfg: &UNetConfig, seed: u64) -> (UNet2DConditionModel, VarMap) {
+    let vm = VarMap::new();
+    let unet = UNet2DConditionModel::new(cfg, seeded_var_builder(&vm, seed, &Device::Cpu)).unwrap();
+    (unet, vm)
+}
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = inkdrop::support::seeded_rng(seed);
+    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn predicts_noise_of_the_latents_shape_with_one_timestep_per_sample() {
+    let cfg = UNetConfig::test();
+    let (unet, _) = model(&cfg, 0);
+    let x = rand(&[3, 4, 8, 8], 1);
+    let t = Tensor::new(&[0f32, 500.0, 999.0], &Device::Cpu).unwrap();
+    let ctx = rand(&[3, 16, cfg.cross_attention_dim], 2);
+    let eps = unet.forward(&x, &t, &ctx, None).unwrap();
+    assert_eq!(eps.dims(), &[3, 4, 8, 8]);
+    // Each sample's output depends on its own timestep only.
+    let t2 = Tensor::new(&[0f32, 10.0, 999.0], &Device::Cpu).unwrap();
+    let eps2 = unet.forward(&x, &t2, &ctx, None).unwrap();
+    let diff = (&eps - &eps2).unwrap().abs().unwrap().sum_keepdim((1, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(diff[0] == 0.0 && diff[2] == 0.0 && diff[1] > 0.0, "{diff:?}");
+}
+
+#[test]
+fn parameter_count_equals_diffusers_for_the_benchmark_config() {
+    // UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4,
+    // block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=64,
+    // attention_head_dim=8, CrossAttnDownBlock2D x2, CrossAttnUpBlock2D x2, norm_num_groups=32)
+    // has 1,077,572 parameters in PyTorch (the CPU-kernels issue measured it).
+    let cfg = UNetConfig {
+        sample_size: 16,
+        block_out_channels: vec![32, 64],
+        cross_attention: vec![true, true],
+        cross_attention_dim: 64,
+        attention_heads: 8,
+        norm_num_groups: 32,
+        ..UNetConfig::tiny()
+    };
+    let (_, vm) = model(&cfg, 0);
+    let count: usize = sorted_vars(&vm).iter().map(|(_, v)| v.elem_count()).sum();
+    assert_eq!(count, 1_077_572);
+}
+
+#[test]
+fn parameter_names_follow_diffusers() {
+    let (_, vm) = model(&UNetConfig::tiny(), 0);
+    let names: Vec<String> = sorted_vars(&vm).into_iter().map(|(n, _)| n).collect();
+    for key in [
+        "time_embedding.linear_1.weight",
+        "time_embedding.linear_2.bias",
+        "conv_in.weight",
+        "down_blocks.0.resnets.0.time_emb_proj.weight",
+        "down_blocks.0.attentions.0.norm.weight",
+        "down_blocks.0.attentions.0.proj_in.weight",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.bias",
+        "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight",
+        "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight",
+        "down_blocks.0.attentions.0.transformer_blocks.0.norm3.weight",
+        "down_blocks.0.downsamplers.0.conv.weight",
+        "mid_block.resnets.1.conv2.weight",
+        "mid_block.attentions.0.proj_out.weight",
+        "up_blocks.0.resnets.1.conv_shortcut.weight",
+        "up_blocks.0.upsamplers.0.conv.weight",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn1.to_v.weight",
+        "conv_norm_out.weight",
+        "conv_out.bias",
+    ] {
+        assert!(names.iter().any(|n| n == key), "missing {key}");
+    }
+    assert!(!names.iter().any(|n| n.contains("to_q.bias")), "to_q has no bias in diffusers");
+}
+
+#[test]
+fn timestep_embedding_is_cos_then_sin_with_sd_frequencies() {
+    let t = Tensor::new(&[0f32, 1.0, 500.0], &Device::Cpu).unwrap();
+    let e: Vec<Vec<f32>> = timestep_embedding(&t, 8, 0.0).unwrap().to_vec2().unwrap();
+    assert_eq!(e[0], vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    // f_k = 10000^(-k/4): for t = 1, k = 1: cos(0.1), sin(0.1).
+    assert!((e[1][1] - 0.1f32.cos()).abs() < 1e-6 && (e[1][5] - 0.1f32.sin()).abs() < 1e-6);
+    assert!((e[2][0] - 500f32.cos()).abs() < 1e-4);
+}
+
+#[test]
+fn cross_attention_maps_are_recorded_only_when_asked() {
+    let cfg = UNetConfig::test();
+    let (unet, _) = model(&cfg, 0);
+    let x = rand(&[2, 4, 8, 8], 1);
+    let t = Tensor::new(&[10f32, 20.0], &Device::Cpu).unwrap();
+    let ctx = rand(&[2, 16, cfg.cross_attention_dim], 2);
+    let rec = AttentionRecorder::cross();
+    let with = unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
+    let without = unet.forward(&x, &t, &ctx, None).unwrap();
+    assert_eq!((&with - &without).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    let maps = rec.take();
+    // 2 down layers, 1 mid, 2 x 2 up layers: 7 transformers, one cross-attention each.
+    assert_eq!(maps.len(), 7);
+    for m in &maps {
+        assert!(m.name.ends_with("attn2"), "{}", m.name);
+        let d = m.probs.dims();
+        assert_eq!((d[0], d[1], d[2], d[3]), (2, cfg.attention_heads, m.height * m.width, 16));
+        let rows: Vec<f32> = m.probs.sum(3).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5), "probabilities sum to 1 over tokens");
+    }
+    assert!(maps.iter().any(|m| m.height == 4) && maps.iter().any(|m| m.height == 8));
+}
+
+#[test]
+fn every_weight_receives_a_gradient() {
+    let cfg = UNetConfig::test();
+    let (unet, vm) = model(&cfg, 3);
+    let x = rand(&[2, 4, 8, 8], 4);
+    let t = Tensor::new(&[100f32, 900.0], &Device::Cpu).unwrap();
+    let ctx = rand(&[2, 16, cfg.cross_attention_dim], 5);
+    let target = rand(&[2, 4, 8, 8], 6);
+    let loss = (unet.forward(&x, &t, &ctx, None).unwrap() - target).unwrap().sqr().unwrap().mean_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in sorted_vars(&vm) {
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0, "{name}: zero gradient");
+    }
+}
