@@ -137,3 +137,68 @@ fn every_weight_receives_a_gradient() {
         assert!(norm > 0.0, "{name}: zero gradient");
     }
 }
+
+mod training {
+    use super::*;
+    use inkdrop::clip::bundle::ClipBundle;
+    use inkdrop::clip::{Clip, ClipConfig};
+    use inkdrop::shapes::{sample_at, WorldConfig};
+    use inkdrop::text::ClipTokenizer;
+    use inkdrop::train::unet::{latent_dataset, train_unet, UNetTrainConfig};
+    use inkdrop::vae::{AutoencoderKL, VaeConfig};
+
+    fn clip() -> ClipBundle {
+        let world = WorldConfig::default();
+        let caps: Vec<String> = (0..300).map(|i| sample_at(&world, 0, i).caption).collect();
+        let tokenizer = ClipTokenizer::train(caps.iter().map(String::as_str), 16).unwrap();
+        let varmap = VarMap::new();
+        let cfg = ClipConfig::test(tokenizer.vocab_size(), 16);
+        let model = Clip::new(&cfg, seeded_var_builder(&varmap, 0, &Device::Cpu)).unwrap();
+        ClipBundle { model, varmap, tokenizer, metadata: Default::default(), device: Device::Cpu }
+    }
+
+    fn vae() -> AutoencoderKL {
+        let vm = VarMap::new();
+        AutoencoderKL::new(&VaeConfig::test(), seeded_var_builder(&vm, 0, &Device::Cpu)).unwrap()
+    }
+
+    fn tensors(p: &std::path::Path) -> Vec<(String, Vec<f32>)> {
+        let l = inkdrop::weights::load(p, &Device::Cpu).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> =
+            l.tensors.into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn the_loop_runs_caches_latents_and_resumes_to_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clip, vae) = (clip(), vae());
+        let cache = dir.path().join("latents.safetensors");
+        let data = latent_dataset(&vae, 0, 40, Some(&cache)).unwrap();
+        assert_eq!(data.latents.dims(), &[40, 4, 8, 8]);
+        assert_eq!(data.captions.len(), 40);
+        let again = latent_dataset(&vae, 0, 40, Some(&cache)).unwrap();
+        assert_eq!(again.captions, data.captions, "the cache reads back");
+        let model = UNetConfig { cross_attention_dim: clip.model.config.text_width, ..UNetConfig::test() };
+        let cfg = UNetTrainConfig { steps: 8, batch_size: 4, warmup: 2, checkpoint_every: 3, dataset_size: 40, ..UNetTrainConfig::default() };
+        let (full, full_ckpt) = (dir.path().join("full.safetensors"), dir.path().join("full.ckpt"));
+        let mut losses = Vec::new();
+        let report = train_unet(&model, &cfg, &data, &clip, &vae, &full, &full_ckpt, None, false, &mut |s| {
+            losses.push(s.loss);
+            true
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(losses.len(), 8);
+        assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0));
+        assert_eq!(report.loss_by_t.len(), 10);
+        assert!(report.held_out_mse.is_finite());
+        let (part, part_ckpt) = (dir.path().join("part.safetensors"), dir.path().join("part.ckpt"));
+        let stopped = train_unet(&model, &cfg, &data, &clip, &vae, &part, &part_ckpt, None, false, &mut |s| s.step < 5).unwrap();
+        assert!(stopped.is_none());
+        let resumed = train_unet(&model, &cfg, &data, &clip, &vae, &part, &part_ckpt, None, true, &mut |_| true).unwrap().unwrap();
+        assert_eq!(resumed.resumed_from, 5);
+        assert_eq!(tensors(&full), tensors(&part), "resumed weights (EMA) differ from the uninterrupted run");
+    }
+}

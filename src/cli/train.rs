@@ -7,14 +7,17 @@ use anyhow::Context;
 use clap::builder::TypedValueParser;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use inkdrop::clip::bundle::{default_clip_path, default_tokenizer_path};
+use inkdrop::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
 use inkdrop::clip::ClipConfig;
 use inkdrop::shapes::{sample_at, WorldConfig};
 use inkdrop::support::files::default_out_dir;
 use inkdrop::text::{ClipTokenizer, CONTEXT_LENGTH};
 use inkdrop::train::clip::{train_clip, ClipTrainConfig};
+use inkdrop::train::unet::{latent_dataset, train_unet, UNetTrainConfig};
 use inkdrop::train::vae::{train_vae, VaeTrainConfig};
-use inkdrop::vae::{bundle::default_vae_path, VaeConfig};
+use inkdrop::unet::UNetConfig;
+use inkdrop::vae::bundle::{default_vae_path, VaeBundle};
+use inkdrop::vae::VaeConfig;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -30,6 +33,65 @@ pub enum TrainWhat {
     Clip(ClipArgs),
     /// Train the VAE (AutoencoderKL) on Shapes World (minutes); writes data/vae.safetensors.
     Vae(VaeArgs),
+    /// Train the UNet to predict noise, conditioned on the CLIP text encoder; writes
+    /// data/unet.safetensors.
+    Unet(UnetArgs),
+    /// Rebuild everything in data/ from scratch: tokenizer, CLIP, VAE, latents, UNet.
+    All(AllArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnetArgs {
+    /// Optimizer steps.
+    #[arg(long, default_value_t = UNetTrainConfig::default().steps)]
+    pub steps: usize,
+    /// Latents per batch.
+    #[arg(long, default_value_t = UNetTrainConfig::default().batch_size, value_parser = clap::value_parser!(u16).range(1..=4096).map(usize::from))]
+    pub batch_size: usize,
+    /// Peak learning rate (after warmup; cosine decay to 0).
+    #[arg(long, default_value_t = UNetTrainConfig::default().lr)]
+    pub lr: f64,
+    /// Distinct training images (VAE-encoded once and cached).
+    #[arg(long, default_value_t = UNetTrainConfig::default().dataset_size)]
+    pub dataset_size: usize,
+    /// Seed of the initial weights, the data and the noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the trained model (EMA weights) [default: data/unet.safetensors].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// CLIP weights for the text encoder [default: data/clip.safetensors].
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Tokenizer [default: data/tokenizer.json].
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// VAE weights [default: data/vae.safetensors].
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// Checkpoint file [default: target/inkdrop/checkpoints/unet.safetensors].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint if there is one (same settings required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Use a very small UNet (for trying the command in seconds).
+    #[arg(long)]
+    pub tiny: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AllArgs {
+    /// Folder to write tokenizer.json, clip.safetensors, vae.safetensors and unet.safetensors.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Tiny models and few steps everywhere (a smoke test of the whole chain in a minute;
+    /// use with another --data-dir so the shipped models stay).
+    #[arg(long)]
+    pub tiny: bool,
+    /// Seed of every stage.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +178,8 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
         TrainWhat::Tokenizer(a) => run_tokenizer(a),
         TrainWhat::Clip(a) => run_clip(a),
         TrainWhat::Vae(a) => run_vae(a),
+        TrainWhat::Unet(a) => run_unet(a),
+        TrainWhat::All(a) => run_all(a),
     }
 }
 
@@ -299,5 +363,146 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
         ckpt.display(),
         recon_dir.display()
     );
+    Ok(())
+}
+
+fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
+    let clip = ClipBundle::load(
+        &args.clip.clone().unwrap_or_else(default_clip_path),
+        &args.tokenizer.clone().unwrap_or_else(default_tokenizer_path),
+    )
+    .context("the UNet needs the text encoder: run `inkdrop train clip` first")?;
+    let vae = VaeBundle::load(&args.vae.clone().unwrap_or_else(default_vae_path))
+        .context("the UNet trains on VAE latents: run `inkdrop train vae` first")?;
+    let text_width = clip.model.config.text_width;
+    let model_config = if args.tiny {
+        UNetConfig { block_out_channels: vec![16, 32], attention_heads: 2, norm_num_groups: 8, cross_attention_dim: text_width, ..UNetConfig::tiny() }
+    } else {
+        UNetConfig { cross_attention_dim: text_width, ..UNetConfig::tiny() }
+    };
+    if model_config.sample_size != vae.vae.config.latent_size() || model_config.in_channels != vae.vae.config.latent_channels {
+        anyhow::bail!(
+            "the VAE makes {:?} latents but the UNet expects {}x{}x{}; retrain the VAE with the default config",
+            vae.vae.config.latent_shape(),
+            model_config.in_channels,
+            model_config.sample_size,
+            model_config.sample_size
+        );
+    }
+    let cfg = UNetTrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        seed: args.seed,
+        dataset_size: args.dataset_size,
+        warmup: (args.steps / 20).clamp(1, UNetTrainConfig::default().warmup),
+        checkpoint_every: UNetTrainConfig::default().checkpoint_every.min(args.steps.max(1)),
+        ..UNetTrainConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let cache = default_out_dir("cache");
+    inkdrop::support::files::prepare_out_dir(&cache)?;
+    eprintln!("encoding {} training images with the VAE (cached in {})", cfg.dataset_size, cache.display());
+    let data = latent_dataset(&vae.vae, cfg.seed, cfg.dataset_size, Some(&cache.join(format!("latents_seed{}_{}.safetensors", cfg.seed, cfg.dataset_size))))?;
+    let cache_seconds = started.elapsed().as_secs_f64();
+    let out = args.out.clone().unwrap_or_else(|| inkdrop::support::files::crate_root().join("data/unet.safetensors"));
+    let ckpt = args.checkpoint.clone().unwrap_or_else(|| default_out_dir("checkpoints").join("unet.safetensors"));
+    let samples_dir = default_out_dir("train_unet");
+    inkdrop::support::files::prepare_out_dir(&samples_dir)?;
+    let bar = progress(cfg.steps)?;
+    let t0 = std::time::Instant::now();
+    let report = train_unet(&model_config, &cfg, &data, &clip, &vae.vae, &out, &ckpt, Some(samples_dir.clone()), args.resume, &mut |s| {
+        bar.set_position(s.step as u64);
+        let msg = format!("loss {:.4}  lr {:.1e}", s.loss, s.lr);
+        if log_line(&bar, s.step, cfg.steps) {
+            eprintln!("step {}/{}  {msg}  {:.0} s", s.step, cfg.steps, t0.elapsed().as_secs_f64());
+        }
+        bar.set_message(msg);
+        true
+    })?
+    .context("training stopped early")?;
+    bar.finish();
+    if report.resumed_from > 0 {
+        println!("resumed from step {}", report.resumed_from);
+    }
+    let by_t: Vec<String> = report.loss_by_t.iter().enumerate().map(|(i, l)| format!("t {}-{}: {l:.3}", i * 100, i * 100 + 99)).collect();
+    println!(
+        "encoded the data set in {cache_seconds:.1} s; trained {} steps in {:.1} s ({:.3} s/step); final loss {:.4}\n\
+         held-out noise MSE (EMA weights) {:.4}\nloss by timestep: {}\nwrote {} (checkpoint {}, sample grids in {})",
+        report.steps,
+        report.seconds,
+        report.seconds_per_step,
+        report.final_loss,
+        report.held_out_mse,
+        by_t.join(", "),
+        out.display(),
+        ckpt.display(),
+        samples_dir.display()
+    );
+    Ok(())
+}
+
+fn run_all(args: &AllArgs) -> anyhow::Result<()> {
+    let dir = inkdrop::support::files::prepare_out_dir(&args.data_dir)?;
+    let ckpt = |name: &str| default_out_dir("checkpoints").join(format!("all_{name}.safetensors"));
+    let (tok, clip, vae, unet) = (dir.join("tokenizer.json"), dir.join("clip.safetensors"), dir.join("vae.safetensors"), dir.join("unet.safetensors"));
+    let mut times = Vec::new();
+    let mut stage = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
+        eprintln!("== {name}");
+        let t = std::time::Instant::now();
+        f().with_context(|| format!("stage '{name}'"))?;
+        times.push((name.to_string(), t.elapsed().as_secs_f64()));
+        Ok(())
+    };
+    stage("tokenizer", &mut || run_tokenizer(&TokenizerArgs { out: Some(tok.clone()), captions: if args.tiny { 2000 } else { 50_000 }, seed: args.seed }))?;
+    stage("clip", &mut || {
+        run_clip(&ClipArgs {
+            steps: if args.tiny { 20 } else { ClipTrainConfig::default().steps },
+            batch_size: if args.tiny { 16 } else { ClipTrainConfig::default().batch_size },
+            lr: ClipTrainConfig::default().lr,
+            seed: args.seed,
+            out: Some(clip.clone()),
+            tokenizer: Some(tok.clone()),
+            checkpoint: Some(ckpt("clip")),
+            resume: false,
+            tiny: args.tiny,
+        })
+    })?;
+    stage("vae", &mut || {
+        run_vae(&VaeArgs {
+            steps: if args.tiny { 20 } else { VaeTrainConfig::default().steps },
+            batch_size: if args.tiny { 8 } else { VaeTrainConfig::default().batch_size },
+            lr: VaeTrainConfig::default().lr,
+            kl_weight: VaeTrainConfig::default().kl_weight,
+            seed: args.seed,
+            init_logvar: -6.0,
+            out: Some(vae.clone()),
+            checkpoint: Some(ckpt("vae")),
+            resume: false,
+            tiny: args.tiny,
+        })
+    })?;
+    stage("unet", &mut || {
+        run_unet(&UnetArgs {
+            steps: if args.tiny { 20 } else { UNetTrainConfig::default().steps },
+            batch_size: if args.tiny { 8 } else { UNetTrainConfig::default().batch_size },
+            lr: UNetTrainConfig::default().lr,
+            dataset_size: if args.tiny { 200 } else { UNetTrainConfig::default().dataset_size },
+            seed: args.seed,
+            out: Some(unet.clone()),
+            clip: Some(clip.clone()),
+            tokenizer: Some(tok.clone()),
+            vae: Some(vae.clone()),
+            checkpoint: Some(ckpt("unet")),
+            resume: false,
+            tiny: args.tiny,
+        })
+    })?;
+    let total: f64 = times.iter().map(|(_, s)| s).sum();
+    println!("\nstage       seconds");
+    for (name, s) in &times {
+        println!("{name:<10} {s:>8.1}");
+    }
+    println!("{:<10} {total:>8.1}\nwrote {}", "total", dir.display());
     Ok(())
 }

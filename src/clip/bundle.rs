@@ -86,6 +86,14 @@ impl ClipBundle {
         tokenize(&self.tokenizer, texts, &self.device)
     }
 
+    /// The text transformer's last hidden states, one vector per token, padding included:
+    /// (B, context_length, text_width), detached from the graph. This is what Stable
+    /// Diffusion's UNet cross-attends to (`encoder_hidden_states`).
+    pub fn encoder_hidden_states(&self, texts: &[String]) -> Result<Tensor> {
+        let (ids, eot) = self.tokenize(texts)?;
+        Ok(self.model.text_model.forward(&ids, &eot)?.0.detach())
+    }
+
     /// L2-normalised text embeddings (B, E).
     pub fn embed_texts(&self, texts: &[String]) -> Result<Tensor> {
         let (ids, eot) = self.tokenize(texts)?;

@@ -14,6 +14,17 @@ use crate::{Error, Result};
 
 /// Writes model + optimizer state; `fingerprint` identifies the run's settings.
 pub fn save(path: &Path, varmap: &VarMap, opt: &AdamW, fingerprint: &str) -> Result<()> {
+    save_with(path, varmap, opt, &[], fingerprint)
+}
+
+/// [`save`] plus `extra` named tensors (an EMA of the weights, for instance).
+pub fn save_with(
+    path: &Path,
+    varmap: &VarMap,
+    opt: &AdamW,
+    extra: &[(String, candle_core::Tensor)],
+    fingerprint: &str,
+) -> Result<()> {
     if let Some(dir) = path.parent() {
         crate::support::files::prepare_out_dir(dir)?;
     }
@@ -22,6 +33,7 @@ pub fn save(path: &Path, varmap: &VarMap, opt: &AdamW, fingerprint: &str) -> Res
         .map(|(n, v)| (n, v.as_tensor().clone()))
         .collect();
     tensors.extend(opt.state());
+    tensors.extend(extra.iter().cloned());
     let meta = HashMap::from([
         ("step".to_string(), opt.step.to_string()),
         ("fingerprint".to_string(), fingerprint.to_string()),

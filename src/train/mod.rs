@@ -4,4 +4,5 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod optim;
+pub mod unet;
 pub mod vae;

@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod embeddings;
+pub mod sample;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;

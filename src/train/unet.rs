@@ -1,0 +1,332 @@
+//! Training the UNet to predict noise, in the six steps of the seed article:
+//!
+//! 1. take an image (its VAE latent, encoded once and cached) and its caption,
+//! 2. sample a timestep t and noise eps, and make x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps,
+//! 3. predict the noise: eps_hat = UNet(x_t, t, text),
+//! 4. measure the gap: loss = mean (eps_hat - eps)^2,
+//! 5. update the weights (AdamW),
+//! 6. repeat.
+//!
+//! Plus what real training needs: 10% of captions dropped to the empty prompt (so the same model
+//! also predicts unconditional noise, which classifier-free guidance needs), an exponential
+//! moving average (EMA) of the weights, warmup + cosine learning rate, gradient clipping, the
+//! loss tracked per t bucket, a sample grid now and then, checkpoints and resume.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use crate::clip::bundle::ClipBundle;
+use crate::clip::images_tensor;
+use crate::noising::{add_noise_tensor, randn_tensor};
+use crate::schedule::{NoiseSchedule, ScheduleConfig};
+use crate::shapes::{render, sample_at, WorldConfig};
+use crate::unet::sample::ddpm_sample;
+use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::vae::AutoencoderKL;
+use crate::{weights, Error, Result};
+
+/// Settings of one UNet training run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UNetTrainConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub seed: u64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// `ema = decay * ema + (1 - decay) * weights` after every step.
+    pub ema_decay: f64,
+    /// Share of captions replaced by the empty prompt.
+    pub caption_dropout: f64,
+    /// Distinct training images (encoded once, then reused every epoch).
+    pub dataset_size: usize,
+    /// Checkpoint (and sample grid) every this many steps.
+    pub checkpoint_every: usize,
+}
+
+impl Default for UNetTrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 6000,
+            batch_size: 64,
+            lr: 5e-4,
+            warmup: 200,
+            seed: 0,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            ema_decay: 0.999,
+            caption_dropout: 0.1,
+            dataset_size: 40_000,
+            checkpoint_every: 250,
+        }
+    }
+}
+
+/// Mean training loss per tenth of the timestep range (t in 0..100, 100..200, ...), over the
+/// last `checkpoint_every` steps.
+pub const T_BUCKETS: usize = 10;
+
+/// What a run reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UNetTrainReport {
+    pub steps: usize,
+    pub resumed_from: usize,
+    pub seconds: f64,
+    pub seconds_per_step: f64,
+    pub cache_seconds: f64,
+    pub final_loss: f64,
+    /// Mean loss per t bucket over the final stretch of training.
+    pub loss_by_t: Vec<f64>,
+    /// Noise-prediction MSE of the EMA weights on held-out latents (fixed t and noise).
+    pub held_out_mse: f64,
+}
+
+/// One step's numbers, for progress displays.
+pub struct UNetStepStats {
+    pub step: usize,
+    pub loss: f64,
+    pub lr: f64,
+}
+
+/// The training set: latents of `dataset_size` Shapes World images and their captions.
+pub struct LatentDataset {
+    /// (N, 4, h, w), already multiplied by the VAE's scaling factor.
+    pub latents: Tensor,
+    pub captions: Vec<String>,
+}
+
+/// Encodes samples `0..n` of `seed` with the VAE (the mean of q(z | x), times the scaling
+/// factor), in batches of 100, or reads them from `cache` if a file made the same way is there.
+pub fn latent_dataset(vae: &AutoencoderKL, seed: u64, n: usize, cache: Option<&Path>) -> Result<LatentDataset> {
+    let world = WorldConfig::default();
+    let key = format!("{}|{seed}|{n}", serde_json::to_string(&vae.config).unwrap_or_default());
+    if let Some(path) = cache.filter(|p| p.exists()) {
+        if let Ok(loaded) = weights::load(path, &Device::Cpu) {
+            let same = loaded.metadata.get("key") == Some(&key);
+            if let (true, Some(latents), Some(caps)) = (same, loaded.tensors.get("latents"), loaded.metadata.get("captions")) {
+                if let Ok(captions) = serde_json::from_str::<Vec<String>>(caps) {
+                    return Ok(LatentDataset { latents: latents.clone(), captions });
+                }
+            }
+        }
+    }
+    let size = vae.config.sample_size as u32;
+    let mut parts = Vec::new();
+    let mut captions = Vec::with_capacity(n);
+    for start in (0..n).step_by(100) {
+        let samples: Vec<_> = (start..(start + 100).min(n)).map(|i| sample_at(&world, seed, i as u64)).collect();
+        let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
+        let x = images_tensor(&images, &Device::Cpu)?;
+        parts.push((vae.encode(&x)?.mode() * vae.config.scaling_factor)?.detach()); // (100, 4, h, w)
+        captions.extend(samples.into_iter().map(|s| s.caption));
+    }
+    let latents = Tensor::cat(&parts, 0)?;
+    if let Some(path) = cache {
+        let meta = HashMap::from([
+            ("key".to_string(), key),
+            ("captions".to_string(), serde_json::to_string(&captions).unwrap_or_default()),
+        ]);
+        weights::save(path, &[("latents".to_string(), latents.clone())], &meta)?;
+    }
+    Ok(LatentDataset { latents, captions })
+}
+
+/// The EMA of every variable, in `sorted_vars` order.
+struct Ema {
+    decay: f64,
+    shadow: Vec<(String, Tensor)>,
+}
+
+impl Ema {
+    fn new(vars: &[(String, Var)], decay: f64) -> Self {
+        Self { decay, shadow: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect() }
+    }
+
+    /// `ema = decay * ema + (1 - decay) * w`.
+    fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
+        for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
+            *s = ((&*s * self.decay)? + (v.as_tensor() * (1.0 - self.decay))?)?.detach();
+        }
+        Ok(())
+    }
+
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.shadow.iter().map(|(n, t)| (format!("ema.{n}"), t.clone())).collect()
+    }
+}
+
+/// Trains the UNet on `data` with the frozen text encoder of `clip`; writes the EMA weights to
+/// `out` with the config and report, checkpoints (model, optimizer, EMA) to `checkpoint_path`,
+/// and a sample grid for a few prompts to `samples_dir` at every checkpoint.
+#[expect(clippy::too_many_arguments, reason = "the inputs of a training run; grouping them would only rename them")]
+pub fn train_unet(
+    model_config: &UNetConfig,
+    cfg: &UNetTrainConfig,
+    data: &LatentDataset,
+    clip: &ClipBundle,
+    vae: &AutoencoderKL,
+    out: &Path,
+    checkpoint_path: &Path,
+    samples_dir: Option<PathBuf>,
+    resume: bool,
+    on_step: &mut dyn FnMut(&UNetStepStats) -> bool,
+) -> Result<Option<UNetTrainReport>> {
+    let dev = Device::Cpu;
+    let schedule = NoiseSchedule::new(ScheduleConfig::default())?;
+    let varmap = VarMap::new();
+    let unet = UNet2DConditionModel::new(model_config, weights::seeded_var_builder(&varmap, cfg.seed, &dev))?;
+    let vars = weights::sorted_vars(&varmap);
+    let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: cfg.weight_decay };
+    let mut opt = AdamW::new(vars.clone(), adam)?;
+    let mut ema = Ema::new(&vars, cfg.ema_decay);
+    let fingerprint = serde_json::json!({ "model": model_config, "train": cfg, "data": data.captions.len() }).to_string();
+    let start_step = if resume && checkpoint_path.exists() {
+        let step = checkpoint::load(checkpoint_path, &varmap, &mut opt, &fingerprint)?;
+        let loaded = weights::load(checkpoint_path, &dev)?;
+        for (name, t) in ema.shadow.iter_mut() {
+            *t = loaded.tensors.get(&format!("ema.{name}")).cloned().ok_or_else(|| Error::Weights {
+                path: checkpoint_path.to_path_buf(),
+                reason: format!("no EMA tensor for {name}; run without --resume to start over"),
+            })?;
+        }
+        step
+    } else {
+        0
+    };
+    let n = data.captions.len();
+    if n == 0 {
+        return Err(Error::InvalidSchedule("the latent dataset is empty".into()));
+    }
+    let started = Instant::now();
+    let mut last_loss = f64::NAN;
+    let mut buckets = vec![(0f64, 0usize); T_BUCKETS];
+    let mut recent = buckets.clone();
+    for step in start_step..cfg.steps {
+        // 1. A batch of latents and captions; every tenth caption becomes the empty prompt.
+        let mut rng = crate::support::seeded_rng(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let idx: Vec<u32> = (0..cfg.batch_size).map(|_| rng.random_range(0..n) as u32).collect();
+        let x0 = data.latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?; // (B, 4, 8, 8)
+        let captions: Vec<String> = idx
+            .iter()
+            .map(|&i| if rng.random_bool(cfg.caption_dropout) { String::new() } else { data.captions[i as usize].clone() })
+            .collect();
+        let context = clip.encoder_hidden_states(&captions)?; // (B, 16, 128), frozen
+        // 2. A timestep per sample and the noise to add.
+        let ts: Vec<usize> = (0..cfg.batch_size).map(|_| rng.random_range(0..schedule.num_train_timesteps())).collect();
+        let eps = randn_tensor(x0.dims(), &mut rng, &dev)?; // (B, 4, 8, 8)
+        let x_t = add_noise_tensor(&schedule, &x0, &eps, &ts)?;
+        let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), cfg.batch_size, &dev)?;
+        // 3. Predict the noise.
+        let eps_hat = unet.forward(&x_t, &t, &context, None)?; // (B, 4, 8, 8)
+        // 4. The gap, per sample (for the per-t statistics) and overall.
+        let per_sample = (&eps_hat - &eps)?.sqr()?.flatten_from(1)?.mean(1)?; // (B,)
+        let loss = per_sample.mean_all()?;
+        // 5. Update: gradients, clipping, AdamW, then the EMA.
+        let mut grads = loss.backward()?;
+        clip_grad_norm(&mut grads, &plain, cfg.max_grad_norm)?;
+        let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr);
+        opt.update(&grads, lr)?;
+        ema.update(&vars)?;
+        last_loss = f64::from(loss.to_scalar::<f32>()?);
+        for (&t, l) in ts.iter().zip(per_sample.to_vec1::<f32>()?) {
+            let b = &mut recent[t * T_BUCKETS / schedule.num_train_timesteps()];
+            b.0 += f64::from(l);
+            b.1 += 1;
+        }
+        // 6. Repeat, with checkpoints and a look at what it draws now and then.
+        if !on_step(&UNetStepStats { step: step + 1, loss: last_loss, lr }) {
+            save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
+            return Ok(None);
+        }
+        if (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
+            buckets = std::mem::replace(&mut recent, vec![(0.0, 0); T_BUCKETS]);
+            if step + 1 < cfg.steps {
+                save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
+                if let Some(dir) = &samples_dir {
+                    let grid = sample_grid(&unet, &schedule, clip, vae, cfg.seed)?;
+                    crate::support::image_io::save_png(&grid, &dir.join(format!("samples_{:05}.png", step + 1)))?;
+                }
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The shipped weights are the EMA.
+    for ((_, v), (_, e)) in vars.iter().zip(&ema.shadow) {
+        v.set(e)?;
+    }
+    let held_out_mse = held_out_loss(&unet, &schedule, clip, vae, cfg.seed)?;
+    let report = UNetTrainReport {
+        steps: cfg.steps,
+        resumed_from: start_step,
+        seconds,
+        seconds_per_step: seconds / cfg.steps.saturating_sub(start_step).max(1) as f64,
+        cache_seconds: 0.0,
+        final_loss: last_loss,
+        loss_by_t: buckets.iter().map(|(s, c)| s / (*c).max(1) as f64).collect(),
+        held_out_mse,
+    };
+    let metadata = HashMap::from([
+        ("config".to_string(), serde_json::to_string(model_config).unwrap_or_default()),
+        ("training".to_string(), serde_json::to_string(cfg).unwrap_or_default()),
+        ("report".to_string(), serde_json::to_string(&report).unwrap_or_default()),
+    ]);
+    weights::save_varmap(out, &varmap, &metadata)?;
+    save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
+    Ok(Some(report))
+}
+
+fn save_checkpoint(path: &Path, varmap: &VarMap, opt: &AdamW, ema: &Ema, fingerprint: &str) -> Result<()> {
+    checkpoint::save_with(path, varmap, opt, &ema.tensors(), fingerprint)
+}
+
+/// Prompts of the periodic sample grid.
+pub const GRID_PROMPTS: [&str; 8] = [
+    "a red circle",
+    "a blue square",
+    "a yellow triangle",
+    "a green star",
+    "a large purple circle",
+    "a white square on a black background",
+    "a red circle above a blue square",
+    "an orange triangle at the top left",
+];
+
+/// One sample per grid prompt (DDPM, 50 steps, guidance 4), decoded, in a row.
+pub fn sample_grid(unet: &UNet2DConditionModel, schedule: &NoiseSchedule, clip: &ClipBundle, vae: &AutoencoderKL, seed: u64) -> Result<image::RgbImage> {
+    let prompts: Vec<String> = GRID_PROMPTS.iter().map(|s| s.to_string()).collect();
+    let cond = clip.encoder_hidden_states(&prompts)?;
+    let uncond = clip.encoder_hidden_states(&vec![String::new(); prompts.len()])?;
+    let mut rng = crate::support::seeded_rng(seed + 77);
+    let latents = ddpm_sample(unet, schedule, &cond, &uncond, 4.0, 50, &mut rng)?;
+    let images = super::vae::tensor_images(&vae.decode(&(latents / vae.config.scaling_factor)?)?.clamp(-1f32, 1f32)?)?;
+    Ok(crate::support::grid::image_grid(&images, images.len(), 4))
+}
+
+/// Noise-prediction MSE on 256 held-out images, at fixed timesteps and noise.
+pub fn held_out_loss(unet: &UNet2DConditionModel, schedule: &NoiseSchedule, clip: &ClipBundle, vae: &AutoencoderKL, seed: u64) -> Result<f64> {
+    let data = latent_dataset(vae, crate::vae::eval::HELD_OUT_SEED, 256, None)?;
+    let mut rng = crate::support::seeded_rng(seed + 4242);
+    let (mut total, mut count) = (0f64, 0usize);
+    for start in (0..256).step_by(64) {
+        let x0 = data.latents.narrow(0, start, 64)?;
+        let context = clip.encoder_hidden_states(&data.captions[start..start + 64])?;
+        let ts: Vec<usize> = (0..64).map(|_| rng.random_range(0..schedule.num_train_timesteps())).collect();
+        let eps = randn_tensor(x0.dims(), &mut rng, &Device::Cpu)?;
+        let x_t = add_noise_tensor(schedule, &x0, &eps, &ts)?;
+        let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), 64, &Device::Cpu)?;
+        let eps_hat = unet.forward(&x_t, &t, &context, None)?;
+        total += f64::from((eps_hat - eps)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        count += x0.elem_count();
+    }
+    Ok(total / count.max(1) as f64)
+}

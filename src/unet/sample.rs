@@ -1,0 +1,69 @@
+//! A plain DDPM ancestral sampler with classifier-free guidance: enough to look at what the UNet
+//! has learned. (The scheduler family, DDIM, Euler and DPM-Solver, comes with chapter 3.)
+
+use candle_core::{Device, Tensor};
+use rand::Rng;
+
+use super::UNet2DConditionModel;
+use crate::noising::randn_tensor;
+use crate::schedule::NoiseSchedule;
+use crate::Result;
+
+/// The timesteps a strided DDPM visits, from high noise to low: `steps` of them, evenly
+/// spaced and starting at 0 ("leading" spacing: t = (i * T / steps) for i = steps-1 .. 0).
+pub fn strided_timesteps(num_train_timesteps: usize, steps: usize) -> Vec<usize> {
+    let steps = steps.clamp(1, num_train_timesteps);
+    let ratio = num_train_timesteps / steps;
+    (0..steps).rev().map(|i| i * ratio).collect()
+}
+
+/// Denoises `latents` (B, 4, h, w), drawn from N(0, I), with guidance:
+///
+/// ```text
+/// eps = eps_uncond + s * (eps_cond - eps_uncond)
+/// x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)
+/// x_prev = sqrt(ab_prev) b / (1 - ab_t) * x0_hat + sqrt(a) (1 - ab_prev) / (1 - ab_t) * x_t + sigma z
+/// ```
+///
+/// with `a = ab_t / ab_prev`, `b = 1 - a`, `sigma^2 = (1 - ab_prev) / (1 - ab_t) * b` (the
+/// DDPM posterior q(x_prev | x_t, x0), Ho et al. 2020, eq. 6-7, across a stride). `cond` and
+/// `uncond` are text states (B, T, D); with `guidance_scale` = 1 only `cond` is used.
+pub fn ddpm_sample(
+    unet: &UNet2DConditionModel,
+    schedule: &NoiseSchedule,
+    cond: &Tensor,
+    uncond: &Tensor,
+    guidance_scale: f64,
+    steps: usize,
+    rng: &mut impl Rng,
+) -> Result<Tensor> {
+    let (b, s) = (cond.dim(0)?, unet.config.sample_size);
+    let dev = Device::Cpu;
+    let mut x = randn_tensor(&[b, unet.config.in_channels, s, s], rng, &dev)?;
+    let ts = strided_timesteps(schedule.num_train_timesteps(), steps);
+    let both = Tensor::cat(&[uncond, cond], 0)?; // (2B, T, D)
+    for (i, &t) in ts.iter().enumerate() {
+        let eps = if (guidance_scale - 1.0).abs() < 1e-12 {
+            let tt = Tensor::from_vec(vec![t as f32; b], b, &dev)?;
+            unet.forward(&x, &tt, cond, None)?
+        } else {
+            let tt = Tensor::from_vec(vec![t as f32; 2 * b], 2 * b, &dev)?;
+            let out = unet.forward(&Tensor::cat(&[&x, &x], 0)?, &tt, &both, None)?; // (2B, 4, h, w)
+            let (eps_u, eps_c) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+            (&eps_u + ((eps_c - &eps_u)? * guidance_scale)?)?
+        };
+        let ab_t = schedule.alpha_bar(t);
+        let ab_prev = ts.get(i + 1).map_or(1.0, |&p| schedule.alpha_bar(p));
+        let a = ab_t / ab_prev;
+        let beta = 1.0 - a;
+        let x0 = ((&x - (&eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
+        let c0 = ab_prev.sqrt() * beta / (1.0 - ab_t);
+        let ct = a.sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
+        x = ((x0 * c0)? + (&x * ct)?)?;
+        if i + 1 < ts.len() {
+            let sigma = ((1.0 - ab_prev) / (1.0 - ab_t) * beta).max(0.0).sqrt();
+            x = (x + (randn_tensor(&[b, unet.config.in_channels, s, s], rng, &dev)? * sigma)?)?;
+        }
+    }
+    Ok(x)
+}
