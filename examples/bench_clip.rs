@@ -49,6 +49,7 @@ fn median_ms(
 
 fn main() -> anyhow::Result<()> {
     inkdrop::support::tune_allocator();
+    inkdrop::support::single_threaded_candle_elementwise();
     let args = Args::parse();
     let dev = Device::Cpu;
     let mut rng = inkdrop::support::seeded_rng(0);

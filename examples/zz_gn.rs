@@ -3,6 +3,7 @@ use candle_core::{Device, Var, Tensor};
 fn med(mut f: impl FnMut()) -> f64 { f(); let mut v: Vec<f64> = (0..9).map(|_| { let s = Instant::now(); f(); s.elapsed().as_secs_f64()*1e3 }).collect(); v.sort_by(f64::total_cmp); v[4] }
 fn main() -> anyhow::Result<()> {
     inkdrop::support::tune_allocator();
+    inkdrop::support::single_threaded_candle_elementwise();
     let dev = Device::Cpu;
     let mut rng = inkdrop::support::seeded_rng(0);
     let x = Var::from_tensor(&inkdrop::noising::randn_tensor(&[32, 32, 32, 32], &mut rng, &dev)?)?;

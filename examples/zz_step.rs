@@ -5,6 +5,7 @@ use inkdrop::vae::{AutoencoderKL, VaeConfig};
 use inkdrop::train::optim::{AdamW, AdamWConfig, clip_grad_norm};
 fn main() -> anyhow::Result<()> {
     inkdrop::support::tune_allocator();
+    inkdrop::support::single_threaded_candle_elementwise();
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let vae = AutoencoderKL::new(&VaeConfig::tiny(), inkdrop::weights::seeded_var_builder(&vm, 0, &dev))?;

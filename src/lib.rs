@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod shapes;
 pub mod support;
 pub mod text;
+pub mod toy2d;
 pub mod train;
 pub mod unet;
 pub mod vae;

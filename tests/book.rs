@@ -14,6 +14,11 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
         &["--chains", "500"],
     ),
     (
+        "ch02",
+        env!("CARGO_BIN_EXE_ch02_noise_prediction"),
+        &["--steps", "20"],
+    ),
+    (
         "ch04",
         env!("CARGO_BIN_EXE_ch04_clip_similarity"),
         &["--demo-steps", "3", "--per-pair", "2"],

@@ -54,16 +54,26 @@ pub fn ddpm_sample(
         };
         let ab_t = schedule.alpha_bar(t);
         let ab_prev = ts.get(i + 1).map_or(1.0, |&p| schedule.alpha_bar(p));
-        let a = ab_t / ab_prev;
-        let beta = 1.0 - a;
-        let x0 = ((&x - (&eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
-        let c0 = ab_prev.sqrt() * beta / (1.0 - ab_t);
-        let ct = a.sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
-        x = ((x0 * c0)? + (&x * ct)?)?;
-        if i + 1 < ts.len() {
-            let sigma = ((1.0 - ab_prev) / (1.0 - ab_t) * beta).max(0.0).sqrt();
-            x = (x + (randn_tensor(&[b, unet.config.in_channels, s, s], rng, &dev)? * sigma)?)?;
-        }
+        let z = if i + 1 < ts.len() { Some(randn_tensor(x.dims(), rng, &dev)?) } else { None };
+        x = ddpm_step(&x, &eps, ab_t, ab_prev, z.as_ref())?;
     }
     Ok(x)
+}
+
+/// One step of the DDPM posterior q(x_prev | x_t, x0_hat) from alpha_bar at t and at the previous
+/// (smaller) timestep, with `x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)`:
+/// `x_prev = sqrt(ab_prev) b / (1 - ab_t) x0_hat + sqrt(a) (1 - ab_prev) / (1 - ab_t) x_t + sigma z`,
+/// `a = ab_t / ab_prev`, `b = 1 - a`, `sigma^2 = (1 - ab_prev) / (1 - ab_t) b`; no noise when `z`
+/// is None (the last step).
+pub fn ddpm_step(x_t: &Tensor, eps: &Tensor, ab_t: f64, ab_prev: f64, z: Option<&Tensor>) -> Result<Tensor> {
+    let a = ab_t / ab_prev;
+    let beta = 1.0 - a;
+    let x0 = ((x_t - (eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
+    let c0 = ab_prev.sqrt() * beta / (1.0 - ab_t);
+    let ct = a.sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
+    let mean = ((x0 * c0)? + (x_t * ct)?)?;
+    Ok(match z {
+        Some(z) => (mean + (z * ((1.0 - ab_prev) / (1.0 - ab_t) * beta).max(0.0).sqrt())?)?,
+        None => mean,
+    })
 }
