@@ -23,7 +23,10 @@ use inkdrop::support::notebook::Notebook;
 use inkdrop::support::plot::{save_panels, Panel, Series};
 use inkdrop::support::table::Table;
 use inkdrop::support::{run_main, seeded_rng, DEFAULT_SEED};
-use inkdrop::toy2d::{parameter_count, points_tensor, sample_toy, spiral, tensor_points, train_toy, vector_field, ToyDenoiser};
+use inkdrop::toy2d::{
+    parameter_count, points_tensor, sample_toy, spiral, tensor_points, train_toy, vector_field,
+    ToyDenoiser,
+};
 
 /// Chapter 2 of inkdrop: noise prediction, as a notebook in the terminal.
 #[derive(Debug, Parser)]
@@ -76,14 +79,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     for &t in &ts {
         let eps = randn_tensor(&[data.len(), 2], &mut rng, &dev)?;
         let x_t = add_noise_tensor(&schedule, &x0_all, &eps, &vec![t; data.len()])?; // (4096, 2)
-        panels.push(CloudPanel { title: format!("t = {t}, alpha_bar = {:.3}", schedule.alpha_bar(t)), points: tensor_points(&x_t)?, ..CloudPanel::default() });
+        panels.push(CloudPanel {
+            title: format!("t = {t}, alpha_bar = {:.3}", schedule.alpha_bar(t)),
+            points: tensor_points(&x_t)?,
+            ..CloudPanel::default()
+        });
     }
     save_clouds(&out.join("forward.png"), &panels, EXTENT, 260)?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("The six steps");
     let (model, varmap, _) = train_toy(&data, &schedule, 1, 256, args.seed)?; // an untrained model
-    // ANCHOR: six_steps
+                                                                              // ANCHOR: six_steps
     let idx: Vec<u32> = (0..256).map(|i| (i * 16) as u32).collect();
     let x0 = x0_all.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?; // 1. data: (256, 2)
     let t: Vec<usize> = (0..256).map(|i| (i * 997) % 1000).collect(); // 2. a timestep per point
@@ -92,13 +99,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     let t_in = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), 256, &dev)?;
     let eps_hat = model.forward(&x_t, &t_in)?; //                           3. predicted noise: (256, 2)
     let loss = (&eps_hat - &eps)?.sqr()?.mean_all()?; //                    4. MSE: a scalar
-    // 5. loss.backward() and an AdamW step; 6. repeat (train_toy in src/toy2d.rs)
-    // ANCHOR_END: six_steps
+                                                      // 5. loss.backward() and an AdamW step; 6. repeat (train_toy in src/toy2d.rs)
+                                                      // ANCHOR_END: six_steps
     let stat = |x: &Tensor| -> anyhow::Result<String> {
         let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let n = v.len() as f64;
         let mean = v.iter().map(|&a| f64::from(a)).sum::<f64>() / n;
-        let std = (v.iter().map(|&a| (f64::from(a) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let std = (v
+            .iter()
+            .map(|&a| (f64::from(a) - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
         Ok(format!("{:?}", x.dims()) + &format!(" | mean {mean:+.3}, std {std:.3}"))
     };
     let mut steps = Table::new(["step", "tensor", "shape | statistics"]);
@@ -120,19 +132,37 @@ fn run(args: Args) -> anyhow::Result<()> {
     nb.cell("Training");
     let started = std::time::Instant::now();
     // ANCHOR: train
-    let (model, _varmap, losses) = train_toy(&data, &schedule, args.steps as usize, 256, args.seed)?;
+    let (model, _varmap, losses) =
+        train_toy(&data, &schedule, args.steps as usize, 256, args.seed)?;
     // ANCHOR_END: train
     let seconds = started.elapsed().as_secs_f64();
     let window = (losses.len() / 30).max(1);
-    let smooth: Vec<(f64, f64)> = losses.chunks(window).enumerate().map(|(i, c)| (((i + 1) * window) as f64, c.iter().sum::<f64>() / c.len() as f64)).collect();
-    let raw: Vec<(f64, f64)> = losses.iter().enumerate().step_by(window.max(1) / 4 + 1).map(|(i, &l)| ((i + 1) as f64, l)).collect();
+    let smooth: Vec<(f64, f64)> = losses
+        .chunks(window)
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                ((i + 1) * window) as f64,
+                c.iter().sum::<f64>() / c.len() as f64,
+            )
+        })
+        .collect();
+    let raw: Vec<(f64, f64)> = losses
+        .iter()
+        .enumerate()
+        .step_by(window.max(1) / 4 + 1)
+        .map(|(i, &l)| ((i + 1) as f64, l))
+        .collect();
     save_panels(
         &out.join("loss.png"),
         &[Panel {
             title: "training loss (MSE between eps_hat and eps)".into(),
             x_label: "step".into(),
             y_label: "loss".into(),
-            series: vec![Series::new("each batch", raw, 5), Series::new(format!("mean of {window} steps"), smooth.clone(), 0)],
+            series: vec![
+                Series::new("each batch", raw, 5),
+                Series::new(format!("mean of {window} steps"), smooth.clone(), 0),
+            ],
             y_range: Some((0.0, 1.2)),
             ..Panel::default()
         }],
@@ -165,11 +195,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     for t in [20usize, 100, 300, 700] {
         // ANCHOR: field
         let steps = vector_field(&model, &schedule, t, 15, EXTENT as f32 * 0.85)?; // (x, x0_hat - x)
-        // ANCHOR_END: field
-        let longest = steps.iter().map(|(_, d)| d[0].hypot(d[1])).fold(0f32, f32::max).max(1e-6);
-        let arrows = steps.iter().map(|&(p, d)| (p, [0.35 * d[0] / longest, 0.35 * d[1] / longest])).collect();
+                                                                                   // ANCHOR_END: field
+        let longest = steps
+            .iter()
+            .map(|(_, d)| d[0].hypot(d[1]))
+            .fold(0f32, f32::max)
+            .max(1e-6);
+        let arrows = steps
+            .iter()
+            .map(|&(p, d)| (p, [0.35 * d[0] / longest, 0.35 * d[1] / longest]))
+            .collect();
         let title = format!("t = {t} (longest arrow = {longest:.2})");
-        panels.push(CloudPanel { title, points: data.iter().step_by(4).copied().collect(), arrows, ..CloudPanel::default() });
+        panels.push(CloudPanel {
+            title,
+            points: data.iter().step_by(4).copied().collect(),
+            arrows,
+            ..CloudPanel::default()
+        });
     }
     save_clouds(&out.join("field.png"), &panels, EXTENT, 300)?;
     nb.say(
@@ -190,10 +232,27 @@ fn run(args: Args) -> anyhow::Result<()> {
     save_clouds(
         &out.join("reverse.png"),
         &[
-            CloudPanel { title: "start: x_T ~ N(0, I)".into(), points: starts.clone(), ..CloudPanel::default() },
-            CloudPanel { title: "8 trajectories".into(), points: data.iter().step_by(4).copied().collect(), paths: few, ..CloudPanel::default() },
-            CloudPanel { title: "after 100 DDPM steps".into(), points: ends.clone(), ..CloudPanel::default() },
-            CloudPanel { title: "the data".into(), points: data.iter().take(2000).copied().collect(), ..CloudPanel::default() },
+            CloudPanel {
+                title: "start: x_T ~ N(0, I)".into(),
+                points: starts.clone(),
+                ..CloudPanel::default()
+            },
+            CloudPanel {
+                title: "8 trajectories".into(),
+                points: data.iter().step_by(4).copied().collect(),
+                paths: few,
+                ..CloudPanel::default()
+            },
+            CloudPanel {
+                title: "after 100 DDPM steps".into(),
+                points: ends.clone(),
+                ..CloudPanel::default()
+            },
+            CloudPanel {
+                title: "the data".into(),
+                points: data.iter().take(2000).copied().collect(),
+                ..CloudPanel::default()
+            },
         ],
         EXTENT,
         260,
@@ -210,23 +269,43 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The trained model's MSE at fixed timesteps, on fresh noise over all the data.
-fn loss_by_t(model: &ToyDenoiser, schedule: &NoiseSchedule, x0: &Tensor, seed: u64) -> anyhow::Result<Table> {
+fn loss_by_t(
+    model: &ToyDenoiser,
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    seed: u64,
+) -> anyhow::Result<Table> {
     let mut rng = seeded_rng(seed + 2);
     let n = x0.dim(0)?;
-    let mut table = Table::new(["t", "alpha_bar_t", "noise share sqrt(1 - alpha_bar_t)", "MSE of eps_hat"]);
+    let mut table = Table::new([
+        "t",
+        "alpha_bar_t",
+        "noise share sqrt(1 - alpha_bar_t)",
+        "MSE of eps_hat",
+    ]);
     for t in [10usize, 100, 300, 600, 999] {
         let eps = randn_tensor(&[n, 2], &mut rng, &Device::Cpu)?;
         let x_t = add_noise_tensor(schedule, x0, &eps, &vec![t; n])?;
-        let eps_hat = model.forward(&x_t, &Tensor::from_vec(vec![t as f32; n], n, &Device::Cpu)?)?;
+        let eps_hat =
+            model.forward(&x_t, &Tensor::from_vec(vec![t as f32; n], n, &Device::Cpu)?)?;
         let mse = (eps_hat - eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?;
         let share = (1.0 - schedule.alpha_bar(t)).sqrt();
-        table.row([t.to_string(), format!("{:.4}", schedule.alpha_bar(t)), format!("{share:.3}"), format!("{mse:.3}")]);
+        table.row([
+            t.to_string(),
+            format!("{:.4}", schedule.alpha_bar(t)),
+            format!("{share:.3}"),
+            format!("{mse:.3}"),
+        ]);
     }
     Ok(table)
 }
 
 /// Mean over `points` of the distance to the nearest point of `data`.
 fn mean_distance(points: &[[f32; 2]], data: &[[f32; 2]]) -> f32 {
-    let nearest = |p: &[f32; 2]| data.iter().map(|q| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt()).fold(f32::INFINITY, f32::min);
+    let nearest = |p: &[f32; 2]| {
+        data.iter()
+            .map(|q| ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt())
+            .fold(f32::INFINITY, f32::min)
+    };
     points.iter().map(nearest).sum::<f32>() / points.len().max(1) as f32
 }

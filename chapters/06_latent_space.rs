@@ -64,11 +64,19 @@ fn main() -> std::process::ExitCode {
 
 /// Enlarges a small image `k` times (nearest neighbour, so pixels stay visible).
 fn big(img: &RgbImage, k: u32) -> RgbImage {
-    image::imageops::resize(img, img.width() * k, img.height() * k, image::imageops::FilterType::Nearest)
+    image::imageops::resize(
+        img,
+        img.width() * k,
+        img.height() * k,
+        image::imageops::FilterType::Nearest,
+    )
 }
 
 fn tile(img: &RgbImage, k: u32, caption: &[&str]) -> Tile {
-    Tile { image: big(img, k), caption: caption.iter().map(|s| s.to_string()).collect() }
+    Tile {
+        image: big(img, k),
+        caption: caption.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -89,10 +97,24 @@ fn run(args: Args) -> anyhow::Result<()> {
     let latents = |side: usize, factor: usize| 4 * (side / factor) * (side / factor);
     let ours = pixels(32) as f64 / latents(32, 4) as f64; // 3072 / 256
     let sd = pixels(512) as f64 / latents(512, 8) as f64; // 786,432 / 16,384
-    // ANCHOR_END: compression
+                                                          // ANCHOR_END: compression
     let mut table = Table::new(["", "image", "numbers", "latent", "numbers", "compression"]);
-    table.row(["inkdrop", "32 x 32 x 3", &pixels(32).to_string(), "4 x 8 x 8", &latents(32, 4).to_string(), &format!("{ours:.0}x")]);
-    table.row(["Stable Diffusion 1.5", "512 x 512 x 3", &pixels(512).to_string(), "4 x 64 x 64", &latents(512, 8).to_string(), &format!("{sd:.0}x")]);
+    table.row([
+        "inkdrop",
+        "32 x 32 x 3",
+        &pixels(32).to_string(),
+        "4 x 8 x 8",
+        &latents(32, 4).to_string(),
+        &format!("{ours:.0}x"),
+    ]);
+    table.row([
+        "Stable Diffusion 1.5",
+        "512 x 512 x 3",
+        &pixels(512).to_string(),
+        "4 x 64 x 64",
+        &latents(512, 8).to_string(),
+        &format!("{sd:.0}x"),
+    ]);
     println!("{table}\n");
     write_md("compression.md", &table.to_markdown())?;
     nb.say(
@@ -107,36 +129,88 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ANCHOR_END: compute
     let mut compute = Table::new(["one layer", "in pixel space", "in latent space", "saved"]);
     for (name, px, lat) in [
-        ("inkdrop: 3x3 conv, 64 channels", conv_flops(32, 64), conv_flops(8, 64)),
-        ("inkdrop: self-attention, 64 channels", attention_flops(32, 64), attention_flops(8, 64)),
-        ("SD: 3x3 conv, 320 channels", conv_flops(512, 320), conv_flops(64, 320)),
-        ("SD: self-attention, 320 channels", attention_flops(512, 320), attention_flops(64, 320)),
+        (
+            "inkdrop: 3x3 conv, 64 channels",
+            conv_flops(32, 64),
+            conv_flops(8, 64),
+        ),
+        (
+            "inkdrop: self-attention, 64 channels",
+            attention_flops(32, 64),
+            attention_flops(8, 64),
+        ),
+        (
+            "SD: 3x3 conv, 320 channels",
+            conv_flops(512, 320),
+            conv_flops(64, 320),
+        ),
+        (
+            "SD: self-attention, 320 channels",
+            attention_flops(512, 320),
+            attention_flops(64, 320),
+        ),
     ] {
-        compute.row([name.to_string(), flops(px), flops(lat), format!("{:.0}x", px / lat)]);
+        compute.row([
+            name.to_string(),
+            flops(px),
+            flops(lat),
+            format!("{:.0}x", px / lat),
+        ]);
     }
     println!("{compute}\n");
     write_md("compute.md", &compute.to_markdown())?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Encoder, decoder and a distribution in between");
-    let samples: Vec<_> = (0..8).map(|i| sample_at(&world, args.seed + 60, i)).collect();
-    let images: Vec<RgbImage> = samples.iter().map(|s| render(&s.scene, size as u32)).collect();
+    let samples: Vec<_> = (0..8)
+        .map(|i| sample_at(&world, args.seed + 60, i))
+        .collect();
+    let images: Vec<RgbImage> = samples
+        .iter()
+        .map(|s| render(&s.scene, size as u32))
+        .collect();
     // ANCHOR: encode
     let x = images_tensor(&images, &dev)?; // (8, 3, 32, 32) in [-1, 1]
     let dist = vae.encode(&x)?; // q(z | x): mean and logvar, each (8, 4, 8, 8)
     let z = dist.mode(); // (8, 4, 8, 8): the most likely latent
     let latents = (&z * cfg.scaling_factor)?; // (8, 4, 8, 8): what the UNet will see
     let recon = vae.decode(&z)?; // (8, 3, 32, 32)
-    // ANCHOR_END: encode
-    let posterior_std = f64::from(dist.logvar.affine(0.5, 0.0)?.exp()?.mean_all()?.to_scalar::<f32>()?);
+                                 // ANCHOR_END: encode
+    let posterior_std = f64::from(
+        dist.logvar
+            .affine(0.5, 0.0)?
+            .exp()?
+            .mean_all()?
+            .to_scalar::<f32>()?,
+    );
     let count = |prefix: &str| -> usize {
-        weights::sorted_vars(&bundle.varmap).iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, v)| v.elem_count()).sum()
+        weights::sorted_vars(&bundle.varmap)
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, v)| v.elem_count())
+            .sum()
     };
     let mut shapes = Table::new(["stage", "shape", "parameters"]);
-    shapes.row(["image x".to_string(), format!("{:?}", x.dims()), String::new()]);
-    shapes.row(["encoder + quant_conv: mean, logvar".to_string(), format!("{:?} each", dist.mean.dims()), (count("encoder") + count("quant_conv")).to_string()]);
-    shapes.row(["latents = z * scaling_factor".to_string(), format!("{:?}", latents.dims()), String::new()]);
-    shapes.row(["post_quant_conv + decoder: image".to_string(), format!("{:?}", recon.dims()), (count("decoder") + count("post_quant_conv")).to_string()]);
+    shapes.row([
+        "image x".to_string(),
+        format!("{:?}", x.dims()),
+        String::new(),
+    ]);
+    shapes.row([
+        "encoder + quant_conv: mean, logvar".to_string(),
+        format!("{:?} each", dist.mean.dims()),
+        (count("encoder") + count("quant_conv")).to_string(),
+    ]);
+    shapes.row([
+        "latents = z * scaling_factor".to_string(),
+        format!("{:?}", latents.dims()),
+        String::new(),
+    ]);
+    shapes.row([
+        "post_quant_conv + decoder: image".to_string(),
+        format!("{:?}", recon.dims()),
+        (count("decoder") + count("post_quant_conv")).to_string(),
+    ]);
     println!("{shapes}\n");
     write_md("shapes.md", &shapes.to_markdown())?;
     let posterior = format!(
@@ -159,17 +233,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut tiles = Vec::new();
     for (orig, rec) in images.iter().zip(&recon_images) {
         tiles.push(tile(orig, 4, &["original"]));
-        tiles.push(tile(rec, 4, &["decoded", &format!("{:.1} dB", psnr(orig, rec))]));
+        tiles.push(tile(
+            rec,
+            4,
+            &["decoded", &format!("{:.1} dB", psnr(orig, rec))],
+        ));
         tiles.push(tile(&error_map(orig, rec, 8.0), 4, &["|error| x 8"]));
     }
-    save_png(&labelled_grid(&tiles, 6, Some("original | through 4x8x8 and back | error"))?, &out.join("roundtrip.png"))?;
+    save_png(
+        &labelled_grid(&tiles, 6, Some("original | through 4x8x8 and back | error"))?,
+        &out.join("roundtrip.png"),
+    )?;
     let eval = evaluate(vae, args.eval_images as usize)?;
-    let mut quality = Table::new(["held-out images", "PSNR", "colour error on object pixels", "bar"]);
+    let mut quality = Table::new([
+        "held-out images",
+        "PSNR",
+        "colour error on object pixels",
+        "bar",
+    ]);
     quality.row([
         eval.images.to_string(),
         format!("{:.2} dB", eval.psnr_db),
         format!("{:.2} / 255", eval.object_color_error),
-        format!("PSNR >= 30 dB: {}", if eval.psnr_db >= 30.0 { "met" } else { "not met" }),
+        format!(
+            "PSNR >= 30 dB: {}",
+            if eval.psnr_db >= 30.0 {
+                "met"
+            } else {
+                "not met"
+            }
+        ),
     ]);
     println!("{quality}\n");
     write_md("quality.md", &quality.to_markdown())?;
@@ -189,7 +282,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             tiles.push(tile(ch, 16, &[&format!("channel {c}")]));
         }
     }
-    save_png(&labelled_grid(&tiles, 5, Some("each latent channel, stretched to black..white"))?, &out.join("channels.png"))?;
+    save_png(
+        &labelled_grid(
+            &tiles,
+            5,
+            Some("each latent channel, stretched to black..white"),
+        )?,
+        &out.join("channels.png"),
+    )?;
     nb.say(
         "Each latent position covers a 4x4 patch of pixels. The channels are not red, green, \
          blue and alpha: the encoder invented its own code, but it is still a picture, laid \
@@ -212,7 +312,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ---------------------------------------------------------------------------------------
     nb.cell("Walking from one image to another");
     let pair = held_out(40);
-    let (a, b) = (render(&pair[3].scene, size as u32), render(&pair[17].scene, size as u32));
+    let (a, b) = (
+        render(&pair[3].scene, size as u32),
+        render(&pair[17].scene, size as u32),
+    );
     let ends = images_tensor(&[a.clone(), b.clone()], &dev)?;
     let z_ends = vae.encode(&ends)?.mode(); // (2, 4, 8, 8)
     let steps = 7;
@@ -223,13 +326,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         // ANCHOR: interpolate
         let z_w = ((z_ends.get(0)? * (1.0 - w))? + (z_ends.get(1)? * w)?)?; // (4, 8, 8)
         let decoded = vae.decode(&z_w.unsqueeze(0)?)?; // (1, 3, 32, 32)
-        // ANCHOR_END: interpolate
+                                                       // ANCHOR_END: interpolate
         let x_w = ((ends.get(0)? * (1.0 - w))? + (ends.get(1)? * w)?)?.unsqueeze(0)?;
-        lat_row.push(tile(&tensor_images(&decoded.clamp(-1f32, 1f32)?)?[0], 4, &[&format!("latent {w:.2}")]));
-        pix_row.push(tile(&tensor_images(&x_w)?[0], 4, &[&format!("pixels {w:.2}")]));
+        lat_row.push(tile(
+            &tensor_images(&decoded.clamp(-1f32, 1f32)?)?[0],
+            4,
+            &[&format!("latent {w:.2}")],
+        ));
+        pix_row.push(tile(
+            &tensor_images(&x_w)?[0],
+            4,
+            &[&format!("pixels {w:.2}")],
+        ));
     }
     lat_row.extend(pix_row);
-    save_png(&labelled_grid(&lat_row, steps, Some("mixing latents (top) vs mixing pixels (bottom)"))?, &out.join("interpolation.png"))?;
+    save_png(
+        &labelled_grid(
+            &lat_row,
+            steps,
+            Some("mixing latents (top) vs mixing pixels (bottom)"),
+        )?,
+        &out.join("interpolation.png"),
+    )?;
     nb.say(
         "Mixing pixels gives a double exposure: two ghosts. Mixing latents and decoding gives \
          images that are each more like one picture, with objects fading, changing colour or \
@@ -252,12 +370,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         let eps_l = randn_tensor(l0.dims(), &mut rng, &dev)?;
         let l_t = add_noise_tensor(&schedule, &l0, &eps_l, &[t])?; // latents, (1, 4, 8, 8)
         let seen = vae.decode(&(l_t / cfg.scaling_factor)?)?; // what the noisy latent "looks like"
-        // ANCHOR_END: noise_both
-        top.push(tile(&tensor_images(&x_t.clamp(-1f32, 1f32)?)?[0], 4, &[&format!("pixels, t = {t}")]));
-        bottom.push(tile(&tensor_images(&seen.clamp(-1f32, 1f32)?)?[0], 4, &[&format!("latents, t = {t}")]));
+                                                              // ANCHOR_END: noise_both
+        top.push(tile(
+            &tensor_images(&x_t.clamp(-1f32, 1f32)?)?[0],
+            4,
+            &[&format!("pixels, t = {t}")],
+        ));
+        bottom.push(tile(
+            &tensor_images(&seen.clamp(-1f32, 1f32)?)?[0],
+            4,
+            &[&format!("latents, t = {t}")],
+        ));
     }
     top.extend(bottom);
-    save_png(&labelled_grid(&top, ts.len(), Some("noised pixels (top) vs decoded noised latents (bottom)"))?, &out.join("noise_latent_vs_pixel.png"))?;
+    save_png(
+        &labelled_grid(
+            &top,
+            ts.len(),
+            Some("noised pixels (top) vs decoded noised latents (bottom)"),
+        )?,
+        &out.join("noise_latent_vs_pixel.png"),
+    )?;
     nb.say(
         "The same schedule, the same t. In pixel space the noise is fine-grained static over an \
          image you can still read until late. In latent space every noise value lands on a 4x4 \
@@ -271,9 +404,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ANCHOR: prior
     let latents = randn_tensor(&[8, 4, 8, 8], &mut rng, &dev)?; // latents ~ N(0, I)
     let dreams = vae.decode(&(latents / cfg.scaling_factor)?)?; // (8, 3, 32, 32)
-    // ANCHOR_END: prior
-    let tiles: Vec<Tile> = tensor_images(&dreams.clamp(-1f32, 1f32)?)?.iter().map(|i| tile(i, 4, &["N(0, I)"])).collect();
-    save_png(&labelled_grid(&tiles, 8, Some("decoding random latents"))?, &out.join("prior_samples.png"))?;
+                                                                // ANCHOR_END: prior
+    let tiles: Vec<Tile> = tensor_images(&dreams.clamp(-1f32, 1f32)?)?
+        .iter()
+        .map(|i| tile(i, 4, &["N(0, I)"]))
+        .collect();
+    save_png(
+        &labelled_grid(&tiles, 8, Some("decoding random latents"))?,
+        &out.join("prior_samples.png"),
+    )?;
     let typical = prior_gap(vae, &x)?;
     nb.say(&typical);
     write_md("prior.md", &format!("{typical}\n"))?;
@@ -297,9 +436,13 @@ fn prior_gap(vae: &inkdrop::vae::AutoencoderKL, x: &Tensor) -> anyhow::Result<St
     let l = (vae.encode(x)?.mode() * vae.config.scaling_factor)?; // (8, 4, 8, 8)
     let v: Vec<f32> = l.flatten_all()?.to_vec1()?;
     let s = l.dim(3)?;
-    let right: Vec<(f32, f32)> = v.chunks(s).flat_map(|row| row.windows(2).map(|w| (w[0], w[1])).collect::<Vec<_>>()).collect();
+    let right: Vec<(f32, f32)> = v
+        .chunks(s)
+        .flat_map(|row| row.windows(2).map(|w| (w[0], w[1])).collect::<Vec<_>>())
+        .collect();
     let (a, b): (Vec<f32>, Vec<f32>) = right.into_iter().unzip();
-    let corr = inkdrop::support::stats::correlation(&ndarray::Array1::from(a), &ndarray::Array1::from(b));
+    let corr =
+        inkdrop::support::stats::correlation(&ndarray::Array1::from(a), &ndarray::Array1::from(b));
     Ok(format!(
         "Decoded random latents are smears of colour, not shapes. Real latents are not N(0, I): \
          neighbouring latent positions of real images correlate at {corr:.2} (independent noise: \

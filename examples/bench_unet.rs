@@ -51,10 +51,21 @@ fn main() -> anyhow::Result<()> {
         norm_num_groups: 32,
         ..UNetConfig::tiny()
     };
-    let mut table = Table::new(["config", "parameters", "what", "batch", "median ms", "samples / s"]);
-    for (name, cfg, step_batch) in [("diffusers reference (16x16, 32/64)", reference, 32), ("shipped (8x8, 64/128)", UNetConfig::tiny(), 64)] {
+    let mut table = Table::new([
+        "config",
+        "parameters",
+        "what",
+        "batch",
+        "median ms",
+        "samples / s",
+    ]);
+    for (name, cfg, step_batch) in [
+        ("diffusers reference (16x16, 32/64)", reference, 32),
+        ("shipped (8x8, 64/128)", UNetConfig::tiny(), 64),
+    ] {
         let vm = VarMap::new();
-        let unet = UNet2DConditionModel::new(&cfg, inkdrop::weights::seeded_var_builder(&vm, 0, &dev))?;
+        let unet =
+            UNet2DConditionModel::new(&cfg, inkdrop::weights::seeded_var_builder(&vm, 0, &dev))?;
         let vars = inkdrop::weights::sorted_vars(&vm);
         let params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
         let plain: Vec<_> = vars.iter().map(|(_, v)| v.clone()).collect();
@@ -63,27 +74,47 @@ fn main() -> anyhow::Result<()> {
         let mut inputs = |b: usize| -> anyhow::Result<(Tensor, Tensor, Tensor, Tensor)> {
             let s = cfg.sample_size;
             let x = inkdrop::noising::randn_tensor(&[b, 4, s, s], &mut rng, &dev)?;
-            let t = Tensor::from_vec((0..b).map(|i| (i * 37 % 1000) as f32).collect::<Vec<_>>(), b, &dev)?;
-            let ctx = inkdrop::noising::randn_tensor(&[b, 16, cfg.cross_attention_dim], &mut rng, &dev)?;
+            let t = Tensor::from_vec(
+                (0..b).map(|i| (i * 37 % 1000) as f32).collect::<Vec<_>>(),
+                b,
+                &dev,
+            )?;
+            let ctx =
+                inkdrop::noising::randn_tensor(&[b, 16, cfg.cross_attention_dim], &mut rng, &dev)?;
             let target = inkdrop::noising::randn_tensor(&[b, 4, s, s], &mut rng, &dev)?;
             Ok((x, t, ctx, target))
         };
         let (x, t, ctx, target) = inputs(2)?;
         let fwd = median_ms(args.reps, || Ok(drop(unet.forward(&x, &t, &ctx, None)?)))?;
         let both = median_ms(args.reps, || {
-            let loss = (unet.forward(&x, &t, &ctx, None)? - &target)?.sqr()?.mean_all()?;
+            let loss = (unet.forward(&x, &t, &ctx, None)? - &target)?
+                .sqr()?
+                .mean_all()?;
             Ok(drop(loss.backward()?))
         })?;
         let (xb, tb, cb, yb) = inputs(step_batch)?;
         let step = median_ms(args.reps, || {
-            let loss = (unet.forward(&xb, &tb, &cb, None)? - &yb)?.sqr()?.mean_all()?;
+            let loss = (unet.forward(&xb, &tb, &cb, None)? - &yb)?
+                .sqr()?
+                .mean_all()?;
             let mut g = loss.backward()?;
             clip_grad_norm(&mut g, &plain, 1.0)?;
             opt.update(&g, 1e-4)?;
             Ok(())
         })?;
-        for (what, batch, ms) in [("forward", 2, fwd), ("forward + backward", 2, both), ("training step (+ AdamW)", step_batch, step)] {
-            table.row([name.to_string(), params.to_string(), what.to_string(), batch.to_string(), format!("{ms:.1}"), format!("{:.0}", batch as f64 / ms * 1e3)]);
+        for (what, batch, ms) in [
+            ("forward", 2, fwd),
+            ("forward + backward", 2, both),
+            ("training step (+ AdamW)", step_batch, step),
+        ] {
+            table.row([
+                name.to_string(),
+                params.to_string(),
+                what.to_string(),
+                batch.to_string(),
+                format!("{ms:.1}"),
+                format!("{:.0}", batch as f64 / ms * 1e3),
+            ]);
         }
     }
     println!("{table}");

@@ -133,3 +133,24 @@ fn fused_ops_agree_with_finite_differences() {
     );
     finite_difference_check(&|x| weighted_sum(&quick_gelu(x).unwrap(), &w), &[3, 6], 22);
 }
+
+#[test]
+fn geglu_matches_the_composed_op_values_and_gradients() {
+    for shape in [vec![3, 8], vec![2, 5, 64]] {
+        let x = Var::from_tensor(&(rand(&shape, 11) * 2.0).unwrap()).unwrap();
+        let half = shape[shape.len() - 1] / 2;
+        let last = shape.len() - 1;
+        let ours = inkdrop::nn::geglu(&x).unwrap();
+        let theirs = (x.narrow(last, 0, half).unwrap()
+            * x.narrow(last, half, half).unwrap().gelu_erf().unwrap())
+        .unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5, "{shape:?}");
+        let w = rand(ours.dims(), 12);
+        let g1 = weighted_sum(&ours, &w).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &w).backward().unwrap();
+        assert!(
+            max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5,
+            "{shape:?}"
+        );
+    }
+}

@@ -32,8 +32,20 @@ fn predicts_noise_of_the_latents_shape_with_one_timestep_per_sample() {
     // Each sample's output depends on its own timestep only.
     let t2 = Tensor::new(&[0f32, 10.0, 999.0], &Device::Cpu).unwrap();
     let eps2 = unet.forward(&x, &t2, &ctx, None).unwrap();
-    let diff = (&eps - &eps2).unwrap().abs().unwrap().sum_keepdim((1, 2, 3)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert!(diff[0] == 0.0 && diff[2] == 0.0 && diff[1] > 0.0, "{diff:?}");
+    let diff = (&eps - &eps2)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_keepdim((1, 2, 3))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        diff[0] == 0.0 && diff[2] == 0.0 && diff[1] > 0.0,
+        "{diff:?}"
+    );
 }
 
 #[test]
@@ -84,7 +96,10 @@ fn parameter_names_follow_diffusers() {
     ] {
         assert!(names.iter().any(|n| n == key), "missing {key}");
     }
-    assert!(!names.iter().any(|n| n.contains("to_q.bias")), "to_q has no bias in diffusers");
+    assert!(
+        !names.iter().any(|n| n.contains("to_q.bias")),
+        "to_q has no bias in diffusers"
+    );
 }
 
 #[test]
@@ -107,16 +122,39 @@ fn cross_attention_maps_are_recorded_only_when_asked() {
     let rec = AttentionRecorder::cross();
     let with = unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
     let without = unet.forward(&x, &t, &ctx, None).unwrap();
-    assert_eq!((&with - &without).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        (&with - &without)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
     let maps = rec.take();
     // 2 down layers, 1 mid, 2 x 2 up layers: 7 transformers, one cross-attention each.
     assert_eq!(maps.len(), 7);
     for m in &maps {
         assert!(m.name.ends_with("attn2"), "{}", m.name);
         let d = m.probs.dims();
-        assert_eq!((d[0], d[1], d[2], d[3]), (2, cfg.attention_heads, m.height * m.width, 16));
-        let rows: Vec<f32> = m.probs.sum(3).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5), "probabilities sum to 1 over tokens");
+        assert_eq!(
+            (d[0], d[1], d[2], d[3]),
+            (2, cfg.attention_heads, m.height * m.width, 16)
+        );
+        let rows: Vec<f32> = m
+            .probs
+            .sum(3)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            rows.iter().all(|s| (s - 1.0).abs() < 1e-5),
+            "probabilities sum to 1 over tokens"
+        );
     }
     assert!(maps.iter().any(|m| m.height == 4) && maps.iter().any(|m| m.height == 8));
 }
@@ -129,11 +167,24 @@ fn every_weight_receives_a_gradient() {
     let t = Tensor::new(&[100f32, 900.0], &Device::Cpu).unwrap();
     let ctx = rand(&[2, 16, cfg.cross_attention_dim], 5);
     let target = rand(&[2, 4, 8, 8], 6);
-    let loss = (unet.forward(&x, &t, &ctx, None).unwrap() - target).unwrap().sqr().unwrap().mean_all().unwrap();
+    let loss = (unet.forward(&x, &t, &ctx, None).unwrap() - target)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in sorted_vars(&vm) {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(norm > 0.0, "{name}: zero gradient");
     }
 }
@@ -154,7 +205,13 @@ mod training {
         let varmap = VarMap::new();
         let cfg = ClipConfig::test(tokenizer.vocab_size(), 16);
         let model = Clip::new(&cfg, seeded_var_builder(&varmap, 0, &Device::Cpu)).unwrap();
-        ClipBundle { model, varmap, tokenizer, metadata: Default::default(), device: Device::Cpu }
+        ClipBundle {
+            model,
+            varmap,
+            tokenizer,
+            metadata: Default::default(),
+            device: Device::Cpu,
+        }
     }
 
     fn vae() -> AutoencoderKL {
@@ -164,8 +221,11 @@ mod training {
 
     fn tensors(p: &std::path::Path) -> Vec<(String, Vec<f32>)> {
         let l = inkdrop::weights::load(p, &Device::Cpu).unwrap();
-        let mut v: Vec<(String, Vec<f32>)> =
-            l.tensors.into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+        let mut v: Vec<(String, Vec<f32>)> = l
+            .tensors
+            .into_iter()
+            .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
@@ -180,25 +240,81 @@ mod training {
         assert_eq!(data.captions.len(), 40);
         let again = latent_dataset(&vae, 0, 40, Some(&cache)).unwrap();
         assert_eq!(again.captions, data.captions, "the cache reads back");
-        let model = UNetConfig { cross_attention_dim: clip.model.config.text_width, ..UNetConfig::test() };
-        let cfg = UNetTrainConfig { steps: 8, batch_size: 4, warmup: 2, checkpoint_every: 3, dataset_size: 40, ..UNetTrainConfig::default() };
-        let (full, full_ckpt) = (dir.path().join("full.safetensors"), dir.path().join("full.ckpt"));
+        let model = UNetConfig {
+            cross_attention_dim: clip.model.config.text_width,
+            ..UNetConfig::test()
+        };
+        let cfg = UNetTrainConfig {
+            steps: 8,
+            batch_size: 4,
+            warmup: 2,
+            checkpoint_every: 3,
+            dataset_size: 40,
+            ..UNetTrainConfig::default()
+        };
+        let (full, full_ckpt) = (
+            dir.path().join("full.safetensors"),
+            dir.path().join("full.ckpt"),
+        );
         let mut losses = Vec::new();
-        let report = train_unet(&model, &cfg, &data, &clip, &vae, &full, &full_ckpt, None, false, &mut |s| {
-            losses.push(s.loss);
-            true
-        })
+        let report = train_unet(
+            &model,
+            &cfg,
+            &data,
+            &clip,
+            &vae,
+            &full,
+            &full_ckpt,
+            None,
+            false,
+            &mut |s| {
+                losses.push(s.loss);
+                true
+            },
+        )
         .unwrap()
         .unwrap();
         assert_eq!(losses.len(), 8);
         assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0));
         assert_eq!(report.loss_by_t.len(), 10);
         assert!(report.held_out_mse.is_finite());
-        let (part, part_ckpt) = (dir.path().join("part.safetensors"), dir.path().join("part.ckpt"));
-        let stopped = train_unet(&model, &cfg, &data, &clip, &vae, &part, &part_ckpt, None, false, &mut |s| s.step < 5).unwrap();
+        let (part, part_ckpt) = (
+            dir.path().join("part.safetensors"),
+            dir.path().join("part.ckpt"),
+        );
+        let stopped = train_unet(
+            &model,
+            &cfg,
+            &data,
+            &clip,
+            &vae,
+            &part,
+            &part_ckpt,
+            None,
+            false,
+            &mut |s| s.step < 5,
+        )
+        .unwrap();
         assert!(stopped.is_none());
-        let resumed = train_unet(&model, &cfg, &data, &clip, &vae, &part, &part_ckpt, None, true, &mut |_| true).unwrap().unwrap();
+        let resumed = train_unet(
+            &model,
+            &cfg,
+            &data,
+            &clip,
+            &vae,
+            &part,
+            &part_ckpt,
+            None,
+            true,
+            &mut |_| true,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(resumed.resumed_from, 5);
-        assert_eq!(tensors(&full), tensors(&part), "resumed weights (EMA) differ from the uninterrupted run");
+        assert_eq!(
+            tensors(&full),
+            tensors(&part),
+            "resumed weights (EMA) differ from the uninterrupted run"
+        );
     }
 }

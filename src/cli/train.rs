@@ -369,18 +369,32 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
 fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
     let clip = ClipBundle::load(
         &args.clip.clone().unwrap_or_else(default_clip_path),
-        &args.tokenizer.clone().unwrap_or_else(default_tokenizer_path),
+        &args
+            .tokenizer
+            .clone()
+            .unwrap_or_else(default_tokenizer_path),
     )
     .context("the UNet needs the text encoder: run `inkdrop train clip` first")?;
     let vae = VaeBundle::load(&args.vae.clone().unwrap_or_else(default_vae_path))
         .context("the UNet trains on VAE latents: run `inkdrop train vae` first")?;
     let text_width = clip.model.config.text_width;
     let model_config = if args.tiny {
-        UNetConfig { block_out_channels: vec![16, 32], attention_heads: 2, norm_num_groups: 8, cross_attention_dim: text_width, ..UNetConfig::tiny() }
+        UNetConfig {
+            block_out_channels: vec![16, 32],
+            attention_heads: 2,
+            norm_num_groups: 8,
+            cross_attention_dim: text_width,
+            ..UNetConfig::tiny()
+        }
     } else {
-        UNetConfig { cross_attention_dim: text_width, ..UNetConfig::tiny() }
+        UNetConfig {
+            cross_attention_dim: text_width,
+            ..UNetConfig::tiny()
+        }
     };
-    if model_config.sample_size != vae.vae.config.latent_size() || model_config.in_channels != vae.vae.config.latent_channels {
+    if model_config.sample_size != vae.vae.config.latent_size()
+        || model_config.in_channels != vae.vae.config.latent_channels
+    {
         anyhow::bail!(
             "the VAE makes {:?} latents but the UNet expects {}x{}x{}; retrain the VAE with the default config",
             vae.vae.config.latent_shape(),
@@ -396,36 +410,77 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         seed: args.seed,
         dataset_size: args.dataset_size,
         warmup: (args.steps / 20).clamp(1, UNetTrainConfig::default().warmup),
-        checkpoint_every: UNetTrainConfig::default().checkpoint_every.min(args.steps.max(1)),
+        checkpoint_every: UNetTrainConfig::default()
+            .checkpoint_every
+            .min(args.steps.max(1)),
         ..UNetTrainConfig::default()
     };
     let started = std::time::Instant::now();
     let cache = default_out_dir("cache");
     inkdrop::support::files::prepare_out_dir(&cache)?;
-    eprintln!("encoding {} training images with the VAE (cached in {})", cfg.dataset_size, cache.display());
-    let data = latent_dataset(&vae.vae, cfg.seed, cfg.dataset_size, Some(&cache.join(format!("latents_seed{}_{}.safetensors", cfg.seed, cfg.dataset_size))))?;
+    eprintln!(
+        "encoding {} training images with the VAE (cached in {})",
+        cfg.dataset_size,
+        cache.display()
+    );
+    let data = latent_dataset(
+        &vae.vae,
+        cfg.seed,
+        cfg.dataset_size,
+        Some(&cache.join(format!(
+            "latents_seed{}_{}.safetensors",
+            cfg.seed, cfg.dataset_size
+        ))),
+    )?;
     let cache_seconds = started.elapsed().as_secs_f64();
-    let out = args.out.clone().unwrap_or_else(|| inkdrop::support::files::crate_root().join("data/unet.safetensors"));
-    let ckpt = args.checkpoint.clone().unwrap_or_else(|| default_out_dir("checkpoints").join("unet.safetensors"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| inkdrop::support::files::crate_root().join("data/unet.safetensors"));
+    let ckpt = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| default_out_dir("checkpoints").join("unet.safetensors"));
     let samples_dir = default_out_dir("train_unet");
     inkdrop::support::files::prepare_out_dir(&samples_dir)?;
     let bar = progress(cfg.steps)?;
     let t0 = std::time::Instant::now();
-    let report = train_unet(&model_config, &cfg, &data, &clip, &vae.vae, &out, &ckpt, Some(samples_dir.clone()), args.resume, &mut |s| {
-        bar.set_position(s.step as u64);
-        let msg = format!("loss {:.4}  lr {:.1e}", s.loss, s.lr);
-        if log_line(&bar, s.step, cfg.steps) {
-            eprintln!("step {}/{}  {msg}  {:.0} s", s.step, cfg.steps, t0.elapsed().as_secs_f64());
-        }
-        bar.set_message(msg);
-        true
-    })?
+    let report = train_unet(
+        &model_config,
+        &cfg,
+        &data,
+        &clip,
+        &vae.vae,
+        &out,
+        &ckpt,
+        Some(samples_dir.clone()),
+        args.resume,
+        &mut |s| {
+            bar.set_position(s.step as u64);
+            let msg = format!("loss {:.4}  lr {:.1e}", s.loss, s.lr);
+            if log_line(&bar, s.step, cfg.steps) {
+                eprintln!(
+                    "step {}/{}  {msg}  {:.0} s",
+                    s.step,
+                    cfg.steps,
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            bar.set_message(msg);
+            true
+        },
+    )?
     .context("training stopped early")?;
     bar.finish();
     if report.resumed_from > 0 {
         println!("resumed from step {}", report.resumed_from);
     }
-    let by_t: Vec<String> = report.loss_by_t.iter().enumerate().map(|(i, l)| format!("t {}-{}: {l:.3}", i * 100, i * 100 + 99)).collect();
+    let by_t: Vec<String> = report
+        .loss_by_t
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("t {}-{}: {l:.3}", i * 100, i * 100 + 99))
+        .collect();
     println!(
         "encoded the data set in {cache_seconds:.1} s; trained {} steps in {:.1} s ({:.3} s/step); final loss {:.4}\n\
          held-out noise MSE (EMA weights) {:.4}\nloss by timestep: {}\nwrote {} (checkpoint {}, sample grids in {})",
@@ -445,7 +500,12 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
 fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     let dir = inkdrop::support::files::prepare_out_dir(&args.data_dir)?;
     let ckpt = |name: &str| default_out_dir("checkpoints").join(format!("all_{name}.safetensors"));
-    let (tok, clip, vae, unet) = (dir.join("tokenizer.json"), dir.join("clip.safetensors"), dir.join("vae.safetensors"), dir.join("unet.safetensors"));
+    let (tok, clip, vae, unet) = (
+        dir.join("tokenizer.json"),
+        dir.join("clip.safetensors"),
+        dir.join("vae.safetensors"),
+        dir.join("unet.safetensors"),
+    );
     let mut times = Vec::new();
     let mut stage = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
         eprintln!("== {name}");
@@ -454,11 +514,25 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         times.push((name.to_string(), t.elapsed().as_secs_f64()));
         Ok(())
     };
-    stage("tokenizer", &mut || run_tokenizer(&TokenizerArgs { out: Some(tok.clone()), captions: if args.tiny { 2000 } else { 50_000 }, seed: args.seed }))?;
+    stage("tokenizer", &mut || {
+        run_tokenizer(&TokenizerArgs {
+            out: Some(tok.clone()),
+            captions: if args.tiny { 2000 } else { 50_000 },
+            seed: args.seed,
+        })
+    })?;
     stage("clip", &mut || {
         run_clip(&ClipArgs {
-            steps: if args.tiny { 20 } else { ClipTrainConfig::default().steps },
-            batch_size: if args.tiny { 16 } else { ClipTrainConfig::default().batch_size },
+            steps: if args.tiny {
+                20
+            } else {
+                ClipTrainConfig::default().steps
+            },
+            batch_size: if args.tiny {
+                16
+            } else {
+                ClipTrainConfig::default().batch_size
+            },
             lr: ClipTrainConfig::default().lr,
             seed: args.seed,
             out: Some(clip.clone()),
@@ -470,8 +544,16 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     })?;
     stage("vae", &mut || {
         run_vae(&VaeArgs {
-            steps: if args.tiny { 20 } else { VaeTrainConfig::default().steps },
-            batch_size: if args.tiny { 8 } else { VaeTrainConfig::default().batch_size },
+            steps: if args.tiny {
+                20
+            } else {
+                VaeTrainConfig::default().steps
+            },
+            batch_size: if args.tiny {
+                8
+            } else {
+                VaeTrainConfig::default().batch_size
+            },
             lr: VaeTrainConfig::default().lr,
             kl_weight: VaeTrainConfig::default().kl_weight,
             seed: args.seed,
@@ -484,10 +566,22 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     })?;
     stage("unet", &mut || {
         run_unet(&UnetArgs {
-            steps: if args.tiny { 20 } else { UNetTrainConfig::default().steps },
-            batch_size: if args.tiny { 8 } else { UNetTrainConfig::default().batch_size },
+            steps: if args.tiny {
+                20
+            } else {
+                UNetTrainConfig::default().steps
+            },
+            batch_size: if args.tiny {
+                8
+            } else {
+                UNetTrainConfig::default().batch_size
+            },
             lr: UNetTrainConfig::default().lr,
-            dataset_size: if args.tiny { 200 } else { UNetTrainConfig::default().dataset_size },
+            dataset_size: if args.tiny {
+                200
+            } else {
+                UNetTrainConfig::default().dataset_size
+            },
             seed: args.seed,
             out: Some(unet.clone()),
             clip: Some(clip.clone()),

@@ -255,7 +255,10 @@ impl CustomOp3 for Conv2d {
         }
         if g.stride1_same_pad() {
             let y = super::conv_stride1::forward(&g, x, w, bias);
-            return Ok((CpuStorage::F32(y), Shape::from((g.n, g.c_out, g.h_out, g.w_out))));
+            return Ok((
+                CpuStorage::F32(y),
+                Shape::from((g.n, g.c_out, g.h_out, g.w_out)),
+            ));
         }
         let (k, p, nb) = (g.k(), g.p(), g.chunk());
         let mut y = vec![0f32; g.n * g.c_out * p];

@@ -44,14 +44,23 @@ impl Ext {
         let cw = rows * wp;
         let blocks = l.div_ceil(cw);
         let reach = (g.kh - 1) * wp + (g.kw - 1);
-        Self { wp, plane, cw, blocks, lbuf: blocks * cw + reach }
+        Self {
+            wp,
+            plane,
+            cw,
+            blocks,
+            lbuf: blocks * cw + reach,
+        }
     }
 
     /// Contiguous runs of blocks, one per thread: (first block, number of blocks).
     fn runs(&self) -> Vec<(usize, usize)> {
         let threads = rayon::current_num_threads().clamp(1, self.blocks);
         let per = self.blocks.div_ceil(threads);
-        (0..self.blocks).step_by(per).map(|b| (b, per.min(self.blocks - b))).collect()
+        (0..self.blocks)
+            .step_by(per)
+            .map(|b| (b, per.min(self.blocks - b)))
+            .collect()
     }
 }
 
@@ -59,15 +68,18 @@ impl Ext {
 fn padded_planes(g: &Geometry, e: &Ext, x: &[f32]) -> Vec<f32> {
     let mut x_pad = vec![0f32; g.c_in * e.lbuf];
     let hw = g.h * g.w;
-    x_pad.par_chunks_mut(e.lbuf).enumerate().for_each(|(c, row)| {
-        for n in 0..g.n {
-            let src = &x[(n * g.c_in + c) * hw..][..hw];
-            for (iy, line) in src.chunks_exact(g.w).enumerate() {
-                let at = n * e.plane + (iy + g.pad.top) * e.wp + g.pad.left;
-                row[at..at + g.w].copy_from_slice(line);
+    x_pad
+        .par_chunks_mut(e.lbuf)
+        .enumerate()
+        .for_each(|(c, row)| {
+            for n in 0..g.n {
+                let src = &x[(n * g.c_in + c) * hw..][..hw];
+                for (iy, line) in src.chunks_exact(g.w).enumerate() {
+                    let at = n * e.plane + (iy + g.pad.top) * e.wp + g.pad.left;
+                    row[at..at + g.w].copy_from_slice(line);
+                }
             }
-        }
-    });
+        });
     x_pad
 }
 
@@ -100,13 +112,21 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
     let mut y_ext = vec![0f32; e.blocks * g.c_out * e.cw]; // (blocks, C_out, cw)
     let runs = e.runs();
     let per = runs[0].1;
-    y_ext.par_chunks_mut(per * g.c_out * e.cw).zip(runs).for_each(|(out, (b0, nb))| {
-        let mut col = vec![0f32; k * e.cw];
-        for (i, y_block) in out.chunks_exact_mut(g.c_out * e.cw).take(nb).enumerate() {
-            block_columns(g, &e, &x_pad, (b0 + i) * e.cw, &mut col);
-            sgemm_serial(MatRef::row_major(w, g.c_out, k), MatRef::row_major(&col, k, e.cw), y_block, false);
-        }
-    });
+    y_ext
+        .par_chunks_mut(per * g.c_out * e.cw)
+        .zip(runs)
+        .for_each(|(out, (b0, nb))| {
+            let mut col = vec![0f32; k * e.cw];
+            for (i, y_block) in out.chunks_exact_mut(g.c_out * e.cw).take(nb).enumerate() {
+                block_columns(g, &e, &x_pad, (b0 + i) * e.cw, &mut col);
+                sgemm_serial(
+                    MatRef::row_major(w, g.c_out, k),
+                    MatRef::row_major(&col, k, e.cw),
+                    y_block,
+                    false,
+                );
+            }
+        });
     let mut y = vec![0f32; g.n * g.c_out * g.h_out * g.w_out];
     let p = g.h_out * g.w_out;
     // Gather the valid rows into NCHW, adding the bias.
@@ -147,14 +167,17 @@ pub(super) fn backward(
     // dy on the padded grid, zero at the positions that are not outputs: (blocks, C_out, cw).
     let mut dy_ext = vec![0f32; e.blocks * g.c_out * e.cw];
     let p = g.h_out * g.w_out;
-    dy_ext.par_chunks_mut(g.c_out * e.cw).enumerate().for_each(|(block, dst)| {
-        for (n, oy, at) in rows_in_block(g, &e, block) {
-            for co in 0..g.c_out {
-                let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
-                dst[co * e.cw + at..][..g.w_out].copy_from_slice(src);
+    dy_ext
+        .par_chunks_mut(g.c_out * e.cw)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            for (n, oy, at) in rows_in_block(g, &e, block) {
+                for co in 0..g.c_out {
+                    let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
+                    dst[co * e.cw + at..][..g.w_out].copy_from_slice(src);
+                }
             }
-        }
-    });
+        });
     let partials: Vec<Partial> = e
         .runs()
         .into_par_iter()
@@ -162,7 +185,11 @@ pub(super) fn backward(
             let mut part = Partial {
                 dw_t: vec![0f32; k * g.c_out],
                 db: vec![0f32; g.c_out],
-                dx_pad: if input_grad { vec![0f32; g.c_in * e.lbuf] } else { Vec::new() },
+                dx_pad: if input_grad {
+                    vec![0f32; g.c_in * e.lbuf]
+                } else {
+                    Vec::new()
+                },
             };
             let mut col = vec![0f32; k * e.cw];
             for block in b0..b0 + nb {
@@ -173,9 +200,19 @@ pub(super) fn backward(
                     part.db[co] += super::fastmath::sum(row);
                 }
                 block_columns(g, &e, &x_pad, j0, &mut col);
-                sgemm_serial(MatRef::row_major(&col, k, e.cw), dy_mat.t(), &mut part.dw_t, true);
+                sgemm_serial(
+                    MatRef::row_major(&col, k, e.cw),
+                    dy_mat.t(),
+                    &mut part.dw_t,
+                    true,
+                );
                 if input_grad {
-                    sgemm_serial(MatRef::row_major(w, g.c_out, k).t(), dy_mat, &mut col, false);
+                    sgemm_serial(
+                        MatRef::row_major(w, g.c_out, k).t(),
+                        dy_mat,
+                        &mut col,
+                        false,
+                    );
                     for (r, src) in col.chunks_exact(e.cw).enumerate() {
                         let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
                         let at = c * e.lbuf + j0 + ky * e.wp + kx;
@@ -202,7 +239,9 @@ pub(super) fn backward(
             for (iy, dst) in plane.chunks_exact_mut(g.w).enumerate() {
                 let at = c * e.lbuf + n * e.plane + (iy + g.pad.top) * e.wp + g.pad.left;
                 for part in &partials {
-                    dst.iter_mut().zip(&part.dx_pad[at..at + g.w]).for_each(|(d, s)| *d += s);
+                    dst.iter_mut()
+                        .zip(&part.dx_pad[at..at + g.w])
+                        .for_each(|(d, s)| *d += s);
                 }
             }
         });

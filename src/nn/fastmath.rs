@@ -60,7 +60,12 @@ pub fn sum(xs: &[f32]) -> f32 {
 pub fn sum_zip(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
     let (cx, cy) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
-    let tail: f32 = cx.remainder().iter().zip(cy.remainder()).map(|(&a, &b)| f(a, b)).sum();
+    let tail: f32 = cx
+        .remainder()
+        .iter()
+        .zip(cy.remainder())
+        .map(|(&a, &b)| f(a, b))
+        .sum();
     for (a, b) in cx.zip(cy) {
         for ((s, &u), &v) in acc.iter_mut().zip(a).zip(b) {
             *s += f(u, v);

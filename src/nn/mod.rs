@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 pub use conv::{conv2d, Padding};
 pub use group_norm::group_norm;
 pub use layers2d::{upsample_nearest2x, Conv2d, GroupNorm};
-pub use ops::{bias_add, layer_norm, quick_gelu, softmax_last_dim};
+pub use ops::{bias_add, geglu, layer_norm, quick_gelu, softmax_last_dim};
 pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 
 /// A fully connected layer, `y = x W^T + b`, with candle-nn's initialisation and names

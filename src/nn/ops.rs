@@ -5,6 +5,7 @@
 //! `tests/nn.rs`.
 
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
@@ -335,4 +336,105 @@ impl CustomOp2 for QuickGeluBackward {
 /// CLIP's activation, `x * sigmoid(1.702 x)`, fused (f32).
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(QuickGelu)
+}
+
+/// The standard normal CDF, `Phi(x) = (1 + erf(x / sqrt 2)) / 2`, with erf from Abramowitz &
+/// Stegun 7.1.26 (absolute error below 1.5e-7) on the vectorisable exp of [`super::fastmath`].
+#[inline(always)]
+fn normal_cdf(x: f32) -> f32 {
+    let z = x * std::f32::consts::FRAC_1_SQRT_2;
+    let a = z.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_7 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let erf_abs = 1.0 - poly * super::fastmath::exp(-a * a);
+    0.5 * (1.0 + erf_abs.copysign(z))
+}
+
+/// `phi(x) = exp(-x^2 / 2) / sqrt(2 pi)`, the standard normal density.
+#[inline(always)]
+fn normal_pdf(x: f32) -> f32 {
+    0.398_942_3 * super::fastmath::exp(-0.5 * x * x)
+}
+
+/// GEGLU: `[h, gate] = x` split along the last axis, `y = h * gelu(gate)` with the exact
+/// (erf) GELU, `gelu(g) = g Phi(g)`.
+struct Geglu;
+
+impl CustomOp1 for Geglu {
+    fn name(&self) -> &'static str {
+        "inkdrop-geglu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let w = l.dims().last().copied().unwrap_or(0);
+        if w % 2 != 0 {
+            bail!("geglu: last axis {w} must be even ([h, gate])");
+        }
+        let half = w / 2;
+        let mut out = vec![0f32; x.len() / 2];
+        out.par_chunks_exact_mut(half)
+            .zip(x.par_chunks_exact(w))
+            .for_each(|(o, row)| {
+                let (h, g) = row.split_at(half);
+                for ((oi, &hi), &gi) in o.iter_mut().zip(h).zip(g) {
+                    *oi = hi * gi * normal_cdf(gi);
+                }
+            });
+        let mut dims = l.dims().to_vec();
+        if let Some(d) = dims.last_mut() {
+            *d = half;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &GegluBackward)?,
+        ))
+    }
+}
+
+/// `dh = dy * gelu(g)`, `dg = dy * h * (Phi(g) + g phi(g))`.
+struct GegluBackward;
+
+impl CustomOp2 for GegluBackward {
+    fn name(&self) -> &'static str {
+        "inkdrop-geglu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let dy = contiguous_f32(s2, l2, self.name())?;
+        let w = l1.dims().last().copied().unwrap_or(0);
+        let half = w / 2;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_exact_mut(w)
+            .zip(x.par_chunks_exact(w).zip(dy.par_chunks_exact(half)))
+            .for_each(|(o, (row, d))| {
+                let (h, g) = row.split_at(half);
+                let (dh, dg) = o.split_at_mut(half);
+                for i in 0..half {
+                    let (cdf, pdf) = (normal_cdf(g[i]), normal_pdf(g[i]));
+                    dh[i] = d[i] * g[i] * cdf;
+                    dg[i] = d[i] * h[i] * (cdf + g[i] * pdf);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// GEGLU (Shazeer 2020), the feed-forward gate of Stable Diffusion's transformer blocks:
+/// `x` (..., 2n) = [h, gate] -> `h * gelu(gate)` (..., n), fused, with a fused backward (f32).
+pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Geglu)
 }

@@ -27,7 +27,10 @@ pub struct CloudPanel {
 pub fn save_clouds(path: &Path, panels: &[CloudPanel], extent: f64, size: u32) -> Result<()> {
     fonts::register();
     let name = path.display().to_string();
-    let err = |e: String| Error::Plot { name: name.clone(), reason: e };
+    let err = |e: String| Error::Plot {
+        name: name.clone(),
+        reason: e,
+    };
     let (w, h) = (size * panels.len().max(1) as u32, size);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
@@ -48,17 +51,27 @@ pub fn save_clouds(path: &Path, panels: &[CloudPanel], extent: f64, size: u32) -
                     .light_line_style(RGBColor(240, 240, 240))
                     .draw()?;
                 let dot = PALETTE[0].mix(0.35).filled();
-                chart.draw_series(p.points.iter().map(|q| Circle::new((f64::from(q[0]), f64::from(q[1])), 1, dot)))?;
+                chart.draw_series(
+                    p.points
+                        .iter()
+                        .map(|q| Circle::new((f64::from(q[0]), f64::from(q[1])), 1, dot)),
+                )?;
                 let arrow = RGBColor(213, 94, 0);
                 for (s, d) in &p.arrows {
                     let (x0, y0) = (f64::from(s[0]), f64::from(s[1]));
                     let (x1, y1) = (x0 + f64::from(d[0]), y0 + f64::from(d[1]));
-                    chart.draw_series([PathElement::new(vec![(x0, y0), (x1, y1)], arrow.stroke_width(1))])?;
+                    chart.draw_series([PathElement::new(
+                        vec![(x0, y0), (x1, y1)],
+                        arrow.stroke_width(1),
+                    )])?;
                     chart.draw_series([Circle::new((x1, y1), 1, arrow.filled())])?;
                 }
                 for (i, path) in p.paths.iter().enumerate() {
                     let c = PALETTE[(i + 1) % PALETTE.len()];
-                    let pts: Vec<(f64, f64)> = path.iter().map(|q| (f64::from(q[0]), f64::from(q[1]))).collect();
+                    let pts: Vec<(f64, f64)> = path
+                        .iter()
+                        .map(|q| (f64::from(q[0]), f64::from(q[1])))
+                        .collect();
                     chart.draw_series([PathElement::new(pts.clone(), c.stroke_width(2))])?;
                     if let Some(&end) = pts.last() {
                         chart.draw_series([Circle::new(end, 4, c.filled())])?;

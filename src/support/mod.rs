@@ -1,6 +1,7 @@
 //! Plumbing the chapters and examples share, so that they contain only the idea: image files,
 //! labelled grids, plots, terminal previews, seeding, output folders and notebook-style cells.
 
+pub mod cloud;
 pub mod figures;
 pub mod files;
 pub mod fonts;
@@ -11,7 +12,6 @@ pub mod notebook;
 pub mod plot;
 pub mod stats;
 pub mod table;
-pub mod cloud;
 pub mod terminal;
 
 use rand::rngs::StdRng;

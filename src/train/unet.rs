@@ -56,7 +56,7 @@ pub struct UNetTrainConfig {
 impl Default for UNetTrainConfig {
     fn default() -> Self {
         Self {
-            steps: 6000,
+            steps: 3000,
             batch_size: 64,
             lr: 5e-4,
             warmup: 200,
@@ -106,15 +106,30 @@ pub struct LatentDataset {
 
 /// Encodes samples `0..n` of `seed` with the VAE (the mean of q(z | x), times the scaling
 /// factor), in batches of 100, or reads them from `cache` if a file made the same way is there.
-pub fn latent_dataset(vae: &AutoencoderKL, seed: u64, n: usize, cache: Option<&Path>) -> Result<LatentDataset> {
+pub fn latent_dataset(
+    vae: &AutoencoderKL,
+    seed: u64,
+    n: usize,
+    cache: Option<&Path>,
+) -> Result<LatentDataset> {
     let world = WorldConfig::default();
-    let key = format!("{}|{seed}|{n}", serde_json::to_string(&vae.config).unwrap_or_default());
+    let key = format!(
+        "{}|{seed}|{n}",
+        serde_json::to_string(&vae.config).unwrap_or_default()
+    );
     if let Some(path) = cache.filter(|p| p.exists()) {
         if let Ok(loaded) = weights::load(path, &Device::Cpu) {
             let same = loaded.metadata.get("key") == Some(&key);
-            if let (true, Some(latents), Some(caps)) = (same, loaded.tensors.get("latents"), loaded.metadata.get("captions")) {
+            if let (true, Some(latents), Some(caps)) = (
+                same,
+                loaded.tensors.get("latents"),
+                loaded.metadata.get("captions"),
+            ) {
                 if let Ok(captions) = serde_json::from_str::<Vec<String>>(caps) {
-                    return Ok(LatentDataset { latents: latents.clone(), captions });
+                    return Ok(LatentDataset {
+                        latents: latents.clone(),
+                        captions,
+                    });
                 }
             }
         }
@@ -123,7 +138,9 @@ pub fn latent_dataset(vae: &AutoencoderKL, seed: u64, n: usize, cache: Option<&P
     let mut parts = Vec::new();
     let mut captions = Vec::with_capacity(n);
     for start in (0..n).step_by(100) {
-        let samples: Vec<_> = (start..(start + 100).min(n)).map(|i| sample_at(&world, seed, i as u64)).collect();
+        let samples: Vec<_> = (start..(start + 100).min(n))
+            .map(|i| sample_at(&world, seed, i as u64))
+            .collect();
         let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
         let x = images_tensor(&images, &Device::Cpu)?;
         parts.push((vae.encode(&x)?.mode() * vae.config.scaling_factor)?.detach()); // (100, 4, h, w)
@@ -133,7 +150,10 @@ pub fn latent_dataset(vae: &AutoencoderKL, seed: u64, n: usize, cache: Option<&P
     if let Some(path) = cache {
         let meta = HashMap::from([
             ("key".to_string(), key),
-            ("captions".to_string(), serde_json::to_string(&captions).unwrap_or_default()),
+            (
+                "captions".to_string(),
+                serde_json::to_string(&captions).unwrap_or_default(),
+            ),
         ]);
         weights::save(path, &[("latents".to_string(), latents.clone())], &meta)?;
     }
@@ -148,7 +168,13 @@ struct Ema {
 
 impl Ema {
     fn new(vars: &[(String, Var)], decay: f64) -> Self {
-        Self { decay, shadow: vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect() }
+        Self {
+            decay,
+            shadow: vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+                .collect(),
+        }
     }
 
     /// `ema = decay * ema + (1 - decay) * w`.
@@ -160,14 +186,20 @@ impl Ema {
     }
 
     fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.shadow.iter().map(|(n, t)| (format!("ema.{n}"), t.clone())).collect()
+        self.shadow
+            .iter()
+            .map(|(n, t)| (format!("ema.{n}"), t.clone()))
+            .collect()
     }
 }
 
 /// Trains the UNet on `data` with the frozen text encoder of `clip`; writes the EMA weights to
 /// `out` with the config and report, checkpoints (model, optimizer, EMA) to `checkpoint_path`,
 /// and a sample grid for a few prompts to `samples_dir` at every checkpoint.
-#[expect(clippy::too_many_arguments, reason = "the inputs of a training run; grouping them would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the inputs of a training run; grouping them would only rename them"
+)]
 pub fn train_unet(
     model_config: &UNetConfig,
     cfg: &UNetTrainConfig,
@@ -183,21 +215,35 @@ pub fn train_unet(
     let dev = Device::Cpu;
     let schedule = NoiseSchedule::new(ScheduleConfig::default())?;
     let varmap = VarMap::new();
-    let unet = UNet2DConditionModel::new(model_config, weights::seeded_var_builder(&varmap, cfg.seed, &dev))?;
+    let unet = UNet2DConditionModel::new(
+        model_config,
+        weights::seeded_var_builder(&varmap, cfg.seed, &dev),
+    )?;
     let vars = weights::sorted_vars(&varmap);
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
-    let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: cfg.weight_decay };
+    let adam = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: cfg.weight_decay,
+    };
     let mut opt = AdamW::new(vars.clone(), adam)?;
     let mut ema = Ema::new(&vars, cfg.ema_decay);
-    let fingerprint = serde_json::json!({ "model": model_config, "train": cfg, "data": data.captions.len() }).to_string();
+    let fingerprint =
+        serde_json::json!({ "model": model_config, "train": cfg, "data": data.captions.len() })
+            .to_string();
     let start_step = if resume && checkpoint_path.exists() {
         let step = checkpoint::load(checkpoint_path, &varmap, &mut opt, &fingerprint)?;
         let loaded = weights::load(checkpoint_path, &dev)?;
         for (name, t) in ema.shadow.iter_mut() {
-            *t = loaded.tensors.get(&format!("ema.{name}")).cloned().ok_or_else(|| Error::Weights {
-                path: checkpoint_path.to_path_buf(),
-                reason: format!("no EMA tensor for {name}; run without --resume to start over"),
-            })?;
+            *t = loaded
+                .tensors
+                .get(&format!("ema.{name}"))
+                .cloned()
+                .ok_or_else(|| Error::Weights {
+                    path: checkpoint_path.to_path_buf(),
+                    reason: format!("no EMA tensor for {name}; run without --resume to start over"),
+                })?;
         }
         step
     } else {
@@ -213,22 +259,40 @@ pub fn train_unet(
     let mut recent = buckets.clone();
     for step in start_step..cfg.steps {
         // 1. A batch of latents and captions; every tenth caption becomes the empty prompt.
-        let mut rng = crate::support::seeded_rng(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let idx: Vec<u32> = (0..cfg.batch_size).map(|_| rng.random_range(0..n) as u32).collect();
-        let x0 = data.latents.index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?; // (B, 4, 8, 8)
+        let mut rng = crate::support::seeded_rng(
+            cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let idx: Vec<u32> = (0..cfg.batch_size)
+            .map(|_| rng.random_range(0..n) as u32)
+            .collect();
+        let x0 = data
+            .latents
+            .index_select(&Tensor::new(idx.as_slice(), &dev)?, 0)?; // (B, 4, 8, 8)
         let captions: Vec<String> = idx
             .iter()
-            .map(|&i| if rng.random_bool(cfg.caption_dropout) { String::new() } else { data.captions[i as usize].clone() })
+            .map(|&i| {
+                if rng.random_bool(cfg.caption_dropout) {
+                    String::new()
+                } else {
+                    data.captions[i as usize].clone()
+                }
+            })
             .collect();
         let context = clip.encoder_hidden_states(&captions)?; // (B, 16, 128), frozen
-        // 2. A timestep per sample and the noise to add.
-        let ts: Vec<usize> = (0..cfg.batch_size).map(|_| rng.random_range(0..schedule.num_train_timesteps())).collect();
+                                                              // 2. A timestep per sample and the noise to add.
+        let ts: Vec<usize> = (0..cfg.batch_size)
+            .map(|_| rng.random_range(0..schedule.num_train_timesteps()))
+            .collect();
         let eps = randn_tensor(x0.dims(), &mut rng, &dev)?; // (B, 4, 8, 8)
         let x_t = add_noise_tensor(&schedule, &x0, &eps, &ts)?;
-        let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), cfg.batch_size, &dev)?;
+        let t = Tensor::from_vec(
+            ts.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+            cfg.batch_size,
+            &dev,
+        )?;
         // 3. Predict the noise.
         let eps_hat = unet.forward(&x_t, &t, &context, None)?; // (B, 4, 8, 8)
-        // 4. The gap, per sample (for the per-t statistics) and overall.
+                                                               // 4. The gap, per sample (for the per-t statistics) and overall.
         let per_sample = (&eps_hat - &eps)?.sqr()?.flatten_from(1)?.mean(1)?; // (B,)
         let loss = per_sample.mean_all()?;
         // 5. Update: gradients, clipping, AdamW, then the EMA.
@@ -244,7 +308,11 @@ pub fn train_unet(
             b.1 += 1;
         }
         // 6. Repeat, with checkpoints and a look at what it draws now and then.
-        if !on_step(&UNetStepStats { step: step + 1, loss: last_loss, lr }) {
+        if !on_step(&UNetStepStats {
+            step: step + 1,
+            loss: last_loss,
+            lr,
+        }) {
             save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
             return Ok(None);
         }
@@ -254,7 +322,10 @@ pub fn train_unet(
                 save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
                 if let Some(dir) = &samples_dir {
                     let grid = sample_grid(&unet, &schedule, clip, vae, cfg.seed)?;
-                    crate::support::image_io::save_png(&grid, &dir.join(format!("samples_{:05}.png", step + 1)))?;
+                    crate::support::image_io::save_png(
+                        &grid,
+                        &dir.join(format!("samples_{:05}.png", step + 1)),
+                    )?;
                 }
             }
         }
@@ -272,20 +343,38 @@ pub fn train_unet(
         seconds_per_step: seconds / cfg.steps.saturating_sub(start_step).max(1) as f64,
         cache_seconds: 0.0,
         final_loss: last_loss,
-        loss_by_t: buckets.iter().map(|(s, c)| s / (*c).max(1) as f64).collect(),
+        loss_by_t: buckets
+            .iter()
+            .map(|(s, c)| s / (*c).max(1) as f64)
+            .collect(),
         held_out_mse,
     };
     let metadata = HashMap::from([
-        ("config".to_string(), serde_json::to_string(model_config).unwrap_or_default()),
-        ("training".to_string(), serde_json::to_string(cfg).unwrap_or_default()),
-        ("report".to_string(), serde_json::to_string(&report).unwrap_or_default()),
+        (
+            "config".to_string(),
+            serde_json::to_string(model_config).unwrap_or_default(),
+        ),
+        (
+            "training".to_string(),
+            serde_json::to_string(cfg).unwrap_or_default(),
+        ),
+        (
+            "report".to_string(),
+            serde_json::to_string(&report).unwrap_or_default(),
+        ),
     ]);
     weights::save_varmap(out, &varmap, &metadata)?;
     save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
     Ok(Some(report))
 }
 
-fn save_checkpoint(path: &Path, varmap: &VarMap, opt: &AdamW, ema: &Ema, fingerprint: &str) -> Result<()> {
+fn save_checkpoint(
+    path: &Path,
+    varmap: &VarMap,
+    opt: &AdamW,
+    ema: &Ema,
+    fingerprint: &str,
+) -> Result<()> {
     checkpoint::save_with(path, varmap, opt, &ema.tensors(), fingerprint)
 }
 
@@ -302,28 +391,49 @@ pub const GRID_PROMPTS: [&str; 8] = [
 ];
 
 /// One sample per grid prompt (DDPM, 50 steps, guidance 4), decoded, in a row.
-pub fn sample_grid(unet: &UNet2DConditionModel, schedule: &NoiseSchedule, clip: &ClipBundle, vae: &AutoencoderKL, seed: u64) -> Result<image::RgbImage> {
+pub fn sample_grid(
+    unet: &UNet2DConditionModel,
+    schedule: &NoiseSchedule,
+    clip: &ClipBundle,
+    vae: &AutoencoderKL,
+    seed: u64,
+) -> Result<image::RgbImage> {
     let prompts: Vec<String> = GRID_PROMPTS.iter().map(|s| s.to_string()).collect();
     let cond = clip.encoder_hidden_states(&prompts)?;
     let uncond = clip.encoder_hidden_states(&vec![String::new(); prompts.len()])?;
     let mut rng = crate::support::seeded_rng(seed + 77);
     let latents = ddpm_sample(unet, schedule, &cond, &uncond, 4.0, 50, &mut rng)?;
-    let images = super::vae::tensor_images(&vae.decode(&(latents / vae.config.scaling_factor)?)?.clamp(-1f32, 1f32)?)?;
+    let images = super::vae::tensor_images(
+        &vae.decode(&(latents / vae.config.scaling_factor)?)?
+            .clamp(-1f32, 1f32)?,
+    )?;
     Ok(crate::support::grid::image_grid(&images, images.len(), 4))
 }
 
 /// Noise-prediction MSE on 256 held-out images, at fixed timesteps and noise.
-pub fn held_out_loss(unet: &UNet2DConditionModel, schedule: &NoiseSchedule, clip: &ClipBundle, vae: &AutoencoderKL, seed: u64) -> Result<f64> {
+pub fn held_out_loss(
+    unet: &UNet2DConditionModel,
+    schedule: &NoiseSchedule,
+    clip: &ClipBundle,
+    vae: &AutoencoderKL,
+    seed: u64,
+) -> Result<f64> {
     let data = latent_dataset(vae, crate::vae::eval::HELD_OUT_SEED, 256, None)?;
     let mut rng = crate::support::seeded_rng(seed + 4242);
     let (mut total, mut count) = (0f64, 0usize);
     for start in (0..256).step_by(64) {
         let x0 = data.latents.narrow(0, start, 64)?;
         let context = clip.encoder_hidden_states(&data.captions[start..start + 64])?;
-        let ts: Vec<usize> = (0..64).map(|_| rng.random_range(0..schedule.num_train_timesteps())).collect();
+        let ts: Vec<usize> = (0..64)
+            .map(|_| rng.random_range(0..schedule.num_train_timesteps()))
+            .collect();
         let eps = randn_tensor(x0.dims(), &mut rng, &Device::Cpu)?;
         let x_t = add_noise_tensor(schedule, &x0, &eps, &ts)?;
-        let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), 64, &Device::Cpu)?;
+        let t = Tensor::from_vec(
+            ts.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+            64,
+            &Device::Cpu,
+        )?;
         let eps_hat = unet.forward(&x_t, &t, &context, None)?;
         total += f64::from((eps_hat - eps)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
         count += x0.elem_count();

@@ -213,7 +213,9 @@ fn set_logvar_bias(varmap: &VarMap, latent_channels: usize, logvar: f64) -> Resu
         .find(|(n, _)| n == "quant_conv.bias")
         .ok_or_else(|| candle_core::Error::Msg("the VAE has no quant_conv.bias".into()))?;
     let mut v: Vec<f32> = bias.as_tensor().to_vec1()?;
-    v[latent_channels..].iter_mut().for_each(|b| *b = logvar as f32);
+    v[latent_channels..]
+        .iter_mut()
+        .for_each(|b| *b = logvar as f32);
     bias.set(&candle_core::Tensor::new(v, &Device::Cpu)?)?;
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::cell::RefCell;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::{linear, linear_no_bias, softmax_last_dim, Conv2d, GroupNorm, LayerNorm, Linear, Padding};
+use crate::nn::{
+    geglu, linear, linear_no_bias, softmax_last_dim, Conv2d, GroupNorm, LayerNorm, Linear, Padding,
+};
 
 /// One recorded attention map.
 #[derive(Clone, Debug)]
@@ -58,7 +60,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(dim: usize, context_dim: Option<usize>, heads: usize, name: String, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        name: String,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if heads == 0 || dim % heads != 0 {
             candle_core::bail!("{name}: width {dim} is not divisible by {heads} heads");
         }
@@ -75,13 +83,21 @@ impl Attention {
 
     /// x (B, N, C), context (B, T, D) or None -> (B, N, C). `hw` = (H, W) of the N queries, for
     /// the recorder.
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, hw: (usize, usize), rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        hw: (usize, usize),
+        rec: Option<&AttentionRecorder>,
+    ) -> Result<Tensor> {
         let (b, n, c) = x.dims3()?;
         let d = c / self.heads;
         let kv_src = context.unwrap_or(x);
         let t = kv_src.dim(1)?;
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
-            y.reshape((b, len, self.heads, d))?.transpose(1, 2)?.contiguous() // (B, heads, len, d)
+            y.reshape((b, len, self.heads, d))?
+                .transpose(1, 2)?
+                .contiguous() // (B, heads, len, d)
         };
         let q = split((self.to_q.forward(x)? * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
         let k = split(self.to_k.forward(kv_src)?, t)?; // (B, h, T, d)
@@ -89,10 +105,19 @@ impl Attention {
         let probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
         if let Some(rec) = rec {
             if context.is_some() || rec.self_attention {
-                rec.maps.borrow_mut().push(AttentionMap { name: self.name.clone(), height: hw.0, width: hw.1, probs: probs.detach() });
+                rec.maps.borrow_mut().push(AttentionMap {
+                    name: self.name.clone(),
+                    height: hw.0,
+                    width: hw.1,
+                    probs: probs.detach(),
+                });
             }
         }
-        let out = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, n, c))?; // (B, N, C)
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, c))?; // (B, N, C)
         self.to_out.forward(&out)
     }
 }
@@ -107,16 +132,17 @@ struct FeedForward {
 impl FeedForward {
     fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         let inner = 4 * dim;
-        Ok(Self { proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?, out: linear(inner, dim, vb.pp("net.2"))? })
+        Ok(Self {
+            proj: linear(dim, 2 * inner, vb.pp("net.0.proj"))?,
+            out: linear(inner, dim, vb.pp("net.2"))?,
+        })
     }
 }
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hg = self.proj.forward(x)?; // (B, N, 8C)
-        let inner = hg.dim(2)? / 2;
-        let (h, gate) = (hg.narrow(2, 0, inner)?, hg.narrow(2, inner, inner)?);
-        self.out.forward(&(h * gate.gelu_erf()?)?)
+        let hg = self.proj.forward(x)?; // (B, N, 8C) = [h, gate]
+        self.out.forward(&geglu(&hg)?) // h * gelu(gate): (B, N, 4C)
     }
 }
 
@@ -133,20 +159,41 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn new(dim: usize, heads: usize, context_dim: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        dim: usize,
+        heads: usize,
+        context_dim: usize,
+        name: &str,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             norm1: LayerNorm::new(dim, vb.pp("norm1"))?,
             attn1: Attention::new(dim, None, heads, format!("{name}.attn1"), vb.pp("attn1"))?,
             norm2: LayerNorm::new(dim, vb.pp("norm2"))?,
-            attn2: Attention::new(dim, Some(context_dim), heads, format!("{name}.attn2"), vb.pp("attn2"))?,
+            attn2: Attention::new(
+                dim,
+                Some(context_dim),
+                heads,
+                format!("{name}.attn2"),
+                vb.pp("attn2"),
+            )?,
             norm3: LayerNorm::new(dim, vb.pp("norm3"))?,
             ff: FeedForward::new(dim, vb.pp("ff"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor, hw: (usize, usize), rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        hw: (usize, usize),
+        rec: Option<&AttentionRecorder>,
+    ) -> Result<Tensor> {
         let x = (x + self.attn1.forward(&self.norm1.forward(x)?, None, hw, rec)?)?;
-        let x = (&x + self.attn2.forward(&self.norm2.forward(&x)?, Some(context), hw, rec)?)?;
+        let x = (&x
+            + self
+                .attn2
+                .forward(&self.norm2.forward(&x)?, Some(context), hw, rec)?)?;
         &x + self.ff.forward(&self.norm3.forward(&x)?)?
     }
 }
@@ -163,23 +210,47 @@ pub struct Transformer2DModel {
 }
 
 impl Transformer2DModel {
-    pub fn new(channels: usize, heads: usize, context_dim: usize, groups: usize, name: &str, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        channels: usize,
+        heads: usize,
+        context_dim: usize,
+        groups: usize,
+        name: &str,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let none = Padding::same(0);
         Ok(Self {
             norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?,
             proj_in: Conv2d::new(channels, channels, 1, 1, none, vb.pp("proj_in"))?,
-            block: BasicTransformerBlock::new(channels, heads, context_dim, &format!("{name}.transformer_blocks.0"), vb.pp("transformer_blocks.0"))?,
+            block: BasicTransformerBlock::new(
+                channels,
+                heads,
+                context_dim,
+                &format!("{name}.transformer_blocks.0"),
+                vb.pp("transformer_blocks.0"),
+            )?,
             proj_out: Conv2d::new(channels, channels, 1, 1, none, vb.pp("proj_out"))?,
         })
     }
 
     /// x (B, C, H, W), context (B, T, D) -> (B, C, H, W)
-    pub fn forward(&self, x: &Tensor, context: &Tensor, rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        rec: Option<&AttentionRecorder>,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let tokens = self.proj_in.forward(&self.norm.forward(x)?)?; // (B, C, H, W)
-        let tokens = tokens.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?; // (B, HW, C)
+        let tokens = tokens
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?; // (B, HW, C)
         let tokens = self.block.forward(&tokens, context, (h, w), rec)?; // (B, HW, C)
-        let y = tokens.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))?;
+        let y = tokens
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, c, h, w))?;
         x + self.proj_out.forward(&y)?
     }
 }

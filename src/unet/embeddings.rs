@@ -15,7 +15,10 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, freq_shift: f64) -> Result<Ten
         .map(|k| (-(10000f64.ln()) * k as f64 / (half as f64 - freq_shift)).exp() as f32)
         .collect();
     let freqs = Tensor::from_vec(freqs, (1, half), &Device::Cpu)?.to_device(t.device())?;
-    let args = t.to_dtype(candle_core::DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs)?; // (B, half)
+    let args = t
+        .to_dtype(candle_core::DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?; // (B, half)
     Tensor::cat(&[args.cos()?, args.sin()?], 1) // (B, dim)
 }
 
@@ -28,12 +31,16 @@ pub struct TimestepEmbedding {
 
 impl TimestepEmbedding {
     pub fn new(c_in: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { linear_1: linear(c_in, dim, vb.pp("linear_1"))?, linear_2: linear(dim, dim, vb.pp("linear_2"))? })
+        Ok(Self {
+            linear_1: linear(c_in, dim, vb.pp("linear_1"))?,
+            linear_2: linear(dim, dim, vb.pp("linear_2"))?,
+        })
     }
 }
 
 impl Module for TimestepEmbedding {
     fn forward(&self, emb: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&candle_nn::ops::silu(&self.linear_1.forward(emb)?)?)
+        self.linear_2
+            .forward(&candle_nn::ops::silu(&self.linear_1.forward(emb)?)?)
     }
 }

@@ -87,20 +87,48 @@ struct Layer {
 
 impl Layer {
     /// Layer `j` of block `name` (`resnets.{j}`, `attentions.{j}`).
-    fn new(c: &UNetConfig, c_in: usize, c_out: usize, attn: bool, name: &str, j: usize, vb: &VarBuilder) -> Result<Self> {
+    fn new(
+        c: &UNetConfig,
+        c_in: usize,
+        c_out: usize,
+        attn: bool,
+        name: &str,
+        j: usize,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
         let g = c.norm_num_groups;
         Ok(Self {
-            resnet: ResnetBlock2D::new(c_in, c_out, Some(c.time_embed_dim()), g, EPS, vb.pp(format!("resnets.{j}")))?,
+            resnet: ResnetBlock2D::new(
+                c_in,
+                c_out,
+                Some(c.time_embed_dim()),
+                g,
+                EPS,
+                vb.pp(format!("resnets.{j}")),
+            )?,
             attention: attn
                 .then(|| {
                     let path = format!("{name}.attentions.{j}");
-                    Transformer2DModel::new(c_out, c.attention_heads, c.cross_attention_dim, g, &path, vb.pp(format!("attentions.{j}")))
+                    Transformer2DModel::new(
+                        c_out,
+                        c.attention_heads,
+                        c.cross_attention_dim,
+                        g,
+                        &path,
+                        vb.pp(format!("attentions.{j}")),
+                    )
                 })
                 .transpose()?,
         })
     }
 
-    fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        rec: Option<&AttentionRecorder>,
+    ) -> Result<Tensor> {
         let h = self.resnet.forward(x, Some(temb))?;
         match &self.attention {
             Some(a) => a.forward(&h, context, rec),
@@ -141,7 +169,11 @@ impl UNet2DConditionModel {
     pub fn new(c: &UNetConfig, vb: VarBuilder) -> Result<Self> {
         let ch = &c.block_out_channels;
         if ch.is_empty() || ch.len() != c.cross_attention.len() {
-            candle_core::bail!("UNet config: {} channel levels but {} cross_attention flags", ch.len(), c.cross_attention.len());
+            candle_core::bail!(
+                "UNet config: {} channel levels but {} cross_attention flags",
+                ch.len(),
+                c.cross_attention.len()
+            );
         }
         let (g, same, levels) = (c.norm_num_groups, Padding::same(1), ch.len());
         let mut down_blocks = Vec::new();
@@ -152,17 +184,39 @@ impl UNet2DConditionModel {
             let name = format!("down_blocks.{i}");
             let vb = vb.pp(&name);
             let layers = (0..c.layers_per_block)
-                .map(|j| Layer::new(c, if j == 0 { input } else { out }, out, c.cross_attention[i], &name, j, &vb))
+                .map(|j| {
+                    Layer::new(
+                        c,
+                        if j == 0 { input } else { out },
+                        out,
+                        c.cross_attention[i],
+                        &name,
+                        j,
+                        &vb,
+                    )
+                })
                 .collect::<Result<_>>()?;
-            let downsampler = (i + 1 < levels).then(|| Downsample2D::new(out, false, vb.pp("downsamplers.0"))).transpose()?;
-            down_blocks.push(DownBlock { layers, downsampler });
+            let downsampler = (i + 1 < levels)
+                .then(|| Downsample2D::new(out, false, vb.pp("downsamplers.0")))
+                .transpose()?;
+            down_blocks.push(DownBlock {
+                layers,
+                downsampler,
+            });
         }
         let last = ch[levels - 1];
         let mid = vb.pp("mid_block");
         let temb = Some(c.time_embed_dim());
         let mid_block = (
             ResnetBlock2D::new(last, last, temb, g, EPS, mid.pp("resnets.0"))?,
-            Transformer2DModel::new(last, c.attention_heads, c.cross_attention_dim, g, "mid_block.attentions.0", mid.pp("attentions.0"))?,
+            Transformer2DModel::new(
+                last,
+                c.attention_heads,
+                c.cross_attention_dim,
+                g,
+                "mid_block.attentions.0",
+                mid.pp("attentions.0"),
+            )?,
             ResnetBlock2D::new(last, last, temb, g, EPS, mid.pp("resnets.1"))?,
         );
         let reversed: Vec<usize> = ch.iter().rev().copied().collect();
@@ -183,12 +237,18 @@ impl UNet2DConditionModel {
                     Layer::new(c, res_in + skip, output, attn_rev[i], &name, j, &vb)
                 })
                 .collect::<Result<_>>()?;
-            let upsampler = (i + 1 < levels).then(|| Upsample2D::new(output, vb.pp("upsamplers.0"))).transpose()?;
+            let upsampler = (i + 1 < levels)
+                .then(|| Upsample2D::new(output, vb.pp("upsamplers.0")))
+                .transpose()?;
             up_blocks.push(UpBlock { layers, upsampler });
         }
         Ok(Self {
             config: c.clone(),
-            time_embedding: TimestepEmbedding::new(ch[0], c.time_embed_dim(), vb.pp("time_embedding"))?,
+            time_embedding: TimestepEmbedding::new(
+                ch[0],
+                c.time_embed_dim(),
+                vb.pp("time_embedding"),
+            )?,
             conv_in: Conv2d::new(c.in_channels, ch[0], 3, 1, same, vb.pp("conv_in"))?,
             down_blocks,
             mid_block,
@@ -201,12 +261,18 @@ impl UNet2DConditionModel {
     /// eps_hat = UNet(x_t, t, context): sample (B, 4, h, w), timesteps (B,) (one per sample, any
     /// float dtype), context (B, T, cross_attention_dim) -> (B, 4, h, w). With a recorder,
     /// attention maps are kept as they are computed.
-    pub fn forward(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor, rec: Option<&AttentionRecorder>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        rec: Option<&AttentionRecorder>,
+    ) -> Result<Tensor> {
         let c0 = self.config.block_out_channels[0];
         // 1. Time: sinusoidal code, then the MLP.
         let t_emb = timestep_embedding(timesteps, c0, self.config.freq_shift)?; // (B, C0)
         let temb = self.time_embedding.forward(&t_emb)?; // (B, 4*C0)
-        // 2. Down: keep every layer's output for the skip connections.
+                                                         // 2. Down: keep every layer's output for the skip connections.
         let mut h = self.conv_in.forward(sample)?; // (B, C0, h, w)
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
@@ -221,11 +287,16 @@ impl UNet2DConditionModel {
         }
         // 3. Middle, at the lowest resolution.
         let (r0, attn, r1) = &self.mid_block;
-        h = r1.forward(&attn.forward(&r0.forward(&h, Some(&temb))?, context, rec)?, Some(&temb))?;
+        h = r1.forward(
+            &attn.forward(&r0.forward(&h, Some(&temb))?, context, rec)?,
+            Some(&temb),
+        )?;
         // 4. Up: concatenate the matching skip before each layer.
         for block in &self.up_blocks {
             for layer in &block.layers {
-                let skip = skips.pop().ok_or_else(|| candle_core::Error::Msg("UNet: skip connections ran out".into()))?;
+                let skip = skips.pop().ok_or_else(|| {
+                    candle_core::Error::Msg("UNet: skip connections ran out".into())
+                })?;
                 h = layer.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, context, rec)?;
             }
             if let Some(up) = &block.upsampler {

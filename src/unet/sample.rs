@@ -54,7 +54,11 @@ pub fn ddpm_sample(
         };
         let ab_t = schedule.alpha_bar(t);
         let ab_prev = ts.get(i + 1).map_or(1.0, |&p| schedule.alpha_bar(p));
-        let z = if i + 1 < ts.len() { Some(randn_tensor(x.dims(), rng, &dev)?) } else { None };
+        let z = if i + 1 < ts.len() {
+            Some(randn_tensor(x.dims(), rng, &dev)?)
+        } else {
+            None
+        };
         x = ddpm_step(&x, &eps, ab_t, ab_prev, z.as_ref())?;
     }
     Ok(x)
@@ -65,7 +69,13 @@ pub fn ddpm_sample(
 /// `x_prev = sqrt(ab_prev) b / (1 - ab_t) x0_hat + sqrt(a) (1 - ab_prev) / (1 - ab_t) x_t + sigma z`,
 /// `a = ab_t / ab_prev`, `b = 1 - a`, `sigma^2 = (1 - ab_prev) / (1 - ab_t) b`; no noise when `z`
 /// is None (the last step).
-pub fn ddpm_step(x_t: &Tensor, eps: &Tensor, ab_t: f64, ab_prev: f64, z: Option<&Tensor>) -> Result<Tensor> {
+pub fn ddpm_step(
+    x_t: &Tensor,
+    eps: &Tensor,
+    ab_t: f64,
+    ab_prev: f64,
+    z: Option<&Tensor>,
+) -> Result<Tensor> {
     let a = ab_t / ab_prev;
     let beta = 1.0 - a;
     let x0 = ((x_t - (eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
