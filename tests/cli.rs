@@ -122,7 +122,15 @@ fn schedule_bad_inputs() {
 
 #[test]
 fn every_command_has_help() {
-    for args in [vec!["--help"], vec!["schedule", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["schedule", "--help"],
+        vec!["vae", "--help"],
+        vec!["vae", "roundtrip", "--help"],
+        vec!["train", "vae", "--help"],
+        vec!["train", "unet", "--help"],
+        vec!["train", "all", "--help"],
+    ] {
         let (out, stdout, _) = run(inkdrop().args(&args));
         assert!(out.status.success() && stdout.contains("Usage"), "{args:?}");
     }
@@ -385,5 +393,107 @@ fn train_clip_tiny_runs_resumes_and_reports() {
     assert!(
         !out.status.success() && stderr.contains("other settings"),
         "a checkpoint of a 3-step run is not resumed as a 5-step run: {stderr}"
+    );
+}
+
+/// A small VAE trained for a few steps into `dir`, through the command a user runs.
+fn tiny_vae(dir: &Path) -> PathBuf {
+    let path = dir.join("vae.safetensors");
+    let ckpt = dir.join("vae.ckpt");
+    let (out, stdout, stderr) = run(inkdrop()
+        .args([
+            "train",
+            "vae",
+            "--tiny",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+        ])
+        .arg("--out")
+        .arg(&path)
+        .arg("--checkpoint")
+        .arg(&ckpt));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("PSNR") && stdout.contains("scaling_factor"),
+        "{stdout}"
+    );
+    path
+}
+
+#[test]
+fn vae_commands_round_trip_encode_decode_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_vae(dir.path());
+    let image = dir.path().join("in.png");
+    let (out, _, stderr) = run(inkdrop()
+        .args(["dataset", "--count", "1", "--size", "48", "--out"])
+        .arg(dir.path().join("set")));
+    assert!(out.status.success(), "{stderr}");
+    std::fs::copy(dir.path().join("set/00000.png"), &image).unwrap();
+    let png = dir.path().join("rt.png");
+    let (out, stdout, stderr) = run(inkdrop()
+        .arg("vae")
+        .arg("--weights")
+        .arg(&weights)
+        .args(["roundtrip", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&png));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("PSNR") && png.exists());
+    assert!(
+        stderr.contains("resized to 16x16"),
+        "a 48x48 image is resized, and the user is told: {stderr}"
+    );
+    let latent = dir.path().join("l.safetensors");
+    let (out, _, stderr) = run(inkdrop()
+        .arg("vae")
+        .arg("--weights")
+        .arg(&weights)
+        .args(["encode", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&latent));
+    assert!(out.status.success(), "{stderr}");
+    let decoded = dir.path().join("d.png");
+    let (out, stdout, stderr) = run(inkdrop()
+        .arg("vae")
+        .arg("--weights")
+        .arg(&weights)
+        .args(["decode", "--latent"])
+        .arg(&latent)
+        .arg("--out")
+        .arg(&decoded));
+    assert!(out.status.success() && decoded.exists(), "{stderr}");
+    assert!(stdout.contains("decoded 1 latent"), "{stdout}");
+    // Bad inputs: a latent file that is not one, missing weights, an image that is not there.
+    assert_clear_error(
+        inkdrop()
+            .arg("vae")
+            .arg("--weights")
+            .arg(&weights)
+            .args(["decode", "--latent"])
+            .arg(&image),
+        "not a safetensors file",
+    );
+    assert_clear_error(
+        inkdrop()
+            .arg("vae")
+            .arg("--weights")
+            .arg(dir.path().join("none.safetensors"))
+            .args(["roundtrip", "--image"])
+            .arg(&image),
+        "inkdrop train vae",
+    );
+    assert_clear_error(
+        inkdrop()
+            .arg("vae")
+            .arg("--weights")
+            .arg(&weights)
+            .args(["encode", "--image"])
+            .arg(dir.path().join("nope.png")),
+        "not found",
     );
 }
