@@ -224,3 +224,34 @@ fn dataset_command_writes_pngs_and_jsonl() {
         assert_eq!(l["caption"], expected.caption.as_str());
     }
 }
+
+/// The detector that checks generated pictures is itself checked on rendered ground truth.
+#[test]
+fn detector_reads_colour_and_shape_of_rendered_objects() {
+    let world = inkdrop::shapes::WorldConfig {
+        p_two_objects: 0.0,
+        ..Default::default()
+    };
+    let (mut color, mut shape, mut large_shape, mut large) = (0, 0, 0, 0);
+    let n = 400;
+    for i in 0..n {
+        let s = inkdrop::shapes::sample_at(&world, 3, i);
+        let found = inkdrop::shapes::detect::detect(&inkdrop::shapes::render(&s.scene, 32));
+        let (truth, top) = (&s.scene.objects[0], &found[0]);
+        color += usize::from(top.color == truth.color);
+        shape += usize::from(top.shape == truth.shape);
+        if truth.size == inkdrop::shapes::Size::Large {
+            large += 1;
+            large_shape += usize::from(top.shape == truth.shape);
+        }
+    }
+    assert_eq!(color, n as usize, "every colour is read right");
+    assert!(
+        shape as f64 / n as f64 > 0.93,
+        "shape right in {shape} of {n}"
+    );
+    assert!(
+        large_shape as f64 / large as f64 > 0.97,
+        "large shapes right in {large_shape} of {large}"
+    );
+}

@@ -13,6 +13,7 @@
 //! or captions, so evaluations can measure compositional generalisation.
 
 pub mod caption;
+pub mod detect;
 pub mod render;
 pub mod scene;
 

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod attention;
+pub mod bundle;
 pub mod embeddings;
 pub mod sample;
 
