@@ -85,12 +85,16 @@ fn main() -> anyhow::Result<()> {
             Ok((x, t, ctx, target))
         };
         let (x, t, ctx, target) = inputs(2)?;
-        let fwd = median_ms(args.reps, || Ok(drop(unet.forward(&x, &t, &ctx, None)?)))?;
+        let fwd = median_ms(args.reps, || {
+            unet.forward(&x, &t, &ctx, None)?;
+            Ok(())
+        })?;
         let both = median_ms(args.reps, || {
             let loss = (unet.forward(&x, &t, &ctx, None)? - &target)?
                 .sqr()?
                 .mean_all()?;
-            Ok(drop(loss.backward()?))
+            loss.backward()?;
+            Ok(())
         })?;
         let (xb, tb, cb, yb) = inputs(step_batch)?;
         let step = median_ms(args.reps, || {

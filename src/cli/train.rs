@@ -475,6 +475,24 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
     if report.resumed_from > 0 {
         println!("resumed from step {}", report.resumed_from);
     }
+    let schedule =
+        inkdrop::schedule::NoiseSchedule::new(inkdrop::schedule::ScheduleConfig::default())?;
+    let trained = inkdrop::unet::bundle::UNetBundle::load(&out)?;
+    let (check, images) = inkdrop::unet::eval::check_attributes(
+        &trained.unet,
+        &schedule,
+        &clip,
+        &vae.vae,
+        4,
+        4.0,
+        50,
+        cfg.seed + 99,
+    )?;
+    let grid_path = samples_dir.join("check.png");
+    inkdrop::support::image_io::save_png(
+        &inkdrop::support::grid::image_grid(&images, 8, 3),
+        &grid_path,
+    )?;
     let by_t: Vec<String> = report
         .loss_by_t
         .iter()
@@ -483,13 +501,19 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         .collect();
     println!(
         "encoded the data set in {cache_seconds:.1} s; trained {} steps in {:.1} s ({:.3} s/step); final loss {:.4}\n\
-         held-out noise MSE (EMA weights) {:.4}\nloss by timestep: {}\nwrote {} (checkpoint {}, sample grids in {})",
+         held-out noise MSE (EMA weights) {:.4}\nloss by timestep: {}\n\
+         16 prompts \"a {{colour}} {{shape}}\" x 4 images (DDPM 50 steps, guidance 4): colour right {:.0}%, shape right {:.0}%, both {:.0}% ({})\n\
+         wrote {} (checkpoint {}, sample grids in {})",
         report.steps,
         report.seconds,
         report.seconds_per_step,
         report.final_loss,
         report.held_out_mse,
         by_t.join(", "),
+        100.0 * check.color_accuracy,
+        100.0 * check.shape_accuracy,
+        100.0 * check.both_accuracy,
+        grid_path.display(),
         out.display(),
         ckpt.display(),
         samples_dir.display()

@@ -87,7 +87,7 @@ pub fn detect(img: &RgbImage) -> Vec<Detected> {
             }
         })
         .collect();
-    found.sort_by(|a, b| b.pixels.cmp(&a.pixels));
+    found.sort_by_key(|d| std::cmp::Reverse(d.pixels));
     found
 }
 

@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod bundle;
 pub mod embeddings;
+pub mod eval;
 pub mod sample;
 
 use candle_core::{Module, Result, Tensor};
