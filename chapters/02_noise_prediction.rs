@@ -21,17 +21,12 @@ use clap::Parser;
 use inkdrop::clip::bundle::ClipBundle;
 use inkdrop::clip::images_tensor;
 use inkdrop::noising::{add_noise_tensor, randn_tensor};
-use inkdrop::shapes::{render, sample_at, WorldConfig};
-use inkdrop::support::grid::{labelled_grid, Tile};
-use inkdrop::support::image_io::save_png;
-use inkdrop::train::vae::tensor_images;
-use inkdrop::unet::bundle::UNetBundle;
-use inkdrop::vae::bundle::VaeBundle;
-use inkdrop::vae::io::latent_channel_images;
-use inkdrop::vae::AutoencoderKL;
 use inkdrop::schedule::{BetaSchedule, NoiseSchedule, ScheduleConfig};
+use inkdrop::shapes::{render, sample_at, WorldConfig};
 use inkdrop::support::cloud::{save_clouds, CloudPanel};
 use inkdrop::support::files::{chapter_out_dir, write_atomic};
+use inkdrop::support::grid::{labelled_grid, Tile};
+use inkdrop::support::image_io::save_png;
 use inkdrop::support::notebook::Notebook;
 use inkdrop::support::plot::{save_panels, Panel, Series};
 use inkdrop::support::table::Table;
@@ -40,6 +35,11 @@ use inkdrop::toy2d::{
     parameter_count, points_tensor, sample_toy, spiral, tensor_points, train_toy, vector_field,
     ToyDenoiser,
 };
+use inkdrop::train::vae::tensor_images;
+use inkdrop::unet::bundle::UNetBundle;
+use inkdrop::vae::bundle::VaeBundle;
+use inkdrop::vae::io::latent_channel_images;
+use inkdrop::vae::AutoencoderKL;
 
 /// Chapter 2 of inkdrop: noise prediction, as a notebook in the terminal.
 #[derive(Debug, Parser)]
@@ -294,7 +294,9 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
 
     // ---------------------------------------------------------------------------------------
     nb.cell("The same six steps on pictures");
-    let samples: Vec<_> = (0..4).map(|i| sample_at(&WorldConfig::default(), args.seed + 21, i)).collect();
+    let samples: Vec<_> = (0..4)
+        .map(|i| sample_at(&WorldConfig::default(), args.seed + 21, i))
+        .collect();
     let images: Vec<_> = samples.iter().map(|s| render(&s.scene, 32)).collect();
     let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
     // ANCHOR: six_steps_images
@@ -307,7 +309,7 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     let t_in = Tensor::new(&[100f32, 400.0, 700.0, 950.0], &dev)?;
     let eps_hat = unet.forward(&x_t, &t_in, &context, None)?; //            3. predicted noise: (4, 4, 8, 8)
     let loss = (&eps_hat - &eps)?.sqr()?.mean_all()?; //                    4. MSE
-    // ANCHOR_END: six_steps_images
+                                                      // ANCHOR_END: six_steps_images
     let mut steps = Table::new(["step", "tensor", "shape | statistics"]);
     steps.row(["1", "x_0: latents of 4 images", &stat(&x0)?]);
     steps.row(["1", "text: CLIP's last hidden states", &stat(&context)?]);
@@ -323,7 +325,10 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     let ab: Vec<f64> = t.iter().map(|&v| schedule.alpha_bar(v)).collect();
     let x0_hat = Tensor::cat(
         &(0..4)
-            .map(|i| ((x_t.get(i)? - (eps_hat.get(i)? * (1.0 - ab[i]).sqrt())?)? / ab[i].sqrt()).map_err(anyhow::Error::from))
+            .map(|i| {
+                ((x_t.get(i)? - (eps_hat.get(i)? * (1.0 - ab[i]).sqrt())?)? / ab[i].sqrt())
+                    .map_err(anyhow::Error::from)
+            })
             .collect::<anyhow::Result<Vec<_>>>()?
             .iter()
             .map(|x| x.unsqueeze(0))
@@ -331,21 +336,51 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
         0,
     )?; // (4, 4, 8, 8): x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab)
     let decode = |l: &Tensor| -> anyhow::Result<Vec<image::RgbImage>> {
-        Ok(tensor_images(&vae.decode(&(l / vae.config.scaling_factor)?)?.clamp(-1f32, 1f32)?)?)
+        Ok(tensor_images(
+            &vae.decode(&(l / vae.config.scaling_factor)?)?
+                .clamp(-1f32, 1f32)?,
+        )?)
     };
     let (seen_t, seen_x0) = (decode(&x_t)?, decode(&x0_hat)?);
     let mut tiles = Vec::new();
     for i in 0..4 {
-        let err = f64::from((eps_hat.get(i)? - eps.get(i)?)?.sqr()?.mean_all()?.to_scalar::<f32>()?);
+        let err = f64::from(
+            (eps_hat.get(i)? - eps.get(i)?)?
+                .sqr()?
+                .mean_all()?
+                .to_scalar::<f32>()?,
+        );
         let noise = latent_channel_images(&eps.get(i)?)?.remove(0);
         let guess = latent_channel_images(&eps_hat.get(i)?)?.remove(0);
-        tiles.push(Tile { image: big(&images[i], 4), caption: vec![format!("t = {}", t[i]), "the image".into()] });
-        tiles.push(Tile { image: big(&seen_t[i], 4), caption: vec!["x_t, decoded".into(), String::new()] });
-        tiles.push(Tile { image: big(&noise, 16), caption: vec!["eps (channel 0)".into(), String::new()] });
-        tiles.push(Tile { image: big(&guess, 16), caption: vec!["eps_hat (channel 0)".into(), format!("MSE {err:.3}")] });
-        tiles.push(Tile { image: big(&seen_x0[i], 4), caption: vec!["x0_hat, decoded".into(), String::new()] });
+        tiles.push(Tile {
+            image: big(&images[i], 4),
+            caption: vec![format!("t = {}", t[i]), "the image".into()],
+        });
+        tiles.push(Tile {
+            image: big(&seen_t[i], 4),
+            caption: vec!["x_t, decoded".into(), String::new()],
+        });
+        tiles.push(Tile {
+            image: big(&noise, 16),
+            caption: vec!["eps (channel 0)".into(), String::new()],
+        });
+        tiles.push(Tile {
+            image: big(&guess, 16),
+            caption: vec!["eps_hat (channel 0)".into(), format!("MSE {err:.3}")],
+        });
+        tiles.push(Tile {
+            image: big(&seen_x0[i], 4),
+            caption: vec!["x0_hat, decoded".into(), String::new()],
+        });
     }
-    save_png(&labelled_grid(&tiles, 5, Some("the noise the UNet sees, and what that implies about the picture"))?, &out.join("noise_vs_prediction.png"))?;
+    save_png(
+        &labelled_grid(
+            &tiles,
+            5,
+            Some("the noise the UNet sees, and what that implies about the picture"),
+        )?,
+        &out.join("noise_vs_prediction.png"),
+    )?;
     nb.say(
         "Knowing the noise means knowing the picture: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) \
          / sqrt(alpha_bar_t). At small t the guess of the picture is nearly perfect; at large t the \
@@ -358,16 +393,31 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     let held = held_out_batch(&vae, &clip, 128)?;
     let empty = clip.encoder_hidden_states(&vec![String::new(); 128])?;
     let shuffled = held.2.roll(1, 0)?; // every image gets another image's caption
-    let mut table = Table::new(["t", "alpha_bar_t", "MSE, true caption", "MSE, empty prompt", "MSE, another image's caption"]);
+    let mut table = Table::new([
+        "t",
+        "alpha_bar_t",
+        "MSE, true caption",
+        "MSE, empty prompt",
+        "MSE, another image's caption",
+    ]);
     for t in [50usize, 200, 400, 600, 800, 950] {
         let eps = randn_tensor(held.0.dims(), &mut rng, &dev)?;
         let x_t = add_noise_tensor(&schedule, &held.0, &eps, &vec![t; 128])?;
         let t_in = Tensor::from_vec(vec![t as f32; 128], 128, &dev)?;
         let mse = |ctx: &Tensor| -> anyhow::Result<String> {
             let e = unet.forward(&x_t, &t_in, ctx, None)?;
-            Ok(format!("{:.4}", (e - &eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?))
+            Ok(format!(
+                "{:.4}",
+                (e - &eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?
+            ))
         };
-        table.row([t.to_string(), format!("{:.4}", schedule.alpha_bar(t)), mse(&held.2)?, mse(&empty)?, mse(&shuffled)?]);
+        table.row([
+            t.to_string(),
+            format!("{:.4}", schedule.alpha_bar(t)),
+            mse(&held.2)?,
+            mse(&empty)?,
+            mse(&shuffled)?,
+        ]);
     }
     println!("{table}\n");
     write_md("caption_value.md", &table.to_markdown())?;
@@ -382,8 +432,13 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
 }
 
 /// `n` held-out images as (latents (n, 4, 8, 8), captions, text states (n, 16, 128)).
-fn held_out_batch(vae: &AutoencoderKL, clip: &ClipBundle, n: usize) -> anyhow::Result<(Tensor, Vec<String>, Tensor)> {
-    let data = inkdrop::train::unet::latent_dataset(vae, inkdrop::vae::eval::HELD_OUT_SEED, n, None)?;
+fn held_out_batch(
+    vae: &AutoencoderKL,
+    clip: &ClipBundle,
+    n: usize,
+) -> anyhow::Result<(Tensor, Vec<String>, Tensor)> {
+    let data =
+        inkdrop::train::unet::latent_dataset(vae, inkdrop::vae::eval::HELD_OUT_SEED, n, None)?;
     let context = clip.encoder_hidden_states(&data.captions)?;
     Ok((data.latents, data.captions, context))
 }
@@ -393,13 +448,23 @@ fn stat(x: &Tensor) -> anyhow::Result<String> {
     let v: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let n = v.len() as f64;
     let mean = v.iter().map(|&a| f64::from(a)).sum::<f64>() / n;
-    let std = (v.iter().map(|&a| (f64::from(a) - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let std = (v
+        .iter()
+        .map(|&a| (f64::from(a) - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
     Ok(format!("{:?} | mean {mean:+.3}, std {std:.3}", x.dims()))
 }
 
 /// Enlarges a small image `k` times (nearest neighbour).
 fn big(img: &image::RgbImage, k: u32) -> image::RgbImage {
-    image::imageops::resize(img, img.width() * k, img.height() * k, image::imageops::FilterType::Nearest)
+    image::imageops::resize(
+        img,
+        img.width() * k,
+        img.height() * k,
+        image::imageops::FilterType::Nearest,
+    )
 }
 
 /// The trained model's MSE at fixed timesteps, on fresh noise over all the data.

@@ -271,14 +271,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     ]);
     println!("{quality}\n");
     write_md("quality.md", &quality.to_markdown())?;
-    nb.say(
-        &format!(
-            "PSNR (peak signal-to-noise ratio) is 10 log10(1 / MSE) with pixels in [0, 1]: 30 dB \
+    nb.say(&format!(
+        "PSNR (peak signal-to-noise ratio) is 10 log10(1 / MSE) with pixels in [0, 1]: 30 dB \
              means a root-mean-square error of about 8 levels out of 255. The errors sit on the \
              edges; flat areas come back almost exactly. The worst of these eight pictures \
              scores {worst:.1} dB."
-        ),
-    );
+    ));
 
     // ---------------------------------------------------------------------------------------
     nb.cell("What the four latent channels hold");

@@ -497,3 +497,27 @@ fn vae_commands_round_trip_encode_decode_and_refuse_bad_input() {
         "not found",
     );
 }
+
+#[test]
+fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (out, stdout, stderr) = run(inkdrop()
+        .args(["train", "all", "--tiny", "--data-dir"])
+        .arg(&data));
+    assert!(out.status.success(), "{stderr}");
+    for f in [
+        "tokenizer.json",
+        "clip.safetensors",
+        "vae.safetensors",
+        "unet.safetensors",
+    ] {
+        assert!(data.join(f).exists(), "{f} missing");
+    }
+    for stage in ["tokenizer", "clip", "vae", "unet", "total"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(stage)),
+            "no time for {stage}: {stdout}"
+        );
+    }
+}

@@ -478,14 +478,16 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
     let schedule =
         inkdrop::schedule::NoiseSchedule::new(inkdrop::schedule::ScheduleConfig::default())?;
     let trained = inkdrop::unet::bundle::UNetBundle::load(&out)?;
+    // The tiny smoke-test model gets a token check (one image per prompt, 10 steps).
+    let (per_prompt, sample_steps) = if args.tiny { (1, 10) } else { (4, 50) };
     let (check, images) = inkdrop::unet::eval::check_attributes(
         &trained.unet,
         &schedule,
         &clip,
         &vae.vae,
-        4,
+        per_prompt,
         4.0,
-        50,
+        sample_steps,
         cfg.seed + 99,
     )?;
     let grid_path = samples_dir.join("check.png");
@@ -502,7 +504,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
     println!(
         "encoded the data set in {cache_seconds:.1} s; trained {} steps in {:.1} s ({:.3} s/step); final loss {:.4}\n\
          held-out noise MSE (EMA weights) {:.4}\nloss by timestep: {}\n\
-         16 prompts \"a {{colour}} {{shape}}\" x 4 images (DDPM 50 steps, guidance 4): colour right {:.0}%, shape right {:.0}%, both {:.0}% ({})\n\
+         16 prompts \"a {{colour}} {{shape}}\" x {} images (DDPM {} steps, guidance 4): colour right {:.0}%, shape right {:.0}%, both {:.0}% ({})\n\
          wrote {} (checkpoint {}, sample grids in {})",
         report.steps,
         report.seconds,
@@ -510,6 +512,8 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         report.final_loss,
         report.held_out_mse,
         by_t.join(", "),
+        per_prompt,
+        sample_steps,
         100.0 * check.color_accuracy,
         100.0 * check.shape_accuracy,
         100.0 * check.both_accuracy,
