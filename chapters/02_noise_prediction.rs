@@ -383,9 +383,9 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     )?;
     nb.say(
         "Knowing the noise means knowing the picture: x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) \
-         / sqrt(alpha_bar_t). At small t the guess of the picture is nearly perfect; at large t the \
-         UNet can only guess a plausible picture for the caption, which is all a first denoising \
-         step needs.",
+         / sqrt(alpha_bar_t). At small t the implied picture is nearly the original; at large t it \
+         is a vague, blotchy guess, which is all a first denoising step needs: later steps, with \
+         less noise, refine it.",
     );
 
     // ---------------------------------------------------------------------------------------

@@ -146,7 +146,14 @@ pub fn sample_toy(
         } else {
             None
         };
-        x = ddpm_step(&x, &eps, schedule.alpha_bar(t), ab_prev, z.as_ref())?;
+        x = ddpm_step(
+            &x,
+            &eps.detach(),
+            schedule.alpha_bar(t),
+            ab_prev,
+            z.as_ref(),
+        )?
+        .detach();
         for (path, p) in paths.iter_mut().zip(tensor_points(&x)?) {
             path.push(p);
         }

@@ -1,5 +1,6 @@
 //! The commands of the `inkdrop` binary, one file each.
 
+mod check_unet;
 mod dataset;
 mod schedule;
 mod similarity;
@@ -33,6 +34,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Push an image through the VAE and back, or convert between images and latent files.
     Vae(vae::VaeArgs),
+    /// Generate pictures for 16 "a {colour} {shape}" prompts and check them with the palette.
+    CheckUnet(check_unet::CheckArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -43,5 +46,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Similarity(args) => similarity::run(&args),
         Command::Vae(args) => vae::run(&args),
+        Command::CheckUnet(args) => check_unet::run(&args),
     }
 }

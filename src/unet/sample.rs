@@ -59,7 +59,9 @@ pub fn ddpm_sample(
         } else {
             None
         };
-        x = ddpm_step(&x, &eps, ab_t, ab_prev, z.as_ref())?;
+        // Detached: sampling needs no gradients, and without this every step's graph (all of
+        // the UNet's activations) would stay alive through the next one.
+        x = ddpm_step(&x, &eps.detach(), ab_t, ab_prev, z.as_ref())?.detach();
     }
     Ok(x)
 }
