@@ -181,15 +181,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         }],
         (720, 360),
     )?;
+    // The book gets the numbers that do not depend on the machine; the terminal also the time.
     let trained = format!(
-        "{} steps of 256 points in {:.1} s; the loss fell from {:.3} to {:.3} (mean of the last {window} steps). \
+        "{} steps of 256 points; the loss fell from {:.3} to {:.3} (mean of the last {window} steps). \
          It cannot reach 0, and the table below says where the remaining error sits.",
         args.steps,
-        seconds,
         losses.first().copied().unwrap_or(f64::NAN),
         smooth.last().map_or(f64::NAN, |p| p.1)
     );
-    nb.say(&trained);
+    nb.say(&format!("{trained} (This run took {seconds:.1} s.)"));
     write_md("training.md", &format!("{trained}\n"))?;
     let by_t = loss_by_t(&model, &schedule, &x0_all, args.seed)?;
     println!("{by_t}\n");
