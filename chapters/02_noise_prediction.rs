@@ -26,7 +26,7 @@ use inkdrop::shapes::{render, sample_at, WorldConfig};
 use inkdrop::support::cloud::{save_clouds, CloudPanel};
 use inkdrop::support::files::{chapter_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
-use inkdrop::support::image_io::save_png;
+use inkdrop::support::image_io::{enlarge, save_png};
 use inkdrop::support::notebook::Notebook;
 use inkdrop::support::plot::{save_panels, Panel, Series};
 use inkdrop::support::table::Table;
@@ -353,23 +353,23 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
         let noise = latent_channel_images(&eps.get(i)?)?.remove(0);
         let guess = latent_channel_images(&eps_hat.get(i)?)?.remove(0);
         tiles.push(Tile {
-            image: big(&images[i], 4),
+            image: enlarge(&images[i], 4),
             caption: vec![format!("t = {}", t[i]), "the image".into()],
         });
         tiles.push(Tile {
-            image: big(&seen_t[i], 4),
+            image: enlarge(&seen_t[i], 4),
             caption: vec!["x_t, decoded".into(), String::new()],
         });
         tiles.push(Tile {
-            image: big(&noise, 16),
+            image: enlarge(&noise, 16),
             caption: vec!["eps (channel 0)".into(), String::new()],
         });
         tiles.push(Tile {
-            image: big(&guess, 16),
+            image: enlarge(&guess, 16),
             caption: vec!["eps_hat (channel 0)".into(), format!("MSE {err:.3}")],
         });
         tiles.push(Tile {
-            image: big(&seen_x0[i], 4),
+            image: enlarge(&seen_x0[i], 4),
             caption: vec!["x0_hat, decoded".into(), String::new()],
         });
     }
@@ -455,16 +455,6 @@ fn stat(x: &Tensor) -> anyhow::Result<String> {
         / n)
         .sqrt();
     Ok(format!("{:?} | mean {mean:+.3}, std {std:.3}", x.dims()))
-}
-
-/// Enlarges a small image `k` times (nearest neighbour).
-fn big(img: &image::RgbImage, k: u32) -> image::RgbImage {
-    image::imageops::resize(
-        img,
-        img.width() * k,
-        img.height() * k,
-        image::imageops::FilterType::Nearest,
-    )
 }
 
 /// The trained model's MSE at fixed timesteps, on fresh noise over all the data.

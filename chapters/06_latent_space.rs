@@ -24,7 +24,7 @@ use inkdrop::schedule::{NoiseSchedule, ScheduleConfig};
 use inkdrop::shapes::{render, sample_at, WorldConfig};
 use inkdrop::support::files::{chapter_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
-use inkdrop::support::image_io::save_png;
+use inkdrop::support::image_io::{enlarge, save_png};
 use inkdrop::support::notebook::Notebook;
 use inkdrop::support::table::Table;
 use inkdrop::support::{run_main, seeded_rng, DEFAULT_SEED};
@@ -62,19 +62,9 @@ fn main() -> std::process::ExitCode {
     run_main(|| run(Args::parse()))
 }
 
-/// Enlarges a small image `k` times (nearest neighbour, so pixels stay visible).
-fn big(img: &RgbImage, k: u32) -> RgbImage {
-    image::imageops::resize(
-        img,
-        img.width() * k,
-        img.height() * k,
-        image::imageops::FilterType::Nearest,
-    )
-}
-
 fn tile(img: &RgbImage, k: u32, caption: &[&str]) -> Tile {
     Tile {
-        image: big(img, k),
+        image: enlarge(img, k),
         caption: caption.iter().map(|s| s.to_string()).collect(),
     }
 }

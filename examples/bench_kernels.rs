@@ -9,7 +9,7 @@
 //!
 //! Timings vary with the machine and its load; compare numbers from one run.
 
-use std::time::Instant;
+use inkdrop::support::bench::median_ms;
 
 use candle_core::{Device, Module, Tensor, Var};
 use clap::Parser;
@@ -25,21 +25,6 @@ struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-}
-
-fn median_ms(
-    reps: usize,
-    mut f: impl FnMut() -> candle_core::Result<()>,
-) -> candle_core::Result<f64> {
-    f()?; // warm up
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64() * 1e3);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
 }
 
 fn main() -> anyhow::Result<()> {

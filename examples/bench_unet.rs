@@ -8,7 +8,7 @@
 //! cargo run --release --example bench_unet -- --reps 21
 //! ```
 
-use std::time::Instant;
+use inkdrop::support::bench::median_ms;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
@@ -23,18 +23,6 @@ struct Args {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 7)]
     reps: usize,
-}
-
-fn median_ms(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    f()?;
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64() * 1e3);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,14 +75,14 @@ fn main() -> anyhow::Result<()> {
         let (x, t, ctx, target) = inputs(2)?;
         let fwd = median_ms(args.reps, || {
             unet.forward(&x, &t, &ctx, None)?;
-            Ok(())
+            anyhow::Ok(())
         })?;
         let both = median_ms(args.reps, || {
             let loss = (unet.forward(&x, &t, &ctx, None)? - &target)?
                 .sqr()?
                 .mean_all()?;
             loss.backward()?;
-            Ok(())
+            anyhow::Ok(())
         })?;
         let (xb, tb, cb, yb) = inputs(step_batch)?;
         let step = median_ms(args.reps, || {
@@ -104,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             let mut g = loss.backward()?;
             clip_grad_norm(&mut g, &plain, 1.0)?;
             opt.update(&g, 1e-4)?;
-            Ok(())
+            anyhow::Ok(())
         })?;
         for (what, batch, ms) in [
             ("forward", 2, fwd),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use inkdrop::clip::bundle::fit_image;
 use inkdrop::support::grid::{labelled_grid, Tile};
-use inkdrop::support::image_io::{load_image, save_png};
+use inkdrop::support::image_io::{enlarge, load_image, save_png};
 use inkdrop::vae::bundle::{default_vae_path, VaeBundle};
 use inkdrop::vae::io::{decode_latents, encode_image, error_map, load_latents, psnr, save_latents};
 
@@ -75,9 +75,7 @@ pub fn run(args: &VaeArgs) -> anyhow::Result<()> {
             let latents = encode_image(vae, &img)?;
             let recon = decode_latents(vae, &latents)?.remove(0);
             let db = psnr(&img, &recon);
-            let big = |i: &image::RgbImage| {
-                image::imageops::resize(i, 256, 256, image::imageops::FilterType::Nearest)
-            };
+            let big = |i: &image::RgbImage| enlarge(i, (256 / size).max(1));
             let tiles = [
                 Tile {
                     image: big(&img),

@@ -16,6 +16,8 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::ops::contiguous_f32;
+
 use super::gemm::{sgemm, MatRef};
 
 /// Zero padding on each side of the image, in pixels.
@@ -215,13 +217,6 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
     })
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => bail!("conv2d: the {what} must be a contiguous f32 tensor"),
-    }
-}
-
 /// `y = conv2d(x, W) + b`, as a candle op with a fused backward.
 struct Conv2d {
     stride: usize,
@@ -243,9 +238,9 @@ impl CustomOp3 for Conv2d {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let w = contiguous_f32(s2, l2, "weight")?;
-        let bias = contiguous_f32(s3, l3, "bias")?;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let bias = contiguous_f32(s3, l3, "conv2d bias")?;
         if bias.len() != g.c_out {
             bail!(
                 "conv2d: bias has {} entries for {} output channels",
@@ -346,9 +341,9 @@ impl CustomOp3 for Conv2dBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let x = contiguous_f32(s1, l1, "input")?;
-        let w = contiguous_f32(s2, l2, "weight")?;
-        let dy = contiguous_f32(s3, l3, "output gradient")?;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let dy = contiguous_f32(s3, l3, "conv2d output gradient")?;
         let (k, p, nb) = (g.k(), g.p(), g.chunk());
         let nx = if self.input_grad { x.len() } else { 0 };
         let mut out = vec![0f32; nx + g.c_out * k + g.c_out];

@@ -9,12 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => bail!("group_norm: the {what} must be a contiguous f32 tensor"),
-    }
-}
+use super::ops::contiguous_f32;
 
 use super::fastmath::{sigmoid, sum, sum_map, sum_zip};
 
@@ -81,9 +76,9 @@ impl CustomOp3 for GroupNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "input")?;
-        let gamma = contiguous_f32(s2, l2, "weight")?;
-        let beta = contiguous_f32(s3, l3, "bias")?;
+        let x = contiguous_f32(s1, l1, "group_norm input")?;
+        let gamma = contiguous_f32(s2, l2, "group_norm weight")?;
+        let beta = contiguous_f32(s3, l3, "group_norm bias")?;
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(gs.segment())
@@ -151,9 +146,9 @@ impl CustomOp3 for GroupNormBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "input")?;
-        let affine = contiguous_f32(s2, l2, "affine parameters")?;
-        let dy = contiguous_f32(s3, l3, "output gradient")?;
+        let x = contiguous_f32(s1, l1, "group_norm input")?;
+        let affine = contiguous_f32(s2, l2, "group_norm affine parameters")?;
+        let dy = contiguous_f32(s3, l3, "group_norm output gradient")?;
         let (gamma, beta) = affine.split_at(affine.len() / 2);
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
         let cpg = gs.channels_per_group();

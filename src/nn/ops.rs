@@ -7,7 +7,8 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+/// The f32 data of a contiguous tensor, or an error naming `op` (every fused op here needs one).
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
         None => bail!("{op}: expects a contiguous f32 tensor"),

@@ -105,3 +105,14 @@ pub fn from_chw(x: &Array3<f32>) -> Result<RgbImage> {
 fn to_u8(v: f32) -> u8 {
     ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
 }
+
+/// Enlarges an image `k` times with nearest-neighbour sampling, so small pictures keep their
+/// pixels visible in figures.
+pub fn enlarge(img: &RgbImage, k: u32) -> RgbImage {
+    imageops::resize(
+        img,
+        img.width() * k,
+        img.height() * k,
+        imageops::FilterType::Nearest,
+    )
+}
