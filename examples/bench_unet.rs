@@ -23,6 +23,9 @@ struct Args {
     /// Repetitions per measurement (the median is reported).
     #[arg(long, default_value_t = 7)]
     reps: usize,
+    /// Only this config (for profiling one of them).
+    #[arg(long, value_parser = ["reference", "shipped"])]
+    only: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +54,15 @@ fn main() -> anyhow::Result<()> {
         ("diffusers reference (16x16, 32/64)", reference, 32),
         ("shipped (8x8, 64/128)", UNetConfig::tiny(), 64),
     ] {
+        if args.only.as_deref().is_some_and(|o| {
+            !name.starts_with(if o == "reference" {
+                "diffusers"
+            } else {
+                "shipped"
+            })
+        }) {
+            continue;
+        }
         let vm = VarMap::new();
         let unet =
             UNet2DConditionModel::new(&cfg, inkdrop::weights::seeded_var_builder(&vm, 0, &dev))?;

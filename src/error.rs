@@ -45,6 +45,9 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    #[error("{what}: {reason}")]
+    InvalidSetting { what: String, reason: String },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod nn;
 pub mod noising;
 pub mod schedule;
+pub mod schedulers;
 pub mod shapes;
 pub mod support;
 pub mod text;
