@@ -12,6 +12,7 @@ pub mod clip;
 pub mod error;
 pub mod nn;
 pub mod noising;
+pub mod pipeline;
 pub mod schedule;
 pub mod schedulers;
 pub mod shapes;

@@ -2,8 +2,10 @@
 
 mod check_unet;
 mod dataset;
+mod generate;
 mod schedule;
 mod similarity;
+mod timesteps;
 mod tokenize;
 mod train;
 mod vae;
@@ -36,6 +38,10 @@ pub enum Command {
     Vae(vae::VaeArgs),
     /// Generate pictures for 16 "a {colour} {shape}" prompts and check them with the palette.
     CheckUnet(check_unet::CheckArgs),
+    /// Turn a prompt into pictures: text encoder, denoising loop with guidance, VAE decoder.
+    Generate(generate::GenerateArgs),
+    /// Show which timesteps a sampler visits, with alpha_bar_t and sigma_t.
+    Timesteps(timesteps::TimestepsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,5 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Similarity(args) => similarity::run(&args),
         Command::Vae(args) => vae::run(&args),
         Command::CheckUnet(args) => check_unet::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Timesteps(args) => timesteps::run(&args),
     }
 }

@@ -1,0 +1,255 @@
+//! Text to image: the whole of Stable Diffusion's inference loop on the shipped models.
+//!
+//! ```text
+//! prompt, negative prompt --tokenizer--> ids (2, 16) --CLIP text encoder--> context (2, 16, 128)
+//! seed --N(0, I) * init_noise_sigma--> x_T (B, 4, 8, 8)
+//! for t in scheduler.timesteps():
+//!     eps_uncond, eps_cond = UNet(scale_model_input(x_t), t, [negative; prompt])
+//!     eps = eps_uncond + s (eps_cond - eps_uncond)            (classifier-free guidance)
+//!     x_t = scheduler.step(eps, t, x_t)
+//! image = VAE.decode(x_0 / scaling_factor)  (B, 3, 32, 32)
+//! ```
+//!
+//! [`TextToImage::generate`] returns the images and a [`Trace`] of every step (the latents, the
+//! three noise predictions, the predicted x0, timings and, on request, the cross-attention
+//! maps), which the chapters, the book and `inkdrop explore` all read.
+
+mod trace;
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+pub use trace::{Trace, TraceStep};
+
+use crate::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
+use crate::noising::randn_tensor;
+use crate::schedulers::{SamplerKind, SchedulerConfig};
+use crate::unet::attention::AttentionRecorder;
+use crate::unet::bundle::{default_unet_path, UNetBundle};
+use crate::vae::bundle::{default_vae_path, VaeBundle};
+use crate::{Error, Result};
+
+/// The three trained models of the pipeline.
+pub struct TextToImage {
+    pub clip: ClipBundle,
+    pub vae: VaeBundle,
+    pub unet: UNetBundle,
+}
+
+/// What to generate. `Default` is `inkdrop generate`'s defaults.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    /// The text of the unconditional branch of guidance ("" = unconditional).
+    pub negative_prompt: String,
+    pub steps: usize,
+    /// s in eps_uncond + s (eps_cond - eps_uncond): 0 ignores the prompt, 1 is the conditional
+    /// model alone (no guidance), larger values push harder toward the prompt.
+    pub guidance_scale: f64,
+    pub sampler: SamplerKind,
+    pub scheduler: SchedulerConfig,
+    /// Image k starts from the noise of seed `seed + k`, so any one image can be redrawn alone.
+    /// Stochastic samplers (ddpm, euler-a) draw their per-step noise from `seed` as well.
+    pub seed: u64,
+    pub num_images: usize,
+    /// img2img: the starting picture and how much of the way back to noise it goes (0, 1].
+    pub init_image: Option<(RgbImage, f64)>,
+    /// Keep the cross-attention maps of every step in the trace.
+    pub record_attention: bool,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        GenerateRequest {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 30,
+            guidance_scale: 7.5,
+            sampler: SamplerKind::Ddim,
+            scheduler: SchedulerConfig::default(),
+            seed: 0,
+            num_images: 1,
+            init_image: None,
+            record_attention: false,
+        }
+    }
+}
+
+impl GenerateRequest {
+    /// Refuses settings no sampler can run, naming the setting and the fix.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String, reason: &str| {
+            Err(Error::InvalidSetting {
+                what,
+                reason: reason.into(),
+            })
+        };
+        let big_t = self.scheduler.schedule.num_train_timesteps;
+        if self.steps == 0 || self.steps > big_t {
+            return bad(
+                format!("--steps {}", self.steps),
+                &format!("use between 1 and {big_t} (the training timesteps); 20-50 is usual"),
+            );
+        }
+        if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
+            return bad(
+                format!("--guidance-scale {}", self.guidance_scale),
+                "use a number >= 0: 0 ignores the prompt, 1 means no guidance, 7.5 is Stable Diffusion's default",
+            );
+        }
+        if self.num_images == 0 || self.num_images > 64 {
+            return bad(
+                format!("--num-images {}", self.num_images),
+                "use between 1 and 64",
+            );
+        }
+        if let Some((_, strength)) = &self.init_image {
+            if !(*strength > 0.0 && *strength <= 1.0) {
+                return bad(
+                    format!("--strength {strength}"),
+                    "use a value in (0, 1]: 0.3 keeps most of the image, 1 redraws it from pure noise",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Images and the trace of how they were made.
+pub struct Generation {
+    pub images: Vec<RgbImage>,
+    /// The final latents x_0 (B, 4, h, w), before decoding.
+    pub latents: Tensor,
+    pub trace: Trace,
+}
+
+impl TextToImage {
+    /// Loads the shipped models from `data/`.
+    pub fn load_default() -> Result<Self> {
+        Self::load(&default_unet_path())
+    }
+
+    /// The shipped CLIP and VAE with the UNet at `unet_path`.
+    pub fn load(unet_path: &Path) -> Result<Self> {
+        Ok(TextToImage {
+            clip: ClipBundle::load(&default_clip_path(), &default_tokenizer_path())?,
+            vae: VaeBundle::load(&default_vae_path())?,
+            unet: UNetBundle::load(unet_path)?,
+        })
+    }
+
+    /// The latent shape of one image, (4, h, w).
+    pub fn latent_shape(&self) -> [usize; 3] {
+        let c = &self.unet.unet.config;
+        [c.in_channels, c.sample_size, c.sample_size]
+    }
+
+    /// Runs the pipeline. Same request, same bytes.
+    pub fn generate(&self, req: &GenerateRequest) -> Result<Generation> {
+        req.validate()?;
+        let dev = Device::Cpu;
+        let b = req.num_images;
+        let started = Instant::now();
+        // 1. Text: the prompt and the negative prompt, each as the text encoder's hidden states.
+        let texts: Vec<String> = std::iter::repeat_n(req.negative_prompt.clone(), b)
+            .chain(std::iter::repeat_n(req.prompt.clone(), b))
+            .collect();
+        let context = self.clip.encoder_hidden_states(&texts)?; // (2B, 16, 128): uncond then cond
+        let text_seconds = started.elapsed().as_secs_f64();
+        // 2. The scheduler and the starting latents.
+        let mut scheduler = req.sampler.build(req.scheduler, req.steps)?;
+        let mut timesteps = scheduler.timesteps().to_vec();
+        let [c, h, w] = self.latent_shape();
+        let noise = (0..b)
+            .map(|k| {
+                let mut rng = crate::support::seeded_rng(req.seed.wrapping_add(k as u64));
+                randn_tensor(&[1, c, h, w], &mut rng, &dev)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let noise = Tensor::cat(&noise, 0)?; // (B, 4, h, w)
+        let mut x = match &req.init_image {
+            None => (&noise * scheduler.init_noise_sigma())?,
+            Some((image, strength)) => {
+                // img2img: skip the first (1 - strength) of the steps; noise the encoded image
+                // to the first timestep that is left.
+                let (image, _) = crate::clip::bundle::fit_image(image, self.vae.vae.config.sample_size as u32);
+                let x0 = crate::vae::io::encode_image(&self.vae.vae, &image)?.detach(); // (1, 4, h, w)
+                let x0 = x0.repeat((b, 1, 1, 1))?;
+                let kept = ((req.steps as f64 * strength) as usize).clamp(1, req.steps);
+                timesteps = timesteps[req.steps - kept..].to_vec();
+                scheduler.add_noise(&x0, &noise, timesteps[0])?
+            }
+        };
+        let mut step_rng = crate::support::seeded_rng(req.seed ^ 0x5EED_57E9);
+        let guided = (req.guidance_scale - 1.0).abs() > 1e-12;
+        let mut steps = Vec::with_capacity(timesteps.len());
+        // 3. The denoising loop.
+        for (i, &t) in timesteps.iter().enumerate() {
+            let step_started = Instant::now();
+            let recorder = req.record_attention.then(AttentionRecorder::cross);
+            let input = scheduler.scale_model_input(&x, t)?;
+            let (eps_uncond, eps_cond) = if guided {
+                // Both branches in one batch: (2B, 4, h, w).
+                let tt = Tensor::from_vec(vec![t as f32; 2 * b], 2 * b, &dev)?;
+                let out = self
+                    .unet
+                    .unet
+                    .forward(&Tensor::cat(&[&input, &input], 0)?, &tt, &context, recorder.as_ref())?
+                    .detach();
+                (Some(out.narrow(0, 0, b)?), out.narrow(0, b, b)?)
+            } else {
+                let tt = Tensor::from_vec(vec![t as f32; b], b, &dev)?;
+                let cond = context.narrow(0, b, b)?;
+                let out = self.unet.unet.forward(&input, &tt, &cond, recorder.as_ref())?;
+                (None, out.detach())
+            };
+            // eps = eps_uncond + s (eps_cond - eps_uncond)
+            let eps = match &eps_uncond {
+                Some(u) => (u + ((&eps_cond - u)? * req.guidance_scale)?)?,
+                None => eps_cond.clone(),
+            };
+            let out = scheduler.step(&eps, t, &x, &mut step_rng)?;
+            steps.push(TraceStep {
+                index: i,
+                t,
+                alpha_bar: scheduler.alpha_bar(t),
+                sigma: scheduler.sigma(t),
+                latents: input,
+                eps_uncond,
+                eps_cond,
+                eps,
+                pred_x0: out.pred_original_sample.detach(),
+                seconds: step_started.elapsed().as_secs_f64(),
+                attention: recorder.map(|r| r.take()).unwrap_or_default(),
+            });
+            x = out.prev_sample.detach();
+        }
+        // 4. Back to pixels.
+        let decode_started = Instant::now();
+        let images = crate::vae::io::decode_latents(&self.vae.vae, &x)?;
+        let trace = Trace {
+            prompt: req.prompt.clone(),
+            negative_prompt: req.negative_prompt.clone(),
+            sampler: req.sampler,
+            guidance_scale: req.guidance_scale,
+            seed: req.seed,
+            text_seconds,
+            decode_seconds: decode_started.elapsed().as_secs_f64(),
+            total_seconds: started.elapsed().as_secs_f64(),
+            steps,
+        };
+        Ok(Generation {
+            images,
+            latents: x,
+            trace,
+        })
+    }
+
+    /// Decodes latents (B, 4, h, w) to images (for x_t and predicted x0 along a trace).
+    pub fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>> {
+        crate::vae::io::decode_latents(&self.vae.vae, latents)
+    }
+}
