@@ -130,6 +130,8 @@ fn every_command_has_help() {
         vec!["train", "vae", "--help"],
         vec!["train", "unet", "--help"],
         vec!["train", "all", "--help"],
+        vec!["generate", "--help"],
+        vec!["timesteps", "--help"],
     ] {
         let (out, stdout, _) = run(inkdrop().args(&args));
         assert!(out.status.success() && stdout.contains("Usage"), "{args:?}");
@@ -520,4 +522,113 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
             "no time for {stage}: {stdout}"
         );
     }
+}
+
+#[test]
+fn timesteps_json_lists_what_diffusers_visits() {
+    let (out, stdout, _) =
+        run(inkdrop().args(["timesteps", "--sampler", "ddim", "--steps", "10", "--json"]));
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let ts: Vec<f64> = v["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        ts,
+        [901.0, 801.0, 701.0, 601.0, 501.0, 401.0, 301.0, 201.0, 101.0, 1.0]
+    );
+    assert_eq!(v["sigmas"].as_array().unwrap().len(), 10);
+    let (out, stdout, _) =
+        run(inkdrop().args(["timesteps", "--sampler", "dpm++2m", "--steps", "10"]));
+    assert!(
+        out.status.success() && stdout.contains("811") && stdout.contains("alpha_bar_t"),
+        "{stdout}"
+    );
+    assert_clear_error(
+        inkdrop().args(["timesteps", "--steps", "0"]),
+        "between 1 and 1000",
+    );
+}
+
+#[test]
+fn generate_is_reproducible_saves_steps_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let gen = |file: &str, extra: &[&str]| {
+        let mut cmd = inkdrop();
+        cmd.args([
+            "generate",
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "4",
+            "--num-images",
+            "2",
+        ])
+        .arg("--out")
+        .arg(out(file))
+        .args(extra);
+        let (o, stdout, stderr) = run(&mut cmd);
+        assert!(o.status.success(), "{stderr}");
+        stdout
+    };
+    let stdout = gen("a.png", &["--save-steps", out("steps").to_str().unwrap()]);
+    assert!(stdout.contains("wrote 8 step pictures"), "{stdout}");
+    gen("b.png", &[]);
+    let bytes = |f: &str| std::fs::read(out(f)).unwrap();
+    assert_eq!(bytes("a.png"), bytes("b.png"), "same seed, same bytes");
+    gen("c.png", &["--seed", "5"]);
+    assert_ne!(bytes("a.png"), bytes("c.png"));
+    assert!(out("steps/x0_003_t1.png").exists() && out("steps/xt_000_t751.png").exists());
+    // img2img from the picture just made, and unconditional generation (said on stderr).
+    gen(
+        "d.png",
+        &[
+            "--image",
+            out("a.png").to_str().unwrap(),
+            "--strength",
+            "0.5",
+            "--sampler",
+            "euler",
+        ],
+    );
+    let (o, _, stderr) = run(inkdrop()
+        .args(["generate", "--steps", "2", "--num-images", "1", "--out"])
+        .arg(out("e.png")));
+    assert!(
+        o.status.success() && stderr.contains("unconditional"),
+        "{stderr}"
+    );
+
+    let bad = |extra: &[&str], needle: &str| {
+        let mut cmd = inkdrop();
+        cmd.args(["generate", "--prompt", "a red circle", "--out"])
+            .arg(out("bad.png"))
+            .args(extra);
+        assert_clear_error(&mut cmd, needle);
+    };
+    bad(&["--steps", "0"], "between 1 and 1000");
+    bad(&["--steps", "1001"], "between 1 and 1000");
+    bad(&["--guidance-scale", "NaN"], "--guidance-scale");
+    bad(&["--guidance-scale", "-2"], "--guidance-scale");
+    bad(&["--sampler", "plms"], "dpm++2m");
+    bad(&["--image", "/nonexistent/x.png"], "not found");
+    bad(&["--image", "Cargo.toml"], "not an image");
+    bad(
+        &[
+            "--image",
+            out("a.png").to_str().unwrap(),
+            "--strength",
+            "1.5",
+        ],
+        "(0, 1]",
+    );
+    bad(
+        &["--image", out("a.png").to_str().unwrap(), "--strength", "0"],
+        "(0, 1]",
+    );
+    assert!(!out("bad.png").exists());
 }

@@ -24,7 +24,7 @@ pub struct GenerateArgs {
     pub steps: usize,
     /// Classifier-free guidance scale: 0 ignores the prompt, 1 is no guidance, higher follows
     /// the prompt harder.
-    #[arg(long, default_value_t = 7.5)]
+    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     pub guidance_scale: f64,
     /// Sampler (scheduler).
     #[arg(long, value_enum, default_value_t = SamplerKind::Ddim)]
@@ -42,7 +42,12 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub image: Option<PathBuf>,
     /// img2img: how far back toward noise the picture goes before denoising, in (0, 1].
-    #[arg(long, default_value_t = 0.6, requires = "image")]
+    #[arg(
+        long,
+        default_value_t = 0.6,
+        requires = "image",
+        allow_negative_numbers = true
+    )]
     pub strength: f64,
     /// Where to write the picture (a labelled grid when there are several).
     #[arg(long, default_value = "generated.png")]
@@ -77,7 +82,9 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     };
     req.validate()?;
     if args.prompt.trim().is_empty() {
-        eprintln!("note: empty prompt, so this is unconditional generation (any Shapes World scene)");
+        eprintln!(
+            "note: empty prompt, so this is unconditional generation (any Shapes World scene)"
+        );
     }
     if let Some((img, _)) = &req.init_image {
         if img.dimensions() != (32, 32) {
@@ -141,12 +148,20 @@ fn result_grid(req: &GenerateRequest, generation: &Generation) -> anyhow::Result
 
 /// Writes `xt_NNN_tT.png` and `x0_NNN_tT.png` (all images of the batch side by side) per step.
 fn save_steps(pipe: &TextToImage, generation: &Generation, dir: &Path) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create {}; pick another --save-steps folder", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create {}; pick another --save-steps folder",
+            dir.display()
+        )
+    })?;
     let mut written = 0;
     for step in &generation.trace.steps {
         for (kind, latents) in [("xt", &step.latents), ("x0", &step.pred_x0)] {
-            let images: Vec<_> = pipe.decode(latents)?.iter().map(|i| enlarge(i, 4)).collect();
+            let images: Vec<_> = pipe
+                .decode(latents)?
+                .iter()
+                .map(|i| enlarge(i, 4))
+                .collect();
             let strip = inkdrop::support::grid::plain_strip(&images);
             let name = format!("{kind}_{:03}_t{:.0}.png", step.index, step.t);
             save_png(&strip, &dir.join(name))?;

@@ -59,7 +59,11 @@ pub fn run(args: &TimestepsArgs) -> anyhow::Result<()> {
     for (i, ((t, a), sg)) in ts.iter().zip(&alpha_bars).zip(&sigmas).enumerate() {
         table.row([
             (i + 1).to_string(),
-            if t.fract() == 0.0 { format!("{t:.0}") } else { format!("{t:.2}") },
+            if t.fract() == 0.0 {
+                format!("{t:.0}")
+            } else {
+                format!("{t:.2}")
+            },
             format!("{a:.5}"),
             format!("{sg:.4}"),
             format!("{:.1}", 10.0 * (a / (1.0 - a)).log10()),

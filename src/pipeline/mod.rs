@@ -175,7 +175,8 @@ impl TextToImage {
             Some((image, strength)) => {
                 // img2img: skip the first (1 - strength) of the steps; noise the encoded image
                 // to the first timestep that is left.
-                let (image, _) = crate::clip::bundle::fit_image(image, self.vae.vae.config.sample_size as u32);
+                let (image, _) =
+                    crate::clip::bundle::fit_image(image, self.vae.vae.config.sample_size as u32);
                 let x0 = crate::vae::io::encode_image(&self.vae.vae, &image)?.detach(); // (1, 4, h, w)
                 let x0 = x0.repeat((b, 1, 1, 1))?;
                 let kept = ((req.steps as f64 * strength) as usize).clamp(1, req.steps);
@@ -197,13 +198,21 @@ impl TextToImage {
                 let out = self
                     .unet
                     .unet
-                    .forward(&Tensor::cat(&[&input, &input], 0)?, &tt, &context, recorder.as_ref())?
+                    .forward(
+                        &Tensor::cat(&[&input, &input], 0)?,
+                        &tt,
+                        &context,
+                        recorder.as_ref(),
+                    )?
                     .detach();
                 (Some(out.narrow(0, 0, b)?), out.narrow(0, b, b)?)
             } else {
                 let tt = Tensor::from_vec(vec![t as f32; b], b, &dev)?;
                 let cond = context.narrow(0, b, b)?;
-                let out = self.unet.unet.forward(&input, &tt, &cond, recorder.as_ref())?;
+                let out = self
+                    .unet
+                    .unet
+                    .forward(&input, &tt, &cond, recorder.as_ref())?;
                 (None, out.detach())
             };
             // eps = eps_uncond + s (eps_cond - eps_uncond)
