@@ -2,6 +2,7 @@
 
 mod check_unet;
 mod dataset;
+mod eval;
 mod generate;
 mod schedule;
 mod similarity;
@@ -40,6 +41,8 @@ pub enum Command {
     CheckUnet(check_unet::CheckArgs),
     /// Turn a prompt into pictures: text encoder, denoising loop with guidance, VAE decoder.
     Generate(generate::GenerateArgs),
+    /// Generate for a prompt set and score colour, shape and relation against the prompts.
+    Eval(eval::EvalArgs),
     /// Show which timesteps a sampler visits, with alpha_bar_t and sigma_t.
     Timesteps(timesteps::TimestepsArgs),
 }
@@ -55,5 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckUnet(args) => check_unet::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Timesteps(args) => timesteps::run(&args),
+        Command::Eval(args) => eval::run(&args),
     }
 }

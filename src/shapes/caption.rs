@@ -102,8 +102,14 @@ impl Claim {
 
 /// How `a` sits relative to `b` (the rule captions use).
 pub fn relation_of(a: &Object, b: &Object) -> Relation {
-    let dx = a.center[0] - b.center[0];
-    let dy = a.center[1] - b.center[1];
+    relation_between(a.center, b.center)
+}
+
+/// How a point sits relative to another (canvas units, y down): the larger of the vertical and
+/// horizontal offsets decides between above/below and left of/right of.
+pub fn relation_between(a: [f32; 2], b: [f32; 2]) -> Relation {
+    let dx = a[0] - b[0];
+    let dy = a[1] - b[1];
     if dy.abs() >= dx.abs() {
         if dy < 0.0 {
             Relation::Above
@@ -188,4 +194,73 @@ pub fn claim(scene: &Scene, rng: &mut impl Rng) -> Claim {
 /// A random caption for `scene` (the text of a random [`claim`]).
 pub fn caption(scene: &Scene, rng: &mut impl Rng) -> String {
     claim(scene, rng).text()
+}
+
+/// Reads a prompt back into a [`Claim`]: "a small red circle above a blue square on a black
+/// background". Words it does not know are ignored; `None` when no object is named (no colour
+/// or shape word), so free text can still be generated, just not checked.
+pub fn parse_claim(text: &str) -> Option<Claim> {
+    let mut text = format!(" {} ", text.to_lowercase().replace(['.', ','], " "));
+    let mut background = None;
+    for bg in Background::ALL {
+        let phrase = format!(" on a {} background ", bg.word());
+        if text.contains(&phrase) {
+            background = Some(*bg);
+            text = text.replace(&phrase, " ");
+        }
+    }
+    let splits: [(&str, Option<Relation>); 6] = [
+        (" above ", Some(Relation::Above)),
+        (" below ", Some(Relation::Below)),
+        (" left of ", Some(Relation::LeftOf)),
+        (" right of ", Some(Relation::RightOf)),
+        (" next to ", Some(Relation::NextTo)),
+        (" and ", None),
+    ];
+    let (parts, relation) = splits
+        .iter()
+        .find_map(|(word, rel)| {
+            text.split_once(word)
+                .map(|(a, b)| (vec![a.to_string(), b.to_string()], *rel))
+        })
+        .unwrap_or_else(|| (vec![text.clone()], None));
+    let objects: Vec<ObjectClaim> = parts.iter().map(|p| parse_object(p)).collect();
+    if objects
+        .iter()
+        .any(|o| o.color.is_none() && o.shape.is_none())
+    {
+        return None;
+    }
+    Some(Claim {
+        objects,
+        relation,
+        background,
+    })
+}
+
+/// The colour, shape, size and position words of one object phrase.
+fn parse_object(phrase: &str) -> ObjectClaim {
+    let mut phrase = format!(" {} ", phrase.trim());
+    // Positions first (longest first, so "top left" wins over "top" and "left").
+    let mut positions: Vec<Position> = Position::ALL.to_vec();
+    positions.sort_by_key(|p| std::cmp::Reverse(p.word().len()));
+    let mut position = None;
+    for p in positions {
+        let phrase_words = format!(" {} ", p.phrase());
+        if phrase.contains(&phrase_words) {
+            position = Some(p);
+            phrase = phrase.replace(&phrase_words, " ");
+            break;
+        }
+    }
+    let words: Vec<&str> = phrase.split_whitespace().collect();
+    let find = |all: &[&'static str]| words.iter().find_map(|w| all.iter().position(|a| a == w));
+    ObjectClaim {
+        color: find(&Color::ALL.iter().map(|c| c.word()).collect::<Vec<_>>())
+            .map(|i| Color::ALL[i]),
+        shape: find(&Shape::ALL.iter().map(|s| s.word()).collect::<Vec<_>>())
+            .map(|i| Shape::ALL[i]),
+        size: find(&Size::ALL.iter().map(|s| s.word()).collect::<Vec<_>>()).map(|i| Size::ALL[i]),
+        position,
+    }
 }
