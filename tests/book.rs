@@ -19,6 +19,11 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
         &["--steps", "20"],
     ),
     (
+        "ch03",
+        env!("CARGO_BIN_EXE_ch03_reverse_sampling"),
+        &["--reference-steps", "50"],
+    ),
+    (
         "ch04",
         env!("CARGO_BIN_EXE_ch04_clip_similarity"),
         &["--demo-steps", "3", "--per-pair", "2"],

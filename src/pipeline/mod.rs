@@ -55,6 +55,8 @@ pub struct GenerateRequest {
     /// Image k starts from the noise of seed `seed + k`, so any one image can be redrawn alone.
     /// Stochastic samplers (ddpm, euler-a) draw their per-step noise from `seed` as well.
     pub seed: u64,
+    /// Seed of the per-step noise of stochastic samplers [default: derived from `seed`].
+    pub step_seed: Option<u64>,
     pub num_images: usize,
     /// img2img: the starting picture and how much of the way back to noise it goes (0, 1].
     pub init_image: Option<(RgbImage, f64)>,
@@ -72,6 +74,7 @@ impl Default for GenerateRequest {
             sampler: SamplerKind::Ddim,
             scheduler: SchedulerConfig::default(),
             seed: 0,
+            step_seed: None,
             num_images: 1,
             init_image: None,
             record_attention: false,
@@ -185,7 +188,7 @@ impl TextToImage {
                 scheduler.add_noise(&x0, &noise, timesteps[0])?
             }
         };
-        let mut step_rng = crate::support::seeded_rng(req.seed ^ 0x5EED_57E9);
+        let mut step_rng = crate::support::seeded_rng(req.step_seed.unwrap_or(req.seed ^ 0x5EED_57E9));
         let guided = (req.guidance_scale - 1.0).abs() > 1e-12;
         let mut steps = Vec::with_capacity(timesteps.len());
         // 3. The denoising loop.
