@@ -33,6 +33,11 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
         env!("CARGO_BIN_EXE_ch06_latent_space"),
         &["--eval-images", "20"],
     ),
+    (
+        "ch07",
+        env!("CARGO_BIN_EXE_ch07_text_to_image"),
+        &["--steps", "3", "--per-prompt", "1"],
+    ),
 ];
 
 fn root() -> PathBuf {

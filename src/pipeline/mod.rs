@@ -219,11 +219,13 @@ impl TextToImage {
                     .forward(&input, &tt, &cond, recorder.as_ref())?;
                 (None, out.detach())
             };
+            // ANCHOR: guidance
             // eps = eps_uncond + s (eps_cond - eps_uncond)
             let eps = match &eps_uncond {
                 Some(u) => (u + ((&eps_cond - u)? * req.guidance_scale)?)?,
                 None => eps_cond.clone(),
             };
+            // ANCHOR_END: guidance
             let out = scheduler.step(&eps, t, &x, &mut step_rng)?;
             steps.push(TraceStep {
                 index: i,
