@@ -76,6 +76,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             ..SchedulerConfig::default()
         },
         seed: args.seed,
+        step_seed: None,
         num_images: args.num_images,
         init_image,
         record_attention: false,
