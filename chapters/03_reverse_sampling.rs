@@ -90,7 +90,9 @@ fn run(args: Args) -> anyhow::Result<()> {
          (chapter 7 takes that apart); here we look at the loop itself, DDIM with 10 steps.",
         args.prompt
     ));
-    let context = pipe.clip.encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
+    let context = pipe
+        .clip
+        .encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
     let mut rng = seeded_rng(args.seed);
     let [c, h, w] = pipe.latent_shape();
     // ANCHOR: six_steps
@@ -105,17 +107,29 @@ fn run(args: Args) -> anyhow::Result<()> {
         let both = Tensor::cat(&[&input, &input], 0)?; // (2, 4, 8, 8)
         let ts = Tensor::new(&[t as f32, t as f32], &dev)?; // (2,)
         let eps = pipe.unet.unet.forward(&both, &ts, &context, None)?.detach(); // (2, 4, 8, 8)
-        // 4. Guidance: push from the unconditional prediction toward the conditional one.
+                                                                                // 4. Guidance: push from the unconditional prediction toward the conditional one.
         let (eps_uncond, eps_cond) = (eps.narrow(0, 0, 1)?, eps.narrow(0, 1, 1)?);
         let eps = (&eps_uncond + ((&eps_cond - &eps_uncond)? * 7.5)?)?; // (1, 4, 8, 8)
-        // 5. Remove a little of it: the scheduler's step to the next, less noisy, timestep.
+                                                                        // 5. Remove a little of it: the scheduler's step to the next, less noisy, timestep.
         let step = scheduler.step(&eps, t, &x, &mut rng)?;
-        log.push((t, Trace::rms(&x), Trace::rms(&eps), Trace::rms(&step.pred_original_sample)));
+        log.push((
+            t,
+            Trace::rms(&x),
+            Trace::rms(&eps),
+            Trace::rms(&step.pred_original_sample),
+        ));
         x = step.prev_sample;
     } // 6. Repeat until t reaches 1, then decode x with the VAE.
     let image = &pipe.decode(&x)?[0]; // (3, 32, 32) as an image
-    // ANCHOR_END: six_steps
-    let mut table = Table::new(["step", "t", "alpha_bar_t", "rms(x_t)", "rms(eps)", "rms(x0_hat)"]);
+                                      // ANCHOR_END: six_steps
+    let mut table = Table::new([
+        "step",
+        "t",
+        "alpha_bar_t",
+        "rms(x_t)",
+        "rms(eps)",
+        "rms(x0_hat)",
+    ]);
     for (i, (t, xr, er, x0r)) in log.iter().enumerate() {
         table.row([
             (i + 1).to_string(),
@@ -137,7 +151,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         &format!(
             "`TextToImage::generate` with the same prompt, seed, sampler and steps ends {} away \
              (RMS over the latent), so the pipeline is exactly this loop.\n",
-            if same == 0.0 { "0.0".to_string() } else { format!("{same:.1e}") }
+            if same == 0.0 {
+                "0.0".to_string()
+            } else {
+                format!("{same:.1e}")
+            }
         ),
     )?;
     nb.say(
@@ -157,21 +175,43 @@ fn run(args: Args) -> anyhow::Result<()> {
             ..request(sampler, 50)
         })?)
     };
-    let ddpm = [run_with(SamplerKind::Ddpm, 1)?, run_with(SamplerKind::Ddpm, 2)?];
-    let ddim = [run_with(SamplerKind::Ddim, 1)?, run_with(SamplerKind::Ddim, 2)?];
+    let ddpm = [
+        run_with(SamplerKind::Ddpm, 1)?,
+        run_with(SamplerKind::Ddpm, 2)?,
+    ];
+    let ddim = [
+        run_with(SamplerKind::Ddim, 1)?,
+        run_with(SamplerKind::Ddim, 2)?,
+    ];
     // ANCHOR_END: ddpm_vs_ddim
     let mut tiles = Vec::new();
     for (name, runs) in [("DDPM", &ddpm), ("DDIM", &ddim)] {
         for (r, g) in runs.iter().enumerate() {
             for (k, img) in g.images.iter().enumerate() {
-                tiles.push(tile(img, &[format!("{name}, dice {}", r + 1), format!("seed {}", args.seed + k as u64)]));
+                tiles.push(tile(
+                    img,
+                    &[
+                        format!("{name}, dice {}", r + 1),
+                        format!("seed {}", args.seed + k as u64),
+                    ],
+                ));
             }
         }
     }
-    save_png(&labelled_grid(&tiles, 8, Some("same starting noise; DDPM draws fresh noise every step, DDIM does not"))?, &out.join("ddpm_vs_ddim.png"))?;
+    save_png(
+        &labelled_grid(
+            &tiles,
+            8,
+            Some("same starting noise; DDPM draws fresh noise every step, DDIM does not"),
+        )?,
+        &out.join("ddpm_vs_ddim.png"),
+    )?;
     let mut table = Table::new(["sampler", "RMS difference between the two runs (latents)"]);
     for (name, runs) in [("DDPM (eta = 1)", &ddpm), ("DDIM (eta = 0)", &ddim)] {
-        table.row([name.to_string(), format!("{:.4}", rms_diff(&runs[0].latents, &runs[1].latents)?)]);
+        table.row([
+            name.to_string(),
+            format!("{:.4}", rms_diff(&runs[0].latents, &runs[1].latents)?),
+        ]);
     }
     println!("{table}\n");
     write_md("ddpm_vs_ddim.md", &table.to_markdown())?;
@@ -181,19 +221,33 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut table = Table::new(["sampler", "spacing", "timesteps visited (10 steps)"]);
     for kind in SamplerKind::ALL {
         let s = kind.build(SchedulerConfig::default(), 10)?;
-        table.row([kind.name().to_string(), "leading".into(), fmt_ts(s.timesteps())]);
+        table.row([
+            kind.name().to_string(),
+            "leading".into(),
+            fmt_ts(s.timesteps()),
+        ]);
     }
     for spacing in [TimestepSpacing::Trailing, TimestepSpacing::Linspace] {
-        let cfg = SchedulerConfig { timestep_spacing: spacing, ..SchedulerConfig::default() };
+        let cfg = SchedulerConfig {
+            timestep_spacing: spacing,
+            ..SchedulerConfig::default()
+        };
         let s = SamplerKind::Ddim.build(cfg, 10)?;
-        table.row(["ddim".to_string(), format!("{spacing:?}").to_lowercase(), fmt_ts(s.timesteps())]);
+        table.row([
+            "ddim".to_string(),
+            format!("{spacing:?}").to_lowercase(),
+            fmt_ts(s.timesteps()),
+        ]);
     }
     println!("{table}\n");
     write_md("timesteps.md", &table.to_markdown())?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Five samplers, 5 to 50 steps");
-    let trailing = SchedulerConfig { timestep_spacing: TimestepSpacing::Trailing, ..SchedulerConfig::default() };
+    let trailing = SchedulerConfig {
+        timestep_spacing: TimestepSpacing::Trailing,
+        ..SchedulerConfig::default()
+    };
     let reference = pipe.generate(&GenerateRequest {
         steps: args.reference_steps,
         scheduler: trailing,
@@ -211,7 +265,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut row = vec![kind.name().to_string()];
         let mut ms = Vec::new();
         for &n in &counts {
-            let g = pipe.generate(&GenerateRequest { scheduler: trailing, num_images: 4, ..request(kind, n) })?;
+            let g = pipe.generate(&GenerateRequest {
+                scheduler: trailing,
+                num_images: 4,
+                ..request(kind, n)
+            })?;
             row.push(format!("{:.3}", rms_diff(&g.latents, &reference.latents)?));
             ms.push(1e3 * g.trace.steps.iter().map(|s| s.seconds).sum::<f64>() / n as f64);
             tiles.push(tile(&g.images[0], &[format!("{kind}, {n} steps")]));
@@ -222,9 +280,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         table.row(row);
     }
-    println!("\nRMS distance of the final latents from a {}-step DDIM solution:\n{table}\n", args.reference_steps);
+    println!(
+        "\nRMS distance of the final latents from a {}-step DDIM solution:\n{table}\n",
+        args.reference_steps
+    );
     write_md("samplers.md", &table.to_markdown())?;
-    save_png(&labelled_grid(&tiles, counts.len(), Some(&format!("\"{}\", seed {}", args.prompt, args.seed)))?, &out.join("samplers.png"))?;
+    save_png(
+        &labelled_grid(
+            &tiles,
+            counts.len(),
+            Some(&format!("\"{}\", seed {}", args.prompt, args.seed)),
+        )?,
+        &out.join("samplers.png"),
+    )?;
     write_md(
         "samplers_note.md",
         &format!(
@@ -246,18 +314,29 @@ fn run(args: Args) -> anyhow::Result<()> {
     for row in ["x_t", "x0_hat"] {
         for &i in &shown {
             let step = &g.trace.steps[i];
-            let latents = if row == "x_t" { &step.latents } else { &step.pred_x0 }; // (1, 4, 8, 8)
+            let latents = if row == "x_t" {
+                &step.latents
+            } else {
+                &step.pred_x0
+            }; // (1, 4, 8, 8)
             let img = &pipe.decode(latents)?[0];
             tiles.push(tile(img, &[format!("{row}, t={:.0}", step.t)]));
         }
     }
     // ANCHOR_END: trajectory
-    save_png(&labelled_grid(&tiles, shown.len(), None)?, &out.join("trajectory.png"))?;
+    save_png(
+        &labelled_grid(&tiles, shown.len(), None)?,
+        &out.join("trajectory.png"),
+    )?;
     let final_x0 = &g.trace.steps[24].pred_x0;
     let mut table = Table::new(["step", "t", "RMS(x0_hat - final x0_hat)"]);
     for &i in &shown {
         let s = &g.trace.steps[i];
-        table.row([(i + 1).to_string(), format!("{:.0}", s.t), format!("{:.3}", rms_diff(&s.pred_x0, final_x0)?)]);
+        table.row([
+            (i + 1).to_string(),
+            format!("{:.0}", s.t),
+            format!("{:.3}", rms_diff(&s.pred_x0, final_x0)?),
+        ]);
     }
     println!("{table}\n");
     write_md("trajectory.md", &table.to_markdown())?;
@@ -272,7 +351,13 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// "901, 801, ..., 1".
 fn fmt_ts(ts: &[f64]) -> String {
     ts.iter()
-        .map(|t| if t.fract() == 0.0 { format!("{t:.0}") } else { format!("{t:.1}") })
+        .map(|t| {
+            if t.fract() == 0.0 {
+                format!("{t:.0}")
+            } else {
+                format!("{t:.1}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

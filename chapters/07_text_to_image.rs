@@ -91,19 +91,49 @@ fn run(args: Args) -> anyhow::Result<()> {
     nb.cell("From a sentence to a picture");
     // ANCHOR: pipeline
     let (ids, eot) = pipe.clip.tokenize(&[String::new(), args.prompt.clone()])?; // (2, 16)
-    let context = pipe.clip.encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
+    let context = pipe
+        .clip
+        .encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
     let generation = pipe.generate(&base)?; // DDIM, guidance 7.5
     let first = &generation.trace.steps[0];
     // ANCHOR_END: pipeline
     let mut table = Table::new(["stage", "what", "shape"]);
     let shape = |t: &candle_core::Tensor| format!("{:?}", t.dims());
-    table.row(["tokenizer".to_string(), "ids of the empty prompt and of the prompt".into(), shape(&ids)]);
-    table.row(["CLIP text encoder".to_string(), "one 128-wide vector per token".into(), shape(&context)]);
-    table.row(["starting noise".to_string(), "x_T ~ N(0, I), from the seed".into(), shape(&first.latents)]);
-    table.row(["UNet, twice per step".to_string(), "eps_uncond and eps_cond".into(), shape(&first.eps_cond)]);
-    table.row(["guidance".to_string(), "eps = eps_uncond + s (eps_cond - eps_uncond)".into(), shape(&first.eps)]);
-    table.row(["scheduler (DDIM)".to_string(), format!("{} steps, x_t to x_prev", generation.trace.steps.len()), shape(&generation.latents)]);
-    table.row(["VAE decoder".to_string(), "latents / scaling_factor to pixels".into(), "[1, 3, 32, 32]".into()]);
+    table.row([
+        "tokenizer".to_string(),
+        "ids of the empty prompt and of the prompt".into(),
+        shape(&ids),
+    ]);
+    table.row([
+        "CLIP text encoder".to_string(),
+        "one 128-wide vector per token".into(),
+        shape(&context),
+    ]);
+    table.row([
+        "starting noise".to_string(),
+        "x_T ~ N(0, I), from the seed".into(),
+        shape(&first.latents),
+    ]);
+    table.row([
+        "UNet, twice per step".to_string(),
+        "eps_uncond and eps_cond".into(),
+        shape(&first.eps_cond),
+    ]);
+    table.row([
+        "guidance".to_string(),
+        "eps = eps_uncond + s (eps_cond - eps_uncond)".into(),
+        shape(&first.eps),
+    ]);
+    table.row([
+        "scheduler (DDIM)".to_string(),
+        format!("{} steps, x_t to x_prev", generation.trace.steps.len()),
+        shape(&generation.latents),
+    ]);
+    table.row([
+        "VAE decoder".to_string(),
+        "latents / scaling_factor to pixels".into(),
+        "[1, 3, 32, 32]".into(),
+    ]);
     println!("{table}\n");
     write_md("pipeline.md", &table.to_markdown())?;
     let ids_row: Vec<u32> = ids.get(1)?.to_vec1()?;
@@ -115,19 +145,35 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.prompt, ids_row, eot[1]
         ),
     )?;
-    save_png(&enlarge(&generation.images[0], 4), &out.join("pipeline.png"))?;
+    save_png(
+        &enlarge(&generation.images[0], 4),
+        &out.join("pipeline.png"),
+    )?;
     println!(
         "on this machine: text {:.0} ms, {} steps {:.0} ms, decoding {:.0} ms\n",
         generation.trace.text_seconds * 1e3,
         generation.trace.steps.len(),
-        generation.trace.steps.iter().map(|s| s.seconds).sum::<f64>() * 1e3,
+        generation
+            .trace
+            .steps
+            .iter()
+            .map(|s| s.seconds)
+            .sum::<f64>()
+            * 1e3,
         generation.trace.decode_seconds * 1e3
     );
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Classifier-free guidance, with the actual numbers");
     let norms = generation.trace.guidance_norms();
-    let mut table = Table::new(["step", "t", "rms(eps_uncond)", "rms(eps_cond)", "rms(eps_cond - eps_uncond)", "rms(7.5 x difference)"]);
+    let mut table = Table::new([
+        "step",
+        "t",
+        "rms(eps_uncond)",
+        "rms(eps_cond)",
+        "rms(eps_cond - eps_uncond)",
+        "rms(7.5 x difference)",
+    ]);
     for (i, (t, u, c, d)) in norms.iter().enumerate() {
         if i % 5 == 0 || i + 1 == norms.len() {
             table.row([
@@ -146,7 +192,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ---------------------------------------------------------------------------------------
     nb.cell("A guidance sweep");
     let scales = [0.0, 1.0, 3.0, 7.5, 15.0];
-    let sweep_prompts = ["a red circle", "a blue square", "a yellow triangle", "a green star"];
+    let sweep_prompts = [
+        "a red circle",
+        "a blue square",
+        "a yellow triangle",
+        "a green star",
+    ];
     let mut tiles = Vec::new();
     for p in sweep_prompts {
         for &s in &scales {
@@ -157,25 +208,49 @@ fn run(args: Args) -> anyhow::Result<()> {
                 ..base.clone()
             })?;
             // ANCHOR_END: sweep
-            tiles.push(tile(&g.images[0], &[p.to_string(), format!("guidance {s}")]));
+            tiles.push(tile(
+                &g.images[0],
+                &[p.to_string(), format!("guidance {s}")],
+            ));
         }
     }
-    save_png(&labelled_grid(&tiles, scales.len(), Some(&format!("one seed ({}), five guidance scales", args.seed)))?, &out.join("guidance_sweep.png"))?;
+    save_png(
+        &labelled_grid(
+            &tiles,
+            scales.len(),
+            Some(&format!("one seed ({}), five guidance scales", args.seed)),
+        )?,
+        &out.join("guidance_sweep.png"),
+    )?;
     // Measured on every seen (colour, shape) pair of four colours.
     let prompts: Vec<String> = [Color::Red, Color::Blue, Color::Yellow, Color::Green]
         .iter()
         .flat_map(|&c| Shape::ALL.iter().map(move |&s| pair_prompt(c, s)))
         .collect();
-    let mut table = Table::new(["guidance scale", "colour right", "shape right", "CLIP cosine"]);
+    let mut table = Table::new([
+        "guidance scale",
+        "colour right",
+        "shape right",
+        "CLIP cosine",
+    ]);
     for &s in &scales {
         let report = evaluate(
             &pipe,
             &prompts,
-            &GenerateRequest { guidance_scale: s, num_images: args.per_prompt as usize, ..base.clone() },
+            &GenerateRequest {
+                guidance_scale: s,
+                num_images: args.per_prompt as usize,
+                ..base.clone()
+            },
             &mut |_, _, _| {},
         )?;
         let all = &report.groups.last().expect("the 'all' group").1;
-        table.row([format!("{s}"), pct(all.color), pct(all.shape), format!("{:.3}", all.clip_similarity)]);
+        table.row([
+            format!("{s}"),
+            pct(all.color),
+            pct(all.shape),
+            format!("{:.3}", all.clip_similarity),
+        ]);
     }
     println!("{table}\n");
     write_md("guidance_sweep.md", &table.to_markdown())?;
@@ -198,7 +273,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let negatives = ["", "a red circle", "a blue circle"];
     // ANCHOR_END: negative
     let mut tiles = Vec::new();
-    let mut table = Table::new(["negative prompt", "largest object's colour in 8 pictures of \"a circle\""]);
+    let mut table = Table::new([
+        "negative prompt",
+        "largest object's colour in 8 pictures of \"a circle\"",
+    ]);
     for neg in negatives {
         let g = pipe.generate(&GenerateRequest {
             prompt: "a circle".into(),
@@ -208,24 +286,48 @@ fn run(args: Args) -> anyhow::Result<()> {
         })?;
         let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
         for img in &g.images {
-            let name = detect(img).first().map_or("nothing".to_string(), |d| d.color.word().to_string());
+            let name = detect(img)
+                .first()
+                .map_or("nothing".to_string(), |d| d.color.word().to_string());
             *counts.entry(name).or_default() += 1;
         }
         table.row([
-            if neg.is_empty() { "(empty)".to_string() } else { format!("{neg:?}") },
-            counts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+            if neg.is_empty() {
+                "(empty)".to_string()
+            } else {
+                format!("{neg:?}")
+            },
+            counts
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         ]);
         for img in g.images.iter().take(4) {
-            tiles.push(tile(img, &[if neg.is_empty() { "no negative".into() } else { format!("not {neg:?}") }]));
+            tiles.push(tile(
+                img,
+                &[if neg.is_empty() {
+                    "no negative".into()
+                } else {
+                    format!("not {neg:?}")
+                }],
+            ));
         }
     }
     println!("{table}\n");
     write_md("negative.md", &table.to_markdown())?;
-    save_png(&labelled_grid(&tiles, 4, Some("\"a circle\" with three negative prompts"))?, &out.join("negative.png"))?;
+    save_png(
+        &labelled_grid(&tiles, 4, Some("\"a circle\" with three negative prompts"))?,
+        &out.join("negative.png"),
+    )?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Seeds");
-    let g = pipe.generate(&GenerateRequest { prompt: "a blue square".into(), num_images: 8, ..base.clone() })?;
+    let g = pipe.generate(&GenerateRequest {
+        prompt: "a blue square".into(),
+        num_images: 8,
+        ..base.clone()
+    })?;
     let claim = parse_claim("a blue square").expect("a readable prompt");
     let tiles: Vec<Tile> = g
         .images
@@ -239,18 +341,35 @@ fn run(args: Args) -> anyhow::Result<()> {
                 (0, 1) => "shape only",
                 _ => "wrong",
             };
-            tile(img, &[format!("seed {}", args.seed + k as u64), verdict.to_string()])
+            tile(
+                img,
+                &[
+                    format!("seed {}", args.seed + k as u64),
+                    verdict.to_string(),
+                ],
+            )
         })
         .collect();
-    save_png(&labelled_grid(&tiles, 8, Some("\"a blue square\", eight seeds"))?, &out.join("seeds.png"))?;
+    save_png(
+        &labelled_grid(&tiles, 8, Some("\"a blue square\", eight seeds"))?,
+        &out.join("seeds.png"),
+    )?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("img2img: where the two processes meet");
     let source = sample_at(&WorldConfig::default(), args.seed, 3);
     let source_img = render(&source.scene, 32);
     let strengths = [0.2, 0.4, 0.6, 0.8, 1.0];
-    let mut tiles = vec![tile(&source_img, &["input".into(), source.caption.chars().take(22).collect()])];
-    let mut table = Table::new(["strength", "steps run", "first t", "pixels changed (mean |diff| / 255)"]);
+    let mut tiles = vec![tile(
+        &source_img,
+        &["input".into(), source.caption.chars().take(22).collect()],
+    )];
+    let mut table = Table::new([
+        "strength",
+        "steps run",
+        "first t",
+        "pixels changed (mean |diff| / 255)",
+    ]);
     for &strength in &strengths {
         // ANCHOR: img2img
         let g = pipe.generate(&GenerateRequest {
@@ -272,10 +391,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.0}", g.trace.steps[0].t),
             format!("{diff:.1}"),
         ]);
-        tiles.push(tile(&g.images[0], &[format!("strength {strength}"), "\"a blue square\"".into()]));
+        tiles.push(tile(
+            &g.images[0],
+            &[format!("strength {strength}"), "\"a blue square\"".into()],
+        ));
     }
     println!("{table}\n");
     write_md("img2img.md", &table.to_markdown())?;
-    save_png(&labelled_grid(&tiles, tiles.len(), None)?, &out.join("img2img.png"))?;
+    save_png(
+        &labelled_grid(&tiles, tiles.len(), None)?,
+        &out.join("img2img.png"),
+    )?;
     Ok(())
 }

@@ -54,6 +54,9 @@ pub struct UnetArgs {
     /// Distinct training images (VAE-encoded once and cached).
     #[arg(long, default_value_t = UNetTrainConfig::default().dataset_size)]
     pub dataset_size: usize,
+    /// Min-SNR loss weighting: weight each sample by min(SNR, gamma) / SNR (0 = plain MSE).
+    #[arg(long, default_value_t = 5.0)]
+    pub snr_gamma: f64,
     /// Seed of the initial weights, the data and the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -409,6 +412,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         lr: args.lr,
         seed: args.seed,
         dataset_size: args.dataset_size,
+        snr_gamma: (args.snr_gamma > 0.0).then_some(args.snr_gamma),
         warmup: (args.steps / 20).clamp(1, UNetTrainConfig::default().warmup),
         checkpoint_every: UNetTrainConfig::default()
             .checkpoint_every
@@ -605,6 +609,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
                 UNetTrainConfig::default().batch_size
             },
             lr: UNetTrainConfig::default().lr,
+            snr_gamma: UNetTrainConfig::default().snr_gamma.unwrap_or(0.0),
             dataset_size: if args.tiny {
                 200
             } else {

@@ -188,7 +188,8 @@ impl TextToImage {
                 scheduler.add_noise(&x0, &noise, timesteps[0])?
             }
         };
-        let mut step_rng = crate::support::seeded_rng(req.step_seed.unwrap_or(req.seed ^ 0x5EED_57E9));
+        let mut step_rng =
+            crate::support::seeded_rng(req.step_seed.unwrap_or(req.seed ^ 0x5EED_57E9));
         let guided = (req.guidance_scale - 1.0).abs() > 1e-12;
         let mut steps = Vec::with_capacity(timesteps.len());
         // 3. The denoising loop.

@@ -51,6 +51,11 @@ pub struct UNetTrainConfig {
     pub dataset_size: usize,
     /// Checkpoint (and sample grid) every this many steps.
     pub checkpoint_every: usize,
+    /// Min-SNR loss weighting (Hang et al. 2023): sample i's squared error is weighted by
+    /// `min(SNR(t_i), gamma) / SNR(t_i)`, so the nearly clean timesteps, whose noise is hardest
+    /// to see and matters least for the picture, stop dominating the gradient. None: plain MSE.
+    #[serde(default)]
+    pub snr_gamma: Option<f64>,
 }
 
 impl Default for UNetTrainConfig {
@@ -67,6 +72,7 @@ impl Default for UNetTrainConfig {
             caption_dropout: 0.1,
             dataset_size: 40_000,
             checkpoint_every: 250,
+            snr_gamma: Some(5.0),
         }
     }
 }
@@ -113,8 +119,18 @@ pub fn latent_dataset(
     cache: Option<&Path>,
 ) -> Result<LatentDataset> {
     let world = WorldConfig::default();
+    // The key names the VAE by its config and by its latents for one probe image, so a
+    // retrained VAE never reuses another's cache.
+    let probe = images_tensor(
+        &[render(
+            &sample_at(&world, seed, 0).scene,
+            vae.config.sample_size as u32,
+        )],
+        &Device::Cpu,
+    )?;
+    let probe = vae.encode(&probe)?.mode().flatten_all()?.to_vec1::<f32>()?;
     let key = format!(
-        "{}|{seed}|{n}",
+        "{}|{seed}|{n}|{probe:?}",
         serde_json::to_string(&vae.config).unwrap_or_default()
     );
     if let Some(path) = cache.filter(|p| p.exists()) {
@@ -295,8 +311,18 @@ pub fn train_unet(
                                                                // 4. The gap, per sample (for the per-t statistics) and overall.
         let per_sample = (&eps_hat - &eps)?.sqr()?.flatten_from(1)?.mean(1)?; // (B,)
         let loss = per_sample.mean_all()?;
+        let objective = match cfg.snr_gamma {
+            Some(gamma) => {
+                let w: Vec<f32> = ts
+                    .iter()
+                    .map(|&t| (schedule.snr(t).min(gamma) / schedule.snr(t)) as f32)
+                    .collect();
+                (&per_sample * Tensor::from_vec(w, cfg.batch_size, &dev)?)?.mean_all()?
+            }
+            None => loss.clone(),
+        };
         // 5. Update: gradients, clipping, AdamW, then the EMA.
-        let mut grads = loss.backward()?;
+        let mut grads = objective.backward()?;
         clip_grad_norm(&mut grads, &plain, cfg.max_grad_norm)?;
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr);
         opt.update(&grads, lr)?;
