@@ -47,6 +47,9 @@ struct Args {
     /// The prompt every cell draws.
     #[arg(long, default_value = "a yellow circle")]
     prompt: String,
+    /// Step counts every sampler is run at (the largest also sets the DDPM/DDIM comparison).
+    #[arg(long, value_delimiter = ',', default_value = "5,10,25,50")]
+    steps: Vec<usize>,
     /// Steps of the reference solution the samplers are measured against.
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u16).range(50..=1000).map(usize::from))]
     reference_steps: usize,
@@ -167,12 +170,19 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Dice or no dice: DDPM and DDIM");
+    let most = args
+        .steps
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(50)
+        .clamp(1, 1000);
     // ANCHOR: ddpm_vs_ddim
     let run_with = |sampler: SamplerKind, step_seed: u64| -> anyhow::Result<Generation> {
         Ok(pipe.generate(&GenerateRequest {
             step_seed: Some(step_seed),
             num_images: 4,
-            ..request(sampler, 50)
+            ..request(sampler, most)
         })?)
     };
     let ddpm = [
@@ -254,7 +264,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         num_images: 4,
         ..request(SamplerKind::Ddim, 0)
     })?;
-    let counts = [5usize, 10, 25, 50];
+    let counts = args.steps.clone();
     let mut tiles = Vec::new();
     let mut table = Table::new(
         std::iter::once("sampler".to_string())
@@ -308,8 +318,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     // ---------------------------------------------------------------------------------------
     nb.cell("Coarse to fine");
     // ANCHOR: trajectory
-    let g = pipe.generate(&request(SamplerKind::Ddim, 25))?;
-    let shown: Vec<usize> = vec![0, 3, 6, 9, 12, 15, 18, 21, 24];
+    let n = 25.min(most);
+    let g = pipe.generate(&request(SamplerKind::Ddim, n))?;
+    let mut shown: Vec<usize> = (0..9).map(|k| k * (n - 1) / 8).collect(); // 0, 3, ..., 24
+    shown.dedup();
     let mut tiles = Vec::new();
     for row in ["x_t", "x0_hat"] {
         for &i in &shown {
@@ -328,7 +340,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         &labelled_grid(&tiles, shown.len(), None)?,
         &out.join("trajectory.png"),
     )?;
-    let final_x0 = &g.trace.steps[24].pred_x0;
+    let final_x0 = &g.trace.steps[n - 1].pred_x0;
     let mut table = Table::new(["step", "t", "RMS(x0_hat - final x0_hat)"]);
     for &i in &shown {
         let s = &g.trace.steps[i];

@@ -21,7 +21,7 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
     (
         "ch03",
         env!("CARGO_BIN_EXE_ch03_reverse_sampling"),
-        &["--reference-steps", "50"],
+        &["--reference-steps", "50", "--steps", "2,4"],
     ),
     (
         "ch04",
