@@ -255,3 +255,88 @@ fn detector_reads_colour_and_shape_of_rendered_objects() {
         "large shapes right in {large_shape} of {large}"
     );
 }
+
+#[test]
+fn prompts_parse_back_into_claims() {
+    use inkdrop::shapes::caption::parse_claim;
+    use inkdrop::shapes::scene::{Background, Color, Position, Relation, Shape, Size};
+    let c = parse_claim("a small red circle above a blue square on a black background").unwrap();
+    assert_eq!(c.objects.len(), 2);
+    assert_eq!(c.relation, Some(Relation::Above));
+    assert_eq!(c.background, Some(Background::Black));
+    assert_eq!(
+        (c.objects[0].color, c.objects[0].shape, c.objects[0].size),
+        (Some(Color::Red), Some(Shape::Circle), Some(Size::Small))
+    );
+    assert_eq!(
+        (c.objects[1].color, c.objects[1].shape),
+        (Some(Color::Blue), Some(Shape::Square))
+    );
+    let c = parse_claim("A white star at the top left").unwrap();
+    assert_eq!(c.objects[0].position, Some(Position::TopLeft));
+    assert_eq!(c.objects[0].color, Some(Color::White));
+    assert_eq!(
+        parse_claim("a red circle left of a green star")
+            .unwrap()
+            .relation,
+        Some(Relation::LeftOf)
+    );
+    assert!(parse_claim("an astronaut riding a horse").is_none());
+    // Every training caption reads back as the claim it was made from.
+    let w = WorldConfig::default();
+    for i in 0..300 {
+        let s = sample_at(&w, 8, i);
+        assert_eq!(
+            parse_claim(&s.caption).as_ref(),
+            Some(&s.claim),
+            "{}",
+            s.caption
+        );
+    }
+}
+
+#[test]
+fn the_prompt_check_passes_true_prompts_and_fails_false_ones() {
+    use inkdrop::pipeline::eval::check_image;
+    use inkdrop::shapes::caption::parse_claim;
+    let w = WorldConfig::default();
+    let (mut right, mut total, mut wrong) = (0, 0, 0);
+    for i in 0..200 {
+        let s = sample_at(&w, 11, i);
+        let img = render(&s.scene, 32);
+        let objs = &s.scene.objects;
+        // A prompt naming the true colours and shapes (and the true relation for two).
+        let truth = match objs.as_slice() {
+            [a] => format!("a {} {}", a.color.word(), a.shape.word()),
+            [a, b] => format!(
+                "a {} {} {} a {} {}",
+                a.color.word(),
+                a.shape.word(),
+                inkdrop::shapes::caption::relation_of(a, b).word(),
+                b.color.word(),
+                b.shape.word()
+            ),
+            _ => unreachable!(),
+        };
+        let c = check_image(&parse_claim(&truth).unwrap(), &img);
+        right += c.color.hits + c.shape.hits + c.relation.hits;
+        total += c.color.total + c.shape.total + c.relation.total;
+        // A colour the picture does not have is never found.
+        let absent = inkdrop::shapes::scene::Color::ALL
+            .iter()
+            .find(|col| {
+                objs.iter().all(|o| o.color != **col) && col.rgb() != s.scene.background.rgb()
+            })
+            .unwrap();
+        let c = check_image(
+            &parse_claim(&format!("a {} circle", absent.word())).unwrap(),
+            &img,
+        );
+        wrong += c.color.hits;
+    }
+    assert_eq!(wrong, 0);
+    assert!(
+        right as f64 / total as f64 > 0.9,
+        "{right}/{total} checks pass on true prompts"
+    );
+}
