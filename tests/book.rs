@@ -16,7 +16,7 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
     (
         "ch02",
         env!("CARGO_BIN_EXE_ch02_noise_prediction"),
-        &["--steps", "20"],
+        &["--steps", "20", "--live-steps", "5"],
     ),
     (
         "ch03",
