@@ -1,5 +1,6 @@
 //! The commands of the `inkdrop` binary, one file each.
 
+mod attention;
 mod check_unet;
 mod dataset;
 mod eval;
@@ -41,6 +42,8 @@ pub enum Command {
     CheckUnet(check_unet::CheckArgs),
     /// Turn a prompt into pictures: text encoder, denoising loop with guidance, VAE decoder.
     Generate(generate::GenerateArgs),
+    /// Where each word of the prompt looks: cross-attention heat maps over the generated picture.
+    Attention(attention::AttentionArgs),
     /// Generate for a prompt set and score colour, shape and relation against the prompts.
     Eval(eval::EvalArgs),
     /// Show which timesteps a sampler visits, with alpha_bar_t and sigma_t.
@@ -59,5 +62,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(&args),
         Command::Timesteps(args) => timesteps::run(&args),
         Command::Eval(args) => eval::run(&args),
+        Command::Attention(args) => attention::run(&args),
     }
 }

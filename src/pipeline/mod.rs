@@ -14,6 +14,7 @@
 //! three noise predictions, the predicted x0, timings and, on request, the cross-attention
 //! maps), which the chapters, the book and `inkdrop explore` all read.
 
+pub mod attention;
 pub mod eval;
 mod trace;
 

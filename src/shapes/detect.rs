@@ -53,10 +53,10 @@ pub fn background(img: &RgbImage) -> Background {
         .unwrap_or(&Background::Gray)
 }
 
-/// The objects in `img`, largest first.
-pub fn detect(img: &RgbImage) -> Vec<Detected> {
+/// The pixels of each object colour, read with the palette: a pixel belongs to the nearest
+/// object colour if it is close enough and closer than the background.
+pub fn color_masks(img: &RgbImage) -> Vec<(Color, Vec<(u32, u32)>)> {
     let bg = background(img);
-    let (w, h) = img.dimensions();
     let mut masks: Vec<(Color, Vec<(u32, u32)>)> =
         Color::ALL.iter().map(|&c| (c, Vec::new())).collect();
     for (x, y, p) in img.enumerate_pixels() {
@@ -72,7 +72,13 @@ pub fn detect(img: &RgbImage) -> Vec<Detected> {
             }
         }
     }
-    let mut found: Vec<Detected> = masks
+    masks
+}
+
+/// The objects in `img`, largest first.
+pub fn detect(img: &RgbImage) -> Vec<Detected> {
+    let (w, h) = img.dimensions();
+    let mut found: Vec<Detected> = color_masks(img)
         .into_iter()
         .filter(|(_, m)| m.len() >= MIN_PIXELS)
         .map(|(color, m)| {
