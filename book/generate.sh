@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins
-for bin in ch01_forward_noising ch02_noise_prediction ch03_reverse_sampling ch04_clip_similarity ch06_latent_space ch07_text_to_image; do
+for bin in ch01_forward_noising ch02_noise_prediction ch03_reverse_sampling ch04_clip_similarity ch05_cross_attention ch06_latent_space ch07_text_to_image; do
   echo "== $bin --book"
   "target/release/$bin" --book > /dev/null
 done

@@ -29,6 +29,11 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
         &["--demo-steps", "3", "--per-pair", "2"],
     ),
     (
+        "ch05",
+        env!("CARGO_BIN_EXE_ch05_cross_attention"),
+        &["--steps", "3", "--seeds", "1"],
+    ),
+    (
         "ch06",
         env!("CARGO_BIN_EXE_ch06_latent_space"),
         &["--eval-images", "20"],
