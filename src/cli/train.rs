@@ -114,9 +114,10 @@ pub struct VaeArgs {
     /// Seed of the initial weights, the data stream and the sampled z.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Initial log-variance of the posterior (the bias of quant_conv's logvar half): -6 starts
-    /// the posterior narrow, so the decoder sees the encoder's mean rather than noise.
-    #[arg(long, allow_negative_numbers = true, default_value_t = -6.0)]
+    /// Initial log-variance of the posterior (the bias of quant_conv's logvar half): 0 starts
+    /// with unit noise on the latents, so the decoder learns to tolerate small changes in them
+    /// (what the diffusion model will need); -6 starts narrow and reconstructs sooner.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
     pub init_logvar: f64,
     /// Where to write the trained model [default: data/vae.safetensors].
     #[arg(long)]
@@ -589,7 +590,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             lr: VaeTrainConfig::default().lr,
             kl_weight: VaeTrainConfig::default().kl_weight,
             seed: args.seed,
-            init_logvar: -6.0,
+            init_logvar: 0.0,
             out: Some(vae.clone()),
             checkpoint: Some(ckpt("vae")),
             resume: false,
