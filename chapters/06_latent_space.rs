@@ -203,11 +203,28 @@ fn run(args: Args) -> anyhow::Result<()> {
     ]);
     println!("{shapes}\n");
     write_md("shapes.md", &shapes.to_markdown())?;
+    // Decode a sampled z too, and compare the two pictures.
+    let mut noise_rng = seeded_rng(args.seed + 60);
+    let sampled = vae.decode(&dist.sample(&randn_tensor(z.dims(), &mut noise_rng, &dev)?)?)?;
+    let from_mean = tensor_images(&recon.clamp(-1f32, 1f32)?)?;
+    let from_sample = tensor_images(&sampled.clamp(-1f32, 1f32)?)?;
+    let sample_psnr = from_mean
+        .iter()
+        .zip(&from_sample)
+        .map(|(a, b)| psnr(a, b))
+        .sum::<f64>()
+        / from_mean.len() as f64;
+    let verdict = if sample_psnr >= 30.0 {
+        "nearly the same picture"
+    } else {
+        "a visibly different picture"
+    };
     let posterior = format!(
         "Channels per level {:?}, {} ResnetBlock2D per encoder level, {} per decoder level, \
-         self-attention in the middle at {}x{}. The encoder is sure of itself: the posterior's \
-         standard deviation exp(logvar / 2) averages {posterior_std:.4}, so sampling z or \
-         taking the mean gives nearly the same picture.",
+         self-attention in the middle at {}x{}. The posterior's standard deviation \
+         exp(logvar / 2) averages {posterior_std:.2}: a sampled z sits a little off the mean, \
+         and decoding it gives {verdict} ({sample_psnr:.1} dB PSNR between the decodings of the \
+         mean and of a sample, averaged over these 8 images).",
         cfg.block_out_channels,
         cfg.layers_per_block,
         cfg.layers_per_block + 1,

@@ -186,11 +186,10 @@ pub fn overlay(img: &RgbImage, map: &[f32], size: usize, k: u32) -> RgbImage {
         let my = (y as usize * size / h as usize).min(size - 1);
         let m = map[my * size + mx].clamp(0.0, 1.0);
         let p = big.get_pixel(x, y).0;
-        let gray = (0.3 * f32::from(p[0]) + 0.59 * f32::from(p[1]) + 0.11 * f32::from(p[2])) * 0.6;
         let heat = [255.0, 255.0 * (m * 1.6 - 0.6).clamp(0.0, 1.0), 0.0];
-        let a = 0.8 * m * m;
+        let a = 0.75 * m * m;
         Rgb(std::array::from_fn(|c| {
-            (gray * (1.0 - a) + heat[c] * a).round() as u8
+            (0.6 * f32::from(p[c]) * (1.0 - a) + heat[c] * a).round() as u8
         }))
     })
 }
