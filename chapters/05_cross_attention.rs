@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Uses the shipped models in `data/`. Cells match the sections of
-//! `book/src/ch05_cross_attention.md`. Leaves out: prompt-to-prompt style interventions (editing
-//! the maps during sampling), which need a hook inside the attention layers.
+//! `book/src/ch05_cross_attention.md`. Leaves out: prompt-to-prompt's word swap (replacing a word
+//! while keeping the other words' maps); its re-weighting of one word is here.
 
 use std::path::PathBuf;
 
@@ -344,6 +344,39 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("{text}");
     write_md("localisation.md", &text)?;
+
+    // ---------------------------------------------------------------------------------------
+    nb.cell("Turning one word down and up");
+    let prompt = "a red circle";
+    let e = pipe.clip.tokenizer.encode(prompt)?;
+    let red = e.tokens.iter().position(|t| t == "red</w>").unwrap_or(2);
+    let scales = [0.0, 0.5, 1.0, 2.0, 4.0];
+    let mut tiles = Vec::new();
+    let mut table = Table::new(["attention to \"red\" x", "largest object red (of 8)", "colours of the largest objects"]);
+    for &scale in &scales {
+        // ANCHOR: reweight
+        let g = pipe.generate(&GenerateRequest {
+            prompt: prompt.into(),
+            num_images: 8,
+            attention_reweight: Some((red, scale)), // P[:, :, :, red] *= scale, prompt branch only
+            record_attention: false,
+            ..base.clone()
+        })?;
+        // ANCHOR_END: reweight
+        let colours: Vec<String> = g
+            .images
+            .iter()
+            .map(|img| inkdrop::shapes::detect::detect(img).first().map_or("none".into(), |d| d.color.word().to_string()))
+            .collect();
+        let reds = colours.iter().filter(|c| *c == "red").count();
+        table.row([format!("{scale}"), reds.to_string(), colours.join(", ")]);
+        for img in g.images.iter().take(4) {
+            tiles.push(Tile { image: enlarge(img, 4), caption: vec![format!("\"red\" x {scale}")] });
+        }
+    }
+    println!("{table}\n");
+    write_md("reweight.md", &table.to_markdown())?;
+    save_png(&labelled_grid(&tiles, 4, Some("\"a red circle\", the same four seeds, attention to \"red\" scaled"))?, &out.join("reweight.png"))?;
     Ok(())
 }
 

@@ -80,6 +80,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         num_images: args.num_images,
         init_image,
         record_attention: false,
+        attention_reweight: None,
     };
     req.validate()?;
     if args.prompt.trim().is_empty() {

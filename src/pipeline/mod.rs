@@ -29,7 +29,7 @@ pub use trace::{Trace, TraceStep};
 use crate::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
 use crate::noising::randn_tensor;
 use crate::schedulers::{SamplerKind, SchedulerConfig};
-use crate::unet::attention::AttentionRecorder;
+use crate::unet::attention::{AttentionRecorder, Reweight};
 use crate::unet::bundle::{default_unet_path, UNetBundle};
 use crate::vae::bundle::{default_vae_path, VaeBundle};
 use crate::{Error, Result};
@@ -63,6 +63,8 @@ pub struct GenerateRequest {
     pub init_image: Option<(RgbImage, f64)>,
     /// Keep the cross-attention maps of every step in the trace.
     pub record_attention: bool,
+    /// Prompt-to-prompt re-weighting: (token position, scale) applied to the prompt's branch.
+    pub attention_reweight: Option<(usize, f64)>,
 }
 
 impl Default for GenerateRequest {
@@ -79,6 +81,7 @@ impl Default for GenerateRequest {
             num_images: 1,
             init_image: None,
             record_attention: false,
+            attention_reweight: None,
         }
     }
 }
@@ -196,7 +199,15 @@ impl TextToImage {
         // 3. The denoising loop.
         for (i, &t) in timesteps.iter().enumerate() {
             let step_started = Instant::now();
-            let recorder = req.record_attention.then(AttentionRecorder::cross);
+            let rows = if guided { (b, b) } else { (0, b) }; // the prompt's rows of the batch
+            let recorder = match (req.record_attention, req.attention_reweight) {
+                (false, None) => None,
+                (record, rw) => Some(AttentionRecorder {
+                    record,
+                    reweight: rw.map(|(token, scale)| Reweight { token, scale, rows }),
+                    ..AttentionRecorder::default()
+                }),
+            };
             let input = scheduler.scale_model_input(&x, t)?;
             let (eps_uncond, eps_cond) = if guided {
                 // Both branches in one batch: (2B, 4, h, w).

@@ -27,17 +27,50 @@ pub struct AttentionMap {
     pub probs: Tensor,
 }
 
-/// Collects attention maps during a forward pass; cross-attention only unless `self_attention`.
-#[derive(Debug, Default)]
+/// Prompt-to-prompt style re-weighting (Hertz et al. 2022): multiply the cross-attention every
+/// position pays to one text token by `scale` (0 silences the word, 2 doubles it), in batch
+/// rows `rows.0 .. rows.0 + rows.1` only (the conditional half when guidance batches both).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reweight {
+    pub token: usize,
+    pub scale: f64,
+    pub rows: (usize, usize),
+}
+
+/// Collects attention maps during a forward pass (cross-attention only unless
+/// `self_attention`; nothing unless `record`), and optionally edits the cross-attention.
+#[derive(Debug)]
 pub struct AttentionRecorder {
+    pub record: bool,
     pub self_attention: bool,
+    pub reweight: Option<Reweight>,
     pub maps: RefCell<Vec<AttentionMap>>,
+}
+
+impl Default for AttentionRecorder {
+    fn default() -> Self {
+        Self {
+            record: true,
+            self_attention: false,
+            reweight: None,
+            maps: RefCell::new(Vec::new()),
+        }
+    }
 }
 
 impl AttentionRecorder {
     /// A recorder for cross-attention maps.
     pub fn cross() -> Self {
         Self::default()
+    }
+
+    /// No recording, only the re-weighting.
+    pub fn reweighting(reweight: Reweight) -> Self {
+        Self {
+            record: false,
+            reweight: Some(reweight),
+            ..Self::default()
+        }
     }
 
     /// Takes the maps recorded so far.
@@ -102,8 +135,11 @@ impl Attention {
         let q = split((self.to_q.forward(x)? * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
         let k = split(self.to_k.forward(kv_src)?, t)?; // (B, h, T, d)
         let v = split(self.to_v.forward(kv_src)?, t)?; // (B, h, T, d)
-        let probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
-        if let Some(rec) = rec {
+        let mut probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
+        if let (Some(rw), Some(_)) = (rec.and_then(|r| r.reweight), context) {
+            probs = reweight(&probs, rw)?;
+        }
+        if let Some(rec) = rec.filter(|r| r.record) {
             if context.is_some() || rec.self_attention {
                 rec.maps.borrow_mut().push(AttentionMap {
                     name: self.name.clone(),
@@ -120,6 +156,34 @@ impl Attention {
             .reshape((b, n, c))?; // (B, N, C)
         self.to_out.forward(&out)
     }
+}
+
+/// `P[rows, :, :, token] *= scale`, the other entries unchanged (no renormalisation, as in
+/// prompt-to-prompt's re-weighting).
+fn reweight(probs: &Tensor, rw: Reweight) -> Result<Tensor> {
+    let (b, _, _, t) = probs.dims4()?;
+    if rw.token >= t || rw.rows.0 + rw.rows.1 > b {
+        candle_core::bail!(
+            "re-weighting token {} of rows {:?}: the attention has {t} tokens and {b} rows",
+            rw.token,
+            rw.rows
+        );
+    }
+    let w: Vec<f32> = (0..t)
+        .map(|i| if i == rw.token { rw.scale as f32 } else { 1.0 })
+        .collect();
+    let w = Tensor::from_vec(w, (1, 1, 1, t), probs.device())?;
+    let (start, len) = rw.rows;
+    let edited = probs.narrow(0, start, len)?.broadcast_mul(&w)?;
+    let mut parts = Vec::new();
+    if start > 0 {
+        parts.push(probs.narrow(0, 0, start)?);
+    }
+    parts.push(edited);
+    if start + len < b {
+        parts.push(probs.narrow(0, start + len, b - start - len)?);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 /// GEGLU feed-forward: `net.2(h * gelu(gate))` with `[h, gate] = net.0.proj(x)` (4x wider).
