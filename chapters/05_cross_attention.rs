@@ -352,7 +352,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let red = e.tokens.iter().position(|t| t == "red</w>").unwrap_or(2);
     let scales = [0.0, 0.5, 1.0, 2.0, 4.0];
     let mut tiles = Vec::new();
-    let mut table = Table::new(["attention to \"red\" x", "largest object red (of 8)", "colours of the largest objects"]);
+    let mut table = Table::new([
+        "attention to \"red\" x",
+        "largest object red (of 8)",
+        "colours of the largest objects",
+    ]);
     for &scale in &scales {
         // ANCHOR: reweight
         let g = pipe.generate(&GenerateRequest {
@@ -366,17 +370,31 @@ fn run(args: Args) -> anyhow::Result<()> {
         let colours: Vec<String> = g
             .images
             .iter()
-            .map(|img| inkdrop::shapes::detect::detect(img).first().map_or("none".into(), |d| d.color.word().to_string()))
+            .map(|img| {
+                inkdrop::shapes::detect::detect(img)
+                    .first()
+                    .map_or("none".into(), |d| d.color.word().to_string())
+            })
             .collect();
         let reds = colours.iter().filter(|c| *c == "red").count();
         table.row([format!("{scale}"), reds.to_string(), colours.join(", ")]);
         for img in g.images.iter().take(4) {
-            tiles.push(Tile { image: enlarge(img, 4), caption: vec![format!("\"red\" x {scale}")] });
+            tiles.push(Tile {
+                image: enlarge(img, 4),
+                caption: vec![format!("\"red\" x {scale}")],
+            });
         }
     }
     println!("{table}\n");
     write_md("reweight.md", &table.to_markdown())?;
-    save_png(&labelled_grid(&tiles, 4, Some("\"a red circle\", the same four seeds, attention to \"red\" scaled"))?, &out.join("reweight.png"))?;
+    save_png(
+        &labelled_grid(
+            &tiles,
+            4,
+            Some("\"a red circle\", the same four seeds, attention to \"red\" scaled"),
+        )?,
+        &out.join("reweight.png"),
+    )?;
     Ok(())
 }
 

@@ -318,3 +318,62 @@ mod training {
         );
     }
 }
+
+#[test]
+fn reweighting_one_token_edits_only_the_chosen_rows_and_token() {
+    use inkdrop::unet::attention::Reweight;
+    let cfg = UNetConfig::test();
+    let (unet, _) = model(&cfg, 0);
+    let x = rand(&[2, 4, 8, 8], 1);
+    let t = Tensor::new(&[10f32, 20.0], &Device::Cpu).unwrap();
+    let ctx = rand(&[2, 16, cfg.cross_attention_dim], 2);
+    let plain = unet.forward(&x, &t, &ctx, None).unwrap();
+    let run = |scale: f64| {
+        let rec = AttentionRecorder {
+            reweight: Some(Reweight {
+                token: 5,
+                scale,
+                rows: (1, 1),
+            }),
+            ..AttentionRecorder::cross()
+        };
+        let out = unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
+        (out, rec.take())
+    };
+    let diff = |a: &Tensor, b: &Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let (same, _) = run(1.0);
+    assert_eq!(diff(&same, &plain), 0.0, "scale 1 changes nothing");
+    let (silenced, maps) = run(0.0);
+    assert_eq!(
+        diff(&silenced.get(0).unwrap(), &plain.get(0).unwrap()),
+        0.0,
+        "row 0 untouched"
+    );
+    assert!(
+        diff(&silenced.get(1).unwrap(), &plain.get(1).unwrap()) > 1e-6,
+        "row 1 edited"
+    );
+    for m in &maps {
+        let p = m.probs.get(1).unwrap().narrow(2, 5, 1).unwrap(); // (heads, HW, 1)
+        assert_eq!(
+            p.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        let kept = m.probs.get(0).unwrap().narrow(2, 5, 1).unwrap();
+        assert!(kept.max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    }
+}
