@@ -132,6 +132,8 @@ fn every_command_has_help() {
         vec!["train", "all", "--help"],
         vec!["generate", "--help"],
         vec!["timesteps", "--help"],
+        vec!["attention", "--help"],
+        vec!["eval", "--help"],
     ] {
         let (out, stdout, _) = run(inkdrop().args(&args));
         assert!(out.status.success() && stdout.contains("Usage"), "{args:?}");
@@ -631,4 +633,42 @@ fn generate_is_reproducible_saves_steps_and_refuses_bad_input() {
         "(0, 1]",
     );
     assert!(!out("bad.png").exists());
+}
+
+#[test]
+fn attention_writes_its_maps_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("att");
+    let (o, stdout, stderr) = run(inkdrop()
+        .args([
+            "attention",
+            "--prompt",
+            "a red circle above a blue square",
+            "--word",
+            "blue",
+            "--num-steps",
+            "3",
+            "--out",
+        ])
+        .arg(&out));
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("7 cross-attention layers x 3 steps") && stdout.contains("\"blue\""),
+        "{stdout}"
+    );
+    for f in ["tokens.png", "steps.png", "blocks.png", "image.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let bad = |extra: &[&str], needle: &str| {
+        let mut cmd = inkdrop();
+        cmd.args(["attention", "--num-steps", "3", "--out"])
+            .arg(dir.path().join("bad"))
+            .args(extra);
+        assert_clear_error(&mut cmd, needle);
+    };
+    bad(&["--word", "zebra"], "is not one token of the prompt");
+    bad(&["--steps", "2..1"], "must not come after");
+    bad(&["--steps", "0..5"], "only 3 steps");
+    bad(&["--steps", "x"], "range like 0..9");
+    bad(&["--token", "99"], "16 tokens");
 }
