@@ -99,7 +99,8 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
     }
     let pipe = TextToImage::load(&args.unet.clone().unwrap_or_else(default_unet_path))?;
     let generation = pipe.generate(&req)?;
-    save_png(&result_grid(&req, &generation)?, &args.out)?;
+    let grid = result_grid(&req, &generation)?;
+    save_png(&grid, &args.out)?;
     let trace = &generation.trace;
     println!(
         "{} picture(s) of {:?} ({} {} steps, guidance {}, seed {}) in {:.2} s \
@@ -120,7 +121,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         let n = save_steps(&pipe, &generation, dir)?;
         println!("wrote {n} step pictures to {}", dir.display());
     }
-    if inkdrop::support::terminal::preview(&result_grid(&req, &generation)?, 60) {
+    if inkdrop::support::terminal::preview(&grid, 60) {
         println!();
     }
     Ok(())

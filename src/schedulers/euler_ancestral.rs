@@ -5,35 +5,29 @@ use candle_core::Tensor;
 use rand::RngCore;
 
 use super::euler::SigmaSteps;
-use super::{alpha_bar_at, index_of, Scheduler, SchedulerConfig, SchedulerOutput};
+use super::{index_of, EulerDiscreteScheduler, Scheduler, SchedulerConfig, SchedulerOutput};
 use crate::noising::randn_tensor;
-use crate::schedule::NoiseSchedule;
 use crate::Result;
 
 /// Euler ancestral: the step from sigma to sigma_next is split into a deterministic Euler step
 /// down to sigma_down < sigma_next and fresh noise of size sigma_up, with
-/// sigma_down^2 + sigma_up^2 = sigma_next^2.
+/// sigma_down^2 + sigma_up^2 = sigma_next^2. Timesteps, sigmas, input scaling and noising are
+/// Euler's own; only `step` differs.
 #[derive(Clone, Debug)]
 pub struct EulerAncestralDiscreteScheduler {
-    pub config: SchedulerConfig,
-    pub schedule: NoiseSchedule,
-    steps: SigmaSteps,
+    euler: EulerDiscreteScheduler,
 }
 
 impl EulerAncestralDiscreteScheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
-        let schedule = NoiseSchedule::new(config.schedule)?;
-        let steps = SigmaSteps::new(&config, &schedule, schedule.num_train_timesteps())?;
         Ok(EulerAncestralDiscreteScheduler {
-            config,
-            schedule,
-            steps,
+            euler: EulerDiscreteScheduler::new(config)?,
         })
     }
 
     /// The noise level of each step, then 0.
     pub fn sigmas(&self) -> &[f64] {
-        &self.steps.sigmas
+        self.euler.sigmas()
     }
 }
 
@@ -43,20 +37,19 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.steps = SigmaSteps::new(&self.config, &self.schedule, n)?;
-        Ok(())
+        self.euler.set_timesteps(n)
     }
 
     fn timesteps(&self) -> &[f64] {
-        &self.steps.timesteps
+        self.euler.timesteps()
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        self.steps.init_noise_sigma(self.config.timestep_spacing)
+        self.euler.init_noise_sigma()
     }
 
     fn scale_model_input(&self, sample: &Tensor, t: f64) -> Result<Tensor> {
-        self.steps.scale_model_input(sample, t)
+        self.euler.scale_model_input(sample, t)
     }
 
     /// ```text
@@ -73,8 +66,9 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         rng: &mut dyn RngCore,
     ) -> Result<SchedulerOutput> {
         // 1. Split the step into a deterministic part and fresh noise.
-        let i = index_of(&self.steps.timesteps, t)?;
-        let (sigma, sigma_next) = (self.steps.sigmas[i], self.steps.sigmas[i + 1]);
+        let i = index_of(self.timesteps(), t)?;
+        let sigmas = self.sigmas();
+        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
         let sigma_up = (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
             / (sigma * sigma))
             .sqrt();
@@ -82,8 +76,12 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
             .max(0.0)
             .sqrt();
         // 2. The clean latent the prediction implies.
-        let x0 =
-            SigmaSteps::pred_original(self.config.prediction_type, model_output, sample, sigma)?;
+        let x0 = SigmaSteps::pred_original(
+            self.euler.config.prediction_type,
+            model_output,
+            sample,
+            sigma,
+        )?;
         // 3. An Euler step down to sigma_down, then noise back up to sigma_next.
         let derivative = ((sample - &x0)? / sigma)?;
         let mut prev = (sample + (derivative * (sigma_down - sigma))?)?;
@@ -97,10 +95,10 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: f64) -> Result<Tensor> {
-        self.steps.add_noise(original, noise, t, self.sigma(t))
+        self.euler.add_noise(original, noise, t)
     }
 
     fn alpha_bar(&self, t: f64) -> f64 {
-        alpha_bar_at(&self.schedule, t)
+        self.euler.alpha_bar(t)
     }
 }
