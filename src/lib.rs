@@ -10,6 +10,7 @@
 
 pub mod clip;
 pub mod error;
+pub mod explore;
 pub mod nn;
 pub mod noising;
 pub mod pipeline;

@@ -4,6 +4,7 @@ mod attention;
 mod check_unet;
 mod dataset;
 mod eval;
+mod explore;
 mod generate;
 mod schedule;
 mod similarity;
@@ -48,6 +49,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Show which timesteps a sampler visits, with alpha_bar_t and sigma_t.
     Timesteps(timesteps::TimestepsArgs),
+    /// Terminal UI: scrub a generation step by step (x_t, predicted x0, noise, attention), or
+    /// with --forward the noising of a picture.
+    Explore(explore::ExploreArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -63,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Timesteps(args) => timesteps::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Attention(args) => attention::run(&args),
+        Command::Explore(args) => explore::run(&args),
     }
 }

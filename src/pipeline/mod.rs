@@ -157,6 +157,16 @@ impl TextToImage {
 
     /// Runs the pipeline. Same request, same bytes.
     pub fn generate(&self, req: &GenerateRequest) -> Result<Generation> {
+        self.generate_with(req, &mut |_, _| {})
+    }
+
+    /// [`Self::generate`], calling `on_step(done, total)` after every denoising step (for
+    /// progress bars).
+    pub fn generate_with(
+        &self,
+        req: &GenerateRequest,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Generation> {
         req.validate()?;
         let dev = Device::Cpu;
         let b = req.num_images;
@@ -254,6 +264,7 @@ impl TextToImage {
                 attention: recorder.map(|r| r.take()).unwrap_or_default(),
             });
             x = out.prev_sample.detach();
+            on_step(i + 1, timesteps.len());
         }
         // 4. Back to pixels.
         let decode_started = Instant::now();
