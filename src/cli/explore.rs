@@ -69,7 +69,7 @@ pub enum Graphics {
 /// Messages from the worker thread.
 enum FromWorker {
     Progress(u64, usize, usize),
-    Done(u64, Result<(ReverseFrames, f64), String>),
+    Done(u64, Box<Result<(ReverseFrames, f64), String>>),
 }
 
 /// Runs generation requests one after another; a burst of requests (say, `+` pressed five
@@ -87,7 +87,7 @@ fn spawn_worker(pipe: TextToImage, tx: Sender<FromWorker>) -> Sender<(u64, Setti
                 let _ = progress.send(FromWorker::Progress(id, done, total));
             })
             .map_err(|e| e.to_string());
-            if tx.send(FromWorker::Done(id, result)).is_err() {
+            if tx.send(FromWorker::Done(id, Box::new(result))).is_err() {
                 break;
             }
         }
@@ -128,10 +128,16 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
         );
     }
     if args.steps == 0 || args.steps > 1000 {
-        bail!("--steps {}: choose 1 to 1000 (30 is a good start)", args.steps);
+        bail!(
+            "--steps {}: choose 1 to 1000 (30 is a good start)",
+            args.steps
+        );
     }
     if !args.guidance_scale.is_finite() || args.guidance_scale < 0.0 {
-        bail!("--guidance-scale {}: use a number >= 0 (1 = no guidance, 7.5 is SD's default)", args.guidance_scale);
+        bail!(
+            "--guidance-scale {}: use a number >= 0 (1 = no guidance, 7.5 is SD's default)",
+            args.guidance_scale
+        );
     }
     let x0 = match &args.image {
         Some(path) => {
@@ -156,8 +162,16 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
         guidance_scale: args.guidance_scale,
         seed: args.seed,
     };
-    let mode = if args.forward { Mode::Forward } else { Mode::Reverse };
-    let mut app = App::new(settings, ForwardFrames::new(x0, args.beta_schedule, 0), mode);
+    let mode = if args.forward {
+        Mode::Forward
+    } else {
+        Mode::Reverse
+    };
+    let mut app = App::new(
+        settings,
+        ForwardFrames::new(x0, args.beta_schedule, 0),
+        mode,
+    );
 
     // The terminal: asked for its graphics protocol before raw mode, restored however we leave.
     let picker = picker(args.graphics);
@@ -193,7 +207,7 @@ fn event_loop(
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 FromWorker::Progress(id, done, total) => app.on_progress(id, done, total),
-                FromWorker::Done(id, result) => app.on_generated(id, result),
+                FromWorker::Done(id, result) => app.on_generated(id, *result),
             }
             dirty = true;
         }
@@ -210,7 +224,9 @@ fn event_loop(
             terminal.draw(|f| ui::draw(f, app, &mut images))?;
             dirty = false;
         }
-        let wait = if images.busy() || matches!(app.status, inkdrop::explore::app::Status::Running { .. }) {
+        let wait = if images.busy()
+            || matches!(app.status, inkdrop::explore::app::Status::Running { .. })
+        {
             Duration::from_millis(15)
         } else if app.playing {
             tick.saturating_sub(last_tick.elapsed())

@@ -27,7 +27,11 @@ pub struct Settings {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Status {
     /// Generation `id` has done `done` of `total` steps.
-    Running { id: u64, done: usize, total: usize },
+    Running {
+        id: u64,
+        done: usize,
+        total: usize,
+    },
     Ready,
     Failed(String),
 }
@@ -111,7 +115,11 @@ pub const KEYMAP: &[Binding] = &[
         bar: Some("on"),
     },
     Binding {
-        keys: &[(KeyCode::Left, SHIFT), (KeyCode::PageUp, NONE), (KeyCode::Char('H'), NONE)],
+        keys: &[
+            (KeyCode::Left, SHIFT),
+            (KeyCode::PageUp, NONE),
+            (KeyCode::Char('H'), NONE),
+        ],
         label: "⇧←/PgUp",
         action: Action::BackTen,
         help: "ten steps back",
@@ -119,7 +127,11 @@ pub const KEYMAP: &[Binding] = &[
         bar: None,
     },
     Binding {
-        keys: &[(KeyCode::Right, SHIFT), (KeyCode::PageDown, NONE), (KeyCode::Char('L'), NONE)],
+        keys: &[
+            (KeyCode::Right, SHIFT),
+            (KeyCode::PageDown, NONE),
+            (KeyCode::Char('L'), NONE),
+        ],
         label: "⇧→/PgDn",
         action: Action::ForwardTen,
         help: "ten steps on",
@@ -247,7 +259,11 @@ pub const KEYMAP: &[Binding] = &[
         bar: Some("help"),
     },
     Binding {
-        keys: &[(KeyCode::Char('q'), NONE), (KeyCode::Esc, NONE), (KeyCode::Char('c'), CTRL)],
+        keys: &[
+            (KeyCode::Char('q'), NONE),
+            (KeyCode::Esc, NONE),
+            (KeyCode::Char('c'), CTRL),
+        ],
         label: "q",
         action: Action::Quit,
         help: "quit (also Esc, Ctrl-C)",
@@ -476,7 +492,11 @@ impl App {
                 return Effect::Generate;
             }
             Action::GuidanceUp | Action::GuidanceDown => {
-                let d = if action == Action::GuidanceUp { 0.5 } else { -0.5 };
+                let d = if action == Action::GuidanceUp {
+                    0.5
+                } else {
+                    -0.5
+                };
                 let g = (self.settings.guidance_scale + d).clamp(0.0, 30.0);
                 if g != self.settings.guidance_scale {
                     self.settings.guidance_scale = g;

@@ -22,8 +22,9 @@ pub fn phase(alpha_bar: f64) -> &'static str {
 pub fn alpha_bar_prev(sampler: SamplerKind, next: Option<f64>) -> f64 {
     match (next, sampler) {
         (Some(a), _) => a,
-        (None, SamplerKind::Ddim) => NoiseSchedule::new(ScheduleConfig::default())
-            .map_or(1.0, |s| s.alpha_bar(0)),
+        (None, SamplerKind::Ddim) => {
+            NoiseSchedule::new(ScheduleConfig::default()).map_or(1.0, |s| s.alpha_bar(0))
+        }
         (None, _) => 1.0,
     }
 }

@@ -8,10 +8,11 @@ use ndarray::Array3;
 
 use crate::noising::{add_noise, randn};
 use crate::pipeline::attention::{overlay, token_heatmaps, MapSelection};
-use crate::pipeline::{TextToImage, Trace};
+use crate::pipeline::Trace;
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 use crate::schedulers::SamplerKind;
 use crate::support::image_io::{from_chw, to_chw};
+use crate::text::tokenizer::Encoding;
 use crate::Result;
 
 /// Which noise prediction the noise panel shows (Tab cycles them).
@@ -57,9 +58,16 @@ pub fn channel_mosaic(latent: &Tensor, range: f32) -> Result<RgbImage> {
     let v: Vec<f32> = latent.flatten_all()?.to_vec1()?;
     let (cols, rows) = (2u32, c.div_ceil(2) as u32);
     let (w32, h32) = (w as u32, h as u32);
-    let mut img = RgbImage::from_pixel(cols * (w32 + 1) - 1, rows * (h32 + 1) - 1, Rgb([40, 40, 40]));
+    let mut img = RgbImage::from_pixel(
+        cols * (w32 + 1) - 1,
+        rows * (h32 + 1) - 1,
+        Rgb([40, 40, 40]),
+    );
     for ch in 0..c {
-        let (ox, oy) = ((ch as u32 % cols) * (w32 + 1), (ch as u32 / cols) * (h32 + 1));
+        let (ox, oy) = (
+            (ch as u32 % cols) * (w32 + 1),
+            (ch as u32 / cols) * (h32 + 1),
+        );
         for y in 0..h {
             for x in 0..w {
                 let value = v[ch * h * w + y * w + x] / range.max(1e-6);
@@ -93,8 +101,6 @@ fn max_abs(tensors: &[&Tensor]) -> Result<f32> {
 /// The pictures of every step of one generation (the first image of the batch).
 pub struct ReverseFrames {
     pub trace: Trace,
-    /// Steps the sampler was set to (img2img aside, the trace's length).
-    pub steps: usize,
     /// The context's tokens as the tokenizer wrote them (`<|startoftext|>`, `red</w>`, ...).
     pub tokens: Vec<String>,
     /// Index of the end-of-text token (the first padding follows it).
@@ -121,19 +127,21 @@ pub struct ReverseFrames {
 pub const LATENT_RANGE: f32 = 2.5;
 
 impl ReverseFrames {
-    /// Decodes and draws every step of `trace` (which must hold attention maps).
+    /// Draws every step of `trace` (which must hold attention maps), given each step's x_t and
+    /// predicted x0 already decoded, and the tokens of the prompt.
     pub fn new(
-        pipe: &TextToImage,
         trace: Trace,
-        steps: usize,
+        encoding: Encoding,
+        x_t: Vec<RgbImage>,
+        pred_x0: Vec<RgbImage>,
         final_image: RgbImage,
     ) -> Result<Self> {
-        let enc = pipe.clip.tokenizer.encode(&trace.prompt)?;
         let first = |t: &Tensor| t.narrow(0, 0, 1);
-        let xs: Vec<Tensor> = trace.steps.iter().map(|s| first(&s.latents)).collect::<std::result::Result<_, _>>()?;
-        let x0s: Vec<Tensor> = trace.steps.iter().map(|s| first(&s.pred_x0)).collect::<std::result::Result<_, _>>()?;
-        let x_t = pipe.decode(&Tensor::cat(&xs, 0)?)?; // (N, 4, h, w) -> N pictures
-        let pred_x0 = pipe.decode(&Tensor::cat(&x0s, 0)?)?;
+        let xs: Vec<Tensor> = trace
+            .steps
+            .iter()
+            .map(|s| first(&s.latents))
+            .collect::<std::result::Result<_, _>>()?;
         let channels = xs
             .iter()
             .map(|x| channel_mosaic(&x.squeeze(0)?, LATENT_RANGE))
@@ -191,9 +199,8 @@ impl ReverseFrames {
         }
         Ok(Self {
             trace,
-            steps,
-            tokens: enc.tokens,
-            eot_index: enc.eot_index,
+            tokens: encoding.tokens,
+            eot_index: encoding.eot_index,
             x_t,
             pred_x0,
             channels,

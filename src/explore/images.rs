@@ -37,13 +37,15 @@ pub struct ImageKey {
 }
 
 type Job = (ImageKey, RgbImage);
+/// The worker's ends: jobs out, finished encodings back.
+type Worker = (Sender<Job>, Receiver<(ImageKey, Protocol)>);
 
 /// Encoded pictures by key.
 pub struct ImageCache {
     picker: Picker,
     done: HashMap<ImageKey, Protocol>,
     pending: HashSet<ImageKey>,
-    worker: Option<(Sender<Job>, Receiver<(ImageKey, Protocol)>)>,
+    worker: Option<Worker>,
 }
 
 /// Scale to the cell area keeping proportions, nearest neighbour so pixels stay crisp.

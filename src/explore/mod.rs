@@ -15,7 +15,10 @@ pub mod frames;
 pub mod images;
 pub mod ui;
 
+use std::sync::mpsc::channel;
 use std::time::Instant;
+
+use candle_core::Tensor;
 
 use image::RgbImage;
 
@@ -26,7 +29,8 @@ use app::{App, Mode, Settings};
 use frames::{NoiseView, ReverseFrames};
 
 /// Runs the pipeline once with attention recorded and draws every step; `on_step(done,
-/// total)` reports progress. Returns the frames and the seconds it all took.
+/// total)` reports progress. Each step's x_t and predicted x0 are decoded by the VAE on a second
+/// thread while the UNet works on the next step. Returns the frames and the seconds it took.
 pub fn generate_frames(
     pipe: &TextToImage,
     settings: &Settings,
@@ -42,9 +46,50 @@ pub fn generate_frames(
         record_attention: true,
         ..GenerateRequest::default()
     };
-    let generation = pipe.generate_with(&req, on_step)?;
+    let encoding = pipe.clip.tokenizer.encode(&req.prompt)?;
+    let (tx, rx) = channel::<Tensor>();
+    let mut failed = None;
+    let (generation, decoded) = std::thread::scope(|scope| {
+        let decoder = scope.spawn(move || -> Result<Vec<Vec<RgbImage>>> {
+            rx.into_iter().map(|pair| pipe.decode(&pair)).collect()
+        });
+        let generation = pipe.generate_with(&req, &mut |step, total| {
+            // (2, 4, h, w): this step's x_t and predicted x0, first picture of the batch.
+            let pair = step
+                .latents
+                .narrow(0, 0, 1)
+                .and_then(|x| Tensor::cat(&[x, step.pred_x0.narrow(0, 0, 1)?], 0));
+            match pair {
+                Ok(pair) => {
+                    let _ = tx.send(pair);
+                }
+                Err(e) => failed = Some(e),
+            }
+            on_step(step.index + 1, total);
+        });
+        drop(tx);
+        let decoded = decoder.join().unwrap_or_else(|_| {
+            Err(crate::Error::InvalidSetting {
+                what: "VAE decoding thread".into(),
+                reason: "it stopped unexpectedly".into(),
+            })
+        });
+        (generation, decoded)
+    });
+    let generation = generation?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let (x_t, pred_x0): (Vec<RgbImage>, Vec<RgbImage>) = decoded?
+        .into_iter()
+        .map(|mut pair| {
+            let x0 = pair.pop().unwrap_or_default();
+            let xt = pair.pop().unwrap_or_default();
+            (xt, x0)
+        })
+        .unzip();
     let image = generation.images.into_iter().next().unwrap_or_default();
-    let frames = ReverseFrames::new(pipe, generation.trace, settings.steps, image)?;
+    let frames = ReverseFrames::new(generation.trace, encoding, x_t, pred_x0, image)?;
     Ok((frames, started.elapsed().as_secs_f64()))
 }
 
@@ -74,12 +119,19 @@ pub fn panels_picture(app: &App) -> Result<RgbImage> {
                 tile(&r.pred_x0[i], vec!["predicted x0".into()]),
                 tile(
                     &r.noise[view].0[i],
-                    vec![format!("{} ±{:.2}", app.noise_view.label(), r.noise[view].1)],
+                    vec![format!(
+                        "{} ±{:.2}",
+                        app.noise_view.label(),
+                        r.noise[view].1
+                    )],
                 ),
                 tile(&r.channels[i], vec!["x_t, 4 channels".into()]),
             ];
             if let Some(att) = r.attention.get(i).and_then(|a| a.get(token)) {
-                tiles.push(tile(att, vec![format!("attention: \"{}\"", r.token_label(token))]));
+                tiles.push(tile(
+                    att,
+                    vec![format!("attention: \"{}\"", r.token_label(token))],
+                ));
             }
             let title = format!(
                 "\"{}\" · {} · step {}/{} · t = {:.0} · ᾱ = {:.3} · guidance {} · seed {}",

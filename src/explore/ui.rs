@@ -24,6 +24,9 @@ pub const MIN_SIZE: (u16, u16) = (80, 24);
 const ACCENT: Color = Color::Cyan;
 const DIM: Color = Color::DarkGray;
 
+/// One line of a timeline chart: its name, colour and (x, y) points.
+type Series = (String, Color, Vec<(f64, f64)>);
+
 /// Draws the whole screen.
 pub fn draw(f: &mut Frame, app: &App, images: &mut ImageCache) {
     let area = f.area();
@@ -63,9 +66,15 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
     let s = &app.settings;
     let line = match app.mode {
         Mode::Reverse => Line::from(vec![
-            Span::styled(" inkdrop explore ", Style::new().fg(Color::Black).bg(ACCENT)),
+            Span::styled(
+                " inkdrop explore ",
+                Style::new().fg(Color::Black).bg(ACCENT),
+            ),
             Span::raw(" "),
-            Span::styled(format!("\"{}\"", s.prompt), Style::new().add_modifier(Modifier::BOLD)),
+            Span::styled(
+                format!("\"{}\"", s.prompt),
+                Style::new().add_modifier(Modifier::BOLD),
+            ),
             Span::raw(format!(
                 " {} · {} steps · guidance {} · seed {}",
                 s.sampler.name(),
@@ -75,7 +84,10 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
             )),
         ]),
         Mode::Forward => Line::from(vec![
-            Span::styled(" inkdrop explore ", Style::new().fg(Color::Black).bg(ACCENT)),
+            Span::styled(
+                " inkdrop explore ",
+                Style::new().fg(Color::Black).bg(ACCENT),
+            ),
             Span::raw(" forward process (noising) · "),
             Span::styled(
                 app.forward.schedule_kind.name(),
@@ -154,8 +166,8 @@ fn draw_reverse(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
     let img_h = image_row_height(panel_w).min(avail / rows).max(4);
     let [pictures, timeline, words] = Layout::vertical([
         Constraint::Length(img_h * rows),
-        Constraint::Max(12),
-        Constraint::Min(4),
+        Constraint::Min(chart_min),
+        Constraint::Length(words_h),
     ])
     .areas(area);
     let [pictures, tokens_area] =
@@ -281,7 +293,7 @@ fn snr(alpha_bar: f64) -> f64 {
 
 /// A chart of `series` (name, colour, points) with a vertical cursor at `x`.
 fn timeline_chart<'a>(
-    series: &'a [(String, Color, Vec<(f64, f64)>)],
+    series: &'a [Series],
     cursor: &'a [(f64, f64)],
     x_bounds: [f64; 2],
     y_bounds: [f64; 2],
@@ -367,8 +379,14 @@ fn draw_reverse_timeline(f: &mut Frame, app: &App, r: &ReverseFrames, i: usize, 
     let lines = vec![
         Line::from(vec![
             Span::styled("step ", Style::new().fg(DIM)),
-            Span::styled(format!("{}/{n}", i + 1), Style::new().add_modifier(Modifier::BOLD)),
-            Span::styled(if app.playing { "  ▶ playing" } else { "" }, Style::new().fg(Color::Green)),
+            Span::styled(
+                format!("{}/{n}", i + 1),
+                Style::new().add_modifier(Modifier::BOLD),
+            ),
+            Span::styled(
+                if app.playing { "  ▶ playing" } else { "" },
+                Style::new().fg(Color::Green),
+            ),
         ]),
         Line::raw(format!("t        {:.0}", s.t)),
         Line::raw(format!("ᾱ_t      {:.4}", s.alpha_bar)),
@@ -413,8 +431,8 @@ fn draw_forward(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
     let img_h = image_row_height(panel_w).min(avail).max(4);
     let [pictures, timeline, words] = Layout::vertical([
         Constraint::Length(img_h),
-        Constraint::Max(12),
-        Constraint::Min(4),
+        Constraint::Min(7),
+        Constraint::Length(4),
     ])
     .areas(area);
     let cells = Layout::horizontal(vec![Constraint::Length(panel_w); 3]).split(pictures);
@@ -430,7 +448,12 @@ fn draw_forward(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
         size: (0, 0),
     };
     let near: Vec<usize> = (1..=3)
-        .flat_map(|k| [t.saturating_sub(k * 10), (t + k * 10).min(fw.num_timesteps() - 1)])
+        .flat_map(|k| {
+            [
+                t.saturating_sub(k * 10),
+                (t + k * 10).min(fw.num_timesteps() - 1),
+            ]
+        })
         .collect();
     picture(
         f,
@@ -465,11 +488,15 @@ fn draw_forward(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
     let [chart_area, numbers] =
         Layout::horizontal([Constraint::Min(30), Constraint::Length(30)]).areas(timeline);
     let total = fw.num_timesteps();
-    let series: Vec<(String, Color, Vec<(f64, f64)>)> = BetaSchedule::ALL
+    let series: Vec<Series> = BetaSchedule::ALL
         .iter()
         .map(|&kind| {
             let s = NoiseSchedule::for_schedule(kind);
-            let color = if kind == fw.schedule_kind { ACCENT } else { DIM };
+            let color = if kind == fw.schedule_kind {
+                ACCENT
+            } else {
+                DIM
+            };
             let pts = (0..total)
                 .step_by(5)
                 .map(|t| (t as f64, s.alpha_bar(t)))
@@ -478,14 +505,7 @@ fn draw_forward(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
         })
         .collect();
     let cursor = [(t as f64, 0.0), (t as f64, 1.0)];
-    let chart = timeline_chart(
-        &series,
-        &cursor,
-        [0.0, (total - 1) as f64],
-        [0.0, 1.0],
-        "t",
-    )
-    .block(
+    let chart = timeline_chart(&series, &cursor, [0.0, (total - 1) as f64], [0.0, 1.0], "t").block(
         Block::bordered()
             .border_style(Style::new().fg(DIM))
             .title("ᾱ_t of each schedule (b switches)"),
@@ -496,8 +516,14 @@ fn draw_forward(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
     let lines = vec![
         Line::from(vec![
             Span::styled("t ", Style::new().fg(DIM)),
-            Span::styled(format!("{t}/{}", total - 1), Style::new().add_modifier(Modifier::BOLD)),
-            Span::styled(if app.playing { "  ▶ playing" } else { "" }, Style::new().fg(Color::Green)),
+            Span::styled(
+                format!("{t}/{}", total - 1),
+                Style::new().add_modifier(Modifier::BOLD),
+            ),
+            Span::styled(
+                if app.playing { "  ▶ playing" } else { "" },
+                Style::new().fg(Color::Green),
+            ),
         ]),
         Line::raw(format!("β_t       {:.5}", s.betas[t])),
         Line::raw(format!("ᾱ_t       {ab:.4}")),
@@ -598,7 +624,7 @@ fn draw_help(f: &mut Frame, app: &App, area: Rect) {
         .map(|b| Row::new(vec![b.label.to_string(), b.help.to_string()]))
         .collect();
     let h = rows.len() as u16 + 2;
-    let popup = centered(area, 70, h);
+    let popup = centered(area, 76, h);
     f.render_widget(Clear, popup);
     let table = Table::new(rows, [Constraint::Length(10), Constraint::Min(20)]).block(
         Block::bordered()

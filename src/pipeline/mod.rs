@@ -160,12 +160,12 @@ impl TextToImage {
         self.generate_with(req, &mut |_, _| {})
     }
 
-    /// [`Self::generate`], calling `on_step(done, total)` after every denoising step (for
-    /// progress bars).
+    /// [`Self::generate`], calling `on_step(step, total)` with each denoising step as soon as it
+    /// is done (for progress bars, or to start work on it while the next step runs).
     pub fn generate_with(
         &self,
         req: &GenerateRequest,
-        on_step: &mut dyn FnMut(usize, usize),
+        on_step: &mut dyn FnMut(&TraceStep, usize),
     ) -> Result<Generation> {
         req.validate()?;
         let dev = Device::Cpu;
@@ -264,7 +264,9 @@ impl TextToImage {
                 attention: recorder.map(|r| r.take()).unwrap_or_default(),
             });
             x = out.prev_sample.detach();
-            on_step(i + 1, timesteps.len());
+            if let Some(last) = steps.last() {
+                on_step(last, timesteps.len());
+            }
         }
         // 4. Back to pixels.
         let decode_started = Instant::now();
