@@ -14,16 +14,21 @@ fn screen(session: &str) -> String {
     tmux(&["capture-pane", "-p", "-t", session])
 }
 
-/// Waits until the screen contains `text` (the binary loads models and generates first).
-fn wait_for(session: &str, text: &str, timeout: Duration) -> String {
+/// Waits until the screen satisfies `done` or `timeout` passes; returns the last screen.
+fn wait_until(session: &str, done: impl Fn(&str) -> bool, timeout: Duration) -> String {
     let started = Instant::now();
     loop {
         let s = screen(session);
-        if s.contains(text) || started.elapsed() > timeout {
+        if done(&s) || started.elapsed() > timeout {
             return s;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until the screen contains `text` (the binary loads models and generates first).
+fn wait_for(session: &str, text: &str, timeout: Duration) -> String {
+    wait_until(session, |s| s.contains(text), timeout)
 }
 
 #[test]
@@ -74,9 +79,20 @@ fn explore_scrubs_and_quits_cleanly_in_a_real_terminal() {
     tmux(&["send-keys", "-t", &session, "?"]);
     let help = wait_for(&session, "any key closes", Duration::from_secs(5));
     assert!(help.contains("any key closes"), "{help}");
+    // Esc closes the help. Wait for that before the next key: an Esc followed at once by a
+    // letter reaches the program as Alt+letter.
     tmux(&["send-keys", "-t", &session, "Escape"]);
+    let closed = wait_until(
+        &session,
+        |s| !s.contains("any key closes"),
+        Duration::from_secs(5),
+    );
+    assert!(
+        !closed.contains("any key closes"),
+        "Esc did not close the help:\n{closed}"
+    );
     tmux(&["send-keys", "-t", &session, "f"]);
-    let fwd = wait_for(&session, "forward process", Duration::from_secs(5));
+    let fwd = wait_for(&session, "t 0/999", Duration::from_secs(5));
     assert!(fwd.contains("t 0/999"), "forward mode did not open:\n{fwd}");
     tmux(&["send-keys", "-t", &session, "q"]);
     let after = wait_for(&session, "exit status", Duration::from_secs(5));
