@@ -118,4 +118,33 @@ fn explore_refuses_to_run_without_a_terminal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a terminal"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // Bad settings are named before anything else.
+    let dir = tempfile::tempdir().unwrap();
+    let not_image = dir.path().join("notes.png");
+    std::fs::write(&not_image, "not a picture").unwrap();
+    for (args, expected) in [
+        (vec!["explore", "--steps", "0"], "--steps 0"),
+        (
+            vec!["explore", "--guidance-scale=-1"],
+            "--guidance-scale -1",
+        ),
+        (
+            vec![
+                "explore",
+                "--forward",
+                "--image",
+                not_image.to_str().unwrap(),
+            ],
+            "notes.png",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_inkdrop"))
+            .args(&args)
+            .output()
+            .expect("binary runs");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }

@@ -120,13 +120,6 @@ fn picker(choice: Graphics) -> Picker {
 }
 
 pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
-    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
-        bail!(
-            "inkdrop explore is an interactive terminal program, and stdout or stdin is not a terminal \
-             (piped or redirected). Run it directly in a terminal; for files instead of a screen, \
-             use `inkdrop generate --save-steps DIR` or `inkdrop attention`."
-        );
-    }
     if args.steps == 0 || args.steps > 1000 {
         bail!(
             "--steps {}: choose 1 to 1000 (30 is a good start)",
@@ -150,6 +143,13 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
         }
         None => render(&sample_at(&WorldConfig::default(), 7, 0).scene, 32),
     };
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        bail!(
+            "inkdrop explore is an interactive terminal program, and stdout or stdin is not a terminal \
+             (piped or redirected). Run it directly in a terminal; for files instead of a screen, \
+             use `inkdrop generate --save-steps DIR` or `inkdrop attention`."
+        );
+    }
     let pipe = TextToImage::load_default().context("loading the shipped models from data/")?;
     let out = args
         .out

@@ -47,6 +47,18 @@ pub fn generate_frames(
         ..GenerateRequest::default()
     };
     let encoding = pipe.clip.tokenizer.encode(&req.prompt)?;
+    if encoding.truncated > 0 {
+        // Refused rather than cut: a warning on stderr would land in the middle of the screen.
+        return Err(crate::Error::InvalidSetting {
+            what: format!("prompt {:?}", req.prompt),
+            reason: format!(
+                "it is {} tokens too long for the text encoder's context of {} (start and end \
+                 tokens included); shorten it (press e)",
+                encoding.truncated,
+                encoding.ids.len()
+            ),
+        });
+    }
     let (tx, rx) = channel::<Tensor>();
     let mut failed = None;
     let (generation, decoded) = std::thread::scope(|scope| {
