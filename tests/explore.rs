@@ -263,7 +263,16 @@ fn screens_match_their_snapshots() {
     let mut app = ready_app(10);
     app.step = 6;
     app.token = 2; // "red"
-    insta::assert_snapshot!("reverse_80x24", screen(&app, 80, 24));
+    let small = screen(&app, 80, 24);
+    let bar = small
+        .lines()
+        .rev()
+        .find(|l| !l.trim_matches(['"', ' ']).is_empty());
+    assert!(
+        bar.is_some_and(|l| l.contains("help") && l.contains("quit")),
+        "the key bar at 80x24 must show help and quit: {bar:?}"
+    );
+    insta::assert_snapshot!("reverse_80x24", small);
     insta::assert_snapshot!("reverse_140x40", screen(&app, 140, 40));
     app.help_open = true;
     insta::assert_snapshot!("reverse_help_80x24", screen(&app, 80, 24));

@@ -83,16 +83,29 @@ fn spawn_worker(pipe: TextToImage, tx: Sender<FromWorker>) -> Sender<(u64, Setti
             }
             let (id, settings) = job;
             let progress = tx.clone();
-            let result = generate_frames(&pipe, &settings, &mut |done, total| {
-                let _ = progress.send(FromWorker::Progress(id, done, total));
-            })
-            .map_err(|e| e.to_string());
+            // A panic here must not take the UI down: it becomes the run's error message.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                generate_frames(&pipe, &settings, &mut |done, total| {
+                    let _ = progress.send(FromWorker::Progress(id, done, total));
+                })
+                .map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|panic| Err(format!("generation failed: {}", panic_message(&*panic))));
             if tx.send(FromWorker::Done(id, Box::new(result))).is_err() {
                 break;
             }
         }
     });
     req_tx
+}
+
+/// The text of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "internal error".into())
 }
 
 /// Puts the terminal back: raw mode off, main screen, cursor visible.
@@ -176,9 +189,14 @@ pub fn run(args: &ExploreArgs) -> anyhow::Result<()> {
     // The terminal: asked for its graphics protocol before raw mode, restored however we leave.
     let picker = picker(args.graphics);
     let default_hook = std::panic::take_hook();
+    let ui_thread = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
-        restore_terminal();
-        default_hook(info);
+        // Worker panics are caught and shown in the status line; only a panic of the UI
+        // thread ends the program, and then the terminal must be put back first.
+        if std::thread::current().id() == ui_thread {
+            restore_terminal();
+            default_hook(info);
+        }
     }));
     let mut terminal = ratatui::init();
     let result = event_loop(&mut terminal, &mut app, pipe, picker, &out);

@@ -38,13 +38,18 @@ pub struct ImageKey {
 
 type Job = (ImageKey, RgbImage);
 /// The worker's ends: jobs out, finished encodings back.
-type Worker = (Sender<Job>, Receiver<(ImageKey, Protocol)>);
+type Worker = (Sender<Job>, Receiver<(ImageKey, Option<Protocol>)>);
+
+/// How many steps either side of the cursor are encoded ahead (and kept when the cache is trimmed).
+pub const MAX_PREFETCH: usize = 100;
 
 /// Encoded pictures by key.
 pub struct ImageCache {
     picker: Picker,
     done: HashMap<ImageKey, Protocol>,
     pending: HashSet<ImageKey>,
+    /// Pictures the terminal's protocol could not encode: not asked for again.
+    failed: HashSet<ImageKey>,
     worker: Option<Worker>,
 }
 
@@ -67,6 +72,7 @@ impl ImageCache {
             picker,
             done: HashMap::new(),
             pending: HashSet::new(),
+            failed: HashSet::new(),
             worker: None,
         }
     }
@@ -78,10 +84,12 @@ impl ImageCache {
         let p = picker.clone();
         std::thread::spawn(move || {
             while let Ok((key, img)) = job_rx.recv() {
-                if let Some(proto) = encode(&p, key, img) {
-                    if done_tx.send((key, proto)).is_err() {
-                        break;
-                    }
+                let proto =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(&p, key, img)))
+                        .ok()
+                        .flatten();
+                if done_tx.send((key, proto)).is_err() {
+                    break;
                 }
             }
         });
@@ -89,6 +97,7 @@ impl ImageCache {
             picker,
             done: HashMap::new(),
             pending: HashSet::new(),
+            failed: HashSet::new(),
             worker: Some((job_tx, done_rx)),
         }
     }
@@ -105,7 +114,14 @@ impl ImageCache {
         let mut any = false;
         while let Ok((key, proto)) = rx.try_recv() {
             self.pending.remove(&key);
-            self.done.insert(key, proto);
+            match proto {
+                Some(proto) => {
+                    self.done.insert(key, proto);
+                }
+                None => {
+                    self.failed.insert(key);
+                }
+            }
             any = true;
         }
         any
@@ -120,6 +136,7 @@ impl ImageCache {
     pub fn clear(&mut self) {
         self.done.clear();
         self.pending.clear();
+        self.failed.clear();
     }
 
     /// The encoding for `key`; on a miss, asks for it (made at once when inline) and for the
@@ -130,8 +147,10 @@ impl ImageCache {
         image: &dyn Fn(usize) -> Option<RgbImage>,
         more: &[usize],
     ) -> Option<&Protocol> {
+        // A long trace can outgrow memory: keep the steps around the cursor.
         if self.done.len() > 4000 {
-            self.clear();
+            self.done
+                .retain(|k, _| k.index.abs_diff(key.index) <= MAX_PREFETCH);
         }
         if !self.done.contains_key(&key) {
             match &self.worker {
@@ -143,7 +162,10 @@ impl ImageCache {
                 Some((tx, _)) => {
                     for &index in std::iter::once(&key.index).chain(more) {
                         let k = ImageKey { index, ..key };
-                        if self.done.contains_key(&k) || self.pending.contains(&k) {
+                        if self.done.contains_key(&k)
+                            || self.pending.contains(&k)
+                            || self.failed.contains(&k)
+                        {
                             continue;
                         }
                         if let Some(img) = image(index) {

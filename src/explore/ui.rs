@@ -12,10 +12,10 @@ use ratatui::widgets::{
 use ratatui::Frame;
 use ratatui_image::Image;
 
-use super::app::{App, Mode, Status, KEYMAP};
+use super::app::{Action, App, Binding, Mode, Status, KEYMAP};
 use super::explain;
 use super::frames::{NoiseView, ReverseFrames};
-use super::images::{ImageCache, ImageKey, Panel};
+use super::images::{ImageCache, ImageKey, Panel, MAX_PREFETCH};
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 
 /// The smallest window the layout is made for.
@@ -181,7 +181,9 @@ fn draw_reverse(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
                 .to_vec()
         })
         .collect();
-    let all: Vec<usize> = (0..r.len()).collect();
+    // Neighbouring steps are encoded ahead, so holding an arrow key scrubs smoothly.
+    let all: Vec<usize> =
+        (i.saturating_sub(MAX_PREFETCH)..(i + MAX_PREFETCH + 1).min(r.len())).collect();
     let key = |panel, variant| ImageKey {
         panel,
         index: i,
@@ -268,7 +270,7 @@ fn draw_reverse(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
 
 /// The context's tokens with the share of attention each gets at this step (↑/↓ select).
 fn draw_token_list(f: &mut Frame, app: &App, r: &ReverseFrames, i: usize, area: Rect) {
-    let shown = (r.eot_index + 2).min(r.tokens.len());
+    let shown = (r.eot_index + 2).max(app.token + 1).min(r.tokens.len());
     let masses = r.attention_mass.get(i);
     let lines: Vec<Line> = (0..shown)
         .map(|k| {
@@ -587,20 +589,34 @@ fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
         },
     };
     f.render_widget(Paragraph::new(Line::from(status)), status_area);
-    let mut spans = Vec::new();
-    let mut width = 0usize;
-    for b in KEYMAP.iter().filter(|b| b.applies(app.mode)) {
-        let Some(word) = b.bar else { continue };
-        let used = b.label.chars().count() + word.chars().count() + 3;
-        if width + used > area.width as usize {
-            break;
+    let listed: Vec<_> = KEYMAP
+        .iter()
+        .filter(|b| b.applies(app.mode) && b.bar.is_some())
+        .collect();
+    let used = |b: &Binding| b.label.chars().count() + b.bar.map_or(0, |w| w.chars().count()) + 3;
+    // Help and quit always show: the other keys fill what width is left, in key-map order.
+    let essential = |b: &Binding| matches!(b.action, Action::Help | Action::Quit);
+    let mut width: usize = listed
+        .iter()
+        .filter(|b| essential(b))
+        .map(|b| used(b))
+        .sum();
+    let mut shown = Vec::new();
+    for b in &listed {
+        if essential(b) {
+            shown.push(*b);
+        } else if width + used(b) <= area.width as usize {
+            width += used(b);
+            shown.push(*b);
         }
-        width += used;
+    }
+    let mut spans = Vec::new();
+    for b in shown {
         spans.push(Span::styled(
             format!(" {} ", b.label),
             Style::new().fg(Color::Black).bg(DIM),
         ));
-        spans.push(Span::raw(format!("{word} ")));
+        spans.push(Span::raw(format!("{} ", b.bar.unwrap_or_default())));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), keys_area);
 }
