@@ -26,6 +26,10 @@ struct Args {
     /// Only this config (for profiling one of them).
     #[arg(long, value_parser = ["reference", "shipped"])]
     only: Option<String>,
+    /// Print JSON rows (config, what, batch, median_ms) instead of a table; what
+    /// `benches/torch_unet.py` reads to put PyTorch's numbers beside ours.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,17 +54,17 @@ fn main() -> anyhow::Result<()> {
         "median ms",
         "samples / s",
     ]);
-    for (name, cfg, step_batch) in [
-        ("diffusers reference (16x16, 32/64)", reference, 32),
-        ("shipped (8x8, 64/128)", UNetConfig::tiny(), 64),
+    let mut rows = Vec::new();
+    for (key, name, cfg, step_batch) in [
+        (
+            "reference",
+            "diffusers reference (16x16, 32/64)",
+            reference,
+            32,
+        ),
+        ("shipped", "shipped (8x8, 64/128)", UNetConfig::tiny(), 64),
     ] {
-        if args.only.as_deref().is_some_and(|o| {
-            !name.starts_with(if o == "reference" {
-                "diffusers"
-            } else {
-                "shipped"
-            })
-        }) {
+        if args.only.as_deref().is_some_and(|o| o != key) {
             continue;
         }
         let vm = VarMap::new();
@@ -111,6 +115,9 @@ fn main() -> anyhow::Result<()> {
             ("forward + backward", 2, both),
             ("training step (+ AdamW)", step_batch, step),
         ] {
+            rows.push(serde_json::json!({
+                "config": key, "what": what, "batch": batch, "median_ms": ms
+            }));
             table.row([
                 name.to_string(),
                 params.to_string(),
@@ -121,6 +128,10 @@ fn main() -> anyhow::Result<()> {
             ]);
         }
     }
-    println!("{table}");
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        println!("{table}");
+    }
     Ok(())
 }

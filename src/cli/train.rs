@@ -78,6 +78,10 @@ pub struct UnetArgs {
     /// Continue from the checkpoint if there is one (same settings required).
     #[arg(long)]
     pub resume: bool,
+    /// Start from a trained UNet's weights (e.g. data/unet.safetensors) instead of random ones,
+    /// with a fresh optimizer, learning-rate schedule and EMA: training a finished model longer.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Use a very small UNet (for trying the command in seconds).
     #[arg(long)]
     pub tiny: bool,
@@ -414,6 +418,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         seed: args.seed,
         dataset_size: args.dataset_size,
         snr_gamma: (args.snr_gamma > 0.0).then_some(args.snr_gamma),
+        init: args.init.clone(),
         warmup: (args.steps / 20).clamp(1, UNetTrainConfig::default().warmup),
         checkpoint_every: UNetTrainConfig::default()
             .checkpoint_every
@@ -623,6 +628,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             vae: Some(vae.clone()),
             checkpoint: Some(ckpt("unet")),
             resume: false,
+            init: None,
             tiny: args.tiny,
         })
     })?;

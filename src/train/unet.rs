@@ -56,6 +56,10 @@ pub struct UNetTrainConfig {
     /// to see and matters least for the picture, stop dominating the gradient. None: plain MSE.
     #[serde(default)]
     pub snr_gamma: Option<f64>,
+    /// Start from these weights (a finished run's output) instead of random ones: training
+    /// continues with a fresh optimizer, learning-rate schedule and EMA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl Default for UNetTrainConfig {
@@ -73,6 +77,7 @@ impl Default for UNetTrainConfig {
             dataset_size: 40_000,
             checkpoint_every: 250,
             snr_gamma: Some(5.0),
+            init: None,
         }
     }
 }
@@ -235,6 +240,10 @@ pub fn train_unet(
         model_config,
         weights::seeded_var_builder(&varmap, cfg.seed, &dev),
     )?;
+    if let Some(init) = &cfg.init {
+        let loaded = weights::load(init, &dev)?;
+        weights::load_into(&varmap, &loaded, init)?;
+    }
     let vars = weights::sorted_vars(&varmap);
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let adam = AdamWConfig {

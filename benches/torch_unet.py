@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""PyTorch + diffusers side by side with inkdrop's UNet, on this machine, in one run.
+
+Times diffusers' UNet2DConditionModel for the same two configs and the same three measurements
+as `examples/bench_unet.rs` (forward at batch 2, forward + backward at batch 2, a training step
+with gradient clipping and AdamW at batch 32 / 64), on 2 threads, then runs inkdrop's benchmark
+and prints both medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is
+faster).
+
+    python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch diffusers
+    /tmp/torchenv/bin/python benches/torch_unet.py [--reps 7] [--threads 2]
+
+Not part of the tests: PyTorch is a 5.5 GB install and timings are never asserted.
+"""
+import argparse, json, os, statistics, subprocess, sys, time
+
+import torch
+from diffusers import UNet2DConditionModel
+
+CONFIGS = {
+    # name: (sample_size, block_out_channels, cross_attention_dim, training-step batch)
+    "reference": (16, (32, 64), 64, 32),
+    "shipped": (8, (64, 128), 128, 64),
+}
+
+
+def median_ms(reps, f):
+    f()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def bench_torch(name, reps):
+    size, channels, ctx_dim, step_batch = CONFIGS[name]
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=size, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 2,
+        up_block_types=("CrossAttnUpBlock2D",) * 2,
+        block_out_channels=channels, layers_per_block=1,
+        cross_attention_dim=ctx_dim, attention_head_dim=8, norm_num_groups=32)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+
+    def inputs(b):
+        return (torch.randn(b, 4, size, size), torch.arange(b) * 37 % 1000,
+                torch.randn(b, 16, ctx_dim), torch.randn(b, 4, size, size))
+
+    x, t, c, y = inputs(2)
+    out = {}
+    with torch.no_grad():
+        out["forward"] = median_ms(reps, lambda: unet(x, t, encoder_hidden_states=c))
+
+    def fwd_bwd():
+        unet.zero_grad(set_to_none=True)
+        ((unet(x, t, encoder_hidden_states=c).sample - y) ** 2).mean().backward()
+
+    out["forward + backward"] = median_ms(reps, fwd_bwd)
+    xb, tb, cb, yb = inputs(step_batch)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        ((unet(xb, tb, encoder_hidden_states=cb).sample - yb) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+
+    out["training step (+ AdamW)"] = median_ms(reps, step)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=7, help="repetitions per measurement (median)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for both (this machine: 2)")
+    ap.add_argument("--inkdrop", default=None,
+                    help="bench_unet binary (default: build it with cargo)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = ([args.inkdrop] if args.inkdrop else
+           ["cargo", "run", "--release", "--quiet", "--example", "bench_unet", "--"])
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    ours = json.loads(subprocess.run(cmd + ["--reps", str(args.reps), "--json"], cwd=root,
+                                     env=env, check=True, capture_output=True, text=True).stdout)
+    print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.reps}")
+    print(f"{'config':>10} {'what':>24} {'batch':>5} {'PyTorch ms':>11} {'inkdrop ms':>11} {'ratio':>6}")
+    for name in CONFIGS:
+        theirs = bench_torch(name, args.reps)
+        for row in ours:
+            if row["config"] != name:
+                continue
+            t = theirs[row["what"]]
+            print(f"{name:>10} {row['what']:>24} {row['batch']:>5} {t:>11.1f} "
+                  f"{row['median_ms']:>11.1f} {row['median_ms'] / t:>6.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
