@@ -47,8 +47,9 @@ pub struct ExploreArgs {
     /// Forward mode: the beta schedule to start with (`b` cycles).
     #[arg(long, value_enum, default_value = "scaled_linear")]
     pub beta_schedule: BetaSchedule,
-    /// How pictures reach the terminal: auto asks the terminal (kitty, sixel, iTerm2), else half
-    /// blocks, which work everywhere.
+    /// How pictures reach the terminal: auto asks terminals that announce graphics support
+    /// (kitty, WezTerm, ghostty, iTerm2, foot, mlterm, contour; never inside tmux or screen)
+    /// which protocol they speak, and uses half blocks, which work everywhere, elsewhere.
     #[arg(long, value_enum, default_value = "auto")]
     pub graphics: Graphics,
     /// Folder for the PNGs `w` writes [default: target/inkdrop/explore].
@@ -120,7 +121,9 @@ fn restore_terminal() {
 
 fn picker(choice: Graphics) -> Picker {
     let mut p = match choice {
-        Graphics::Auto => Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks()),
+        Graphics::Auto if inkdrop::support::terminal::names_graphics_terminal() => {
+            Picker::from_query_stdio().unwrap_or_else(|_| Picker::halfblocks())
+        }
         _ => Picker::halfblocks(),
     };
     match choice {

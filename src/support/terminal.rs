@@ -33,3 +33,21 @@ fn looks_like_kitty() -> bool {
         || var("TERM").contains("kitty")
         || matches!(var("TERM_PROGRAM").as_str(), "WezTerm" | "ghostty")
 }
+
+/// Whether the environment names a terminal that answers graphics queries (kitty, WezTerm,
+/// ghostty, iTerm2, foot, mlterm, contour), outside tmux and screen. A terminal that never
+/// answers leaves the query's reader blocked on stdin, where it would swallow every key that
+/// follows, so everywhere else we do not ask and use half blocks.
+pub fn names_graphics_terminal() -> bool {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let term = var("TERM");
+    if std::env::var_os("TMUX").is_some() || term.starts_with("screen") || term.starts_with("tmux")
+    {
+        return false;
+    }
+    looks_like_kitty()
+        || matches!(var("TERM_PROGRAM").as_str(), "iTerm.app")
+        || ["foot", "mlterm", "contour"]
+            .iter()
+            .any(|t| term.contains(t))
+}
