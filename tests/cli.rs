@@ -648,6 +648,10 @@ fn attention_writes_its_maps_and_refuses_bad_input() {
             "blue",
             "--num-steps",
             "3",
+            "--swap-to",
+            "green",
+            "--reweight",
+            "2",
             "--out",
         ])
         .arg(&out));
@@ -656,7 +660,14 @@ fn attention_writes_its_maps_and_refuses_bad_input() {
         stdout.contains("7 cross-attention layers x 3 steps") && stdout.contains("\"blue\""),
         "{stdout}"
     );
-    for f in ["tokens.png", "steps.png", "blocks.png", "image.png"] {
+    for f in [
+        "tokens.png",
+        "steps.png",
+        "blocks.png",
+        "image.png",
+        "swap.png",
+        "reweight.png",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
     let bad = |extra: &[&str], needle: &str| {
@@ -671,4 +682,10 @@ fn attention_writes_its_maps_and_refuses_bad_input() {
     bad(&["--steps", "0..5"], "only 3 steps");
     bad(&["--steps", "x"], "range like 0..9");
     bad(&["--token", "99"], "16 tokens");
+    bad(&["--reweight", "-1"], "factor >= 0");
+    bad(&["--swap-steps", "4"], "at most --num-steps");
+    bad(
+        &["--word", "red", "--swap-to", "zebra"],
+        "swap one word for another word of one token",
+    );
 }

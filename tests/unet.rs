@@ -463,3 +463,56 @@ fn reweighting_one_token_edits_only_the_chosen_rows_and_token() {
         assert!(kept.max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn injected_maps_replace_the_chosen_rows_in_every_cross_attention_layer() {
+    use inkdrop::unet::attention::Injection;
+    let cfg = UNetConfig::test();
+    let (unet, _) = model(&cfg, 0);
+    let x = rand(&[2, 4, 8, 8], 1);
+    let t = Tensor::new(&[10f32, 20.0], &Device::Cpu).unwrap();
+    let source_ctx = rand(&[2, 16, cfg.cross_attention_dim], 2);
+    let new_ctx = rand(&[2, 16, cfg.cross_attention_dim], 3);
+    let record = |ctx: &Tensor, inject: Option<Injection>| {
+        let rec = AttentionRecorder {
+            inject,
+            ..AttentionRecorder::cross()
+        };
+        let out = unet.forward(&x, &t, ctx, Some(&rec)).unwrap();
+        (out, rec.take())
+    };
+    let (_, source) = record(&source_ctx, None);
+    let (plain_out, plain) = record(&new_ctx, None);
+    // Row 1's maps of the source run, one per layer, go into row 1 of the new run.
+    let maps: Vec<Tensor> = source
+        .iter()
+        .map(|m| m.probs.narrow(0, 1, 1).unwrap())
+        .collect();
+    let (out, injected) = record(&new_ctx, Some(Injection::new(maps, (1, 1))));
+    assert_eq!(injected.len(), source.len());
+    for ((s, p), i) in source.iter().zip(&plain).zip(&injected) {
+        let row = |m: &Tensor, r: usize| m.get(r).unwrap().flatten_all().unwrap();
+        assert_eq!(
+            max_abs(&(row(&i.probs, 1) - row(&s.probs, 1)).unwrap()),
+            0.0
+        );
+        assert_eq!(
+            max_abs(&(row(&i.probs, 0) - row(&p.probs, 0)).unwrap()),
+            0.0
+        );
+        assert!(max_abs(&(row(&s.probs, 1) - row(&p.probs, 1)).unwrap()) > 1e-6);
+    }
+    let row_diff = |r: usize| max_abs(&(out.get(r).unwrap() - plain_out.get(r).unwrap()).unwrap());
+    assert_eq!(row_diff(0), 0.0, "row 0 keeps its own attention");
+    assert!(row_diff(1) > 1e-6, "row 1 follows the injected maps");
+    // Too few maps for the layers is an error, not a silent partial edit.
+    let short = source[..2]
+        .iter()
+        .map(|m| m.probs.narrow(0, 1, 1).unwrap())
+        .collect();
+    let rec = AttentionRecorder {
+        inject: Some(Injection::new(short, (1, 1))),
+        ..AttentionRecorder::cross()
+    };
+    assert!(unet.forward(&x, &t, &new_ctx, Some(&rec)).is_err());
+}

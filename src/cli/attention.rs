@@ -1,6 +1,7 @@
 //! `inkdrop attention`: where each word of the prompt looks. Generates one picture with the
 //! cross-attention maps recorded and writes heat maps over it: one per token, a strip across the
-//! denoising steps for one word, and a grid across the UNet's attention layers.
+//! denoising steps for one word, and a grid across the UNet's attention layers. With `--swap-to`
+//! or `--reweight`, also a prompt-to-prompt edit of that word from the same seed.
 
 use std::path::PathBuf;
 
@@ -41,6 +42,19 @@ pub struct AttentionArgs {
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     pub guidance_scale: f64,
+    /// Prompt-to-prompt word swap: replace the chosen word by this one and draw the new prompt
+    /// twice from the same seed, on its own and with the original prompt's cross-attention maps
+    /// (swap.png).
+    #[arg(long)]
+    pub swap_to: Option<String>,
+    /// Steps (from the first) during which the original maps are injected [default: 80% of
+    /// --num-steps, prompt-to-prompt's choice].
+    #[arg(long)]
+    pub swap_steps: Option<usize>,
+    /// Prompt-to-prompt re-weighting: multiply the attention every position pays to the chosen
+    /// word by this factor (0 silences it, 2 doubles it) and draw again (reweight.png).
+    #[arg(long, allow_negative_numbers = true)]
+    pub reweight: Option<f64>,
     /// Output folder.
     #[arg(long, default_value = "attention")]
     pub out: PathBuf,
@@ -87,6 +101,19 @@ pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
             "--steps goes to step {b}, but there are only {} steps (0..{})",
             args.num_steps,
             args.num_steps - 1
+        );
+    }
+    if let Some(scale) = args.reweight {
+        anyhow::ensure!(
+            scale.is_finite() && scale >= 0.0,
+            "--reweight {scale}: use a factor >= 0 (0 silences the word, 2 doubles it)"
+        );
+    }
+    if let Some(k) = args.swap_steps {
+        anyhow::ensure!(
+            k <= args.num_steps,
+            "--swap-steps {k}: at most --num-steps ({})",
+            args.num_steps
         );
     }
     let pipe = TextToImage::load(&args.unet.clone().unwrap_or_else(default_unet_path))?;
@@ -221,8 +248,82 @@ pub fn run(args: &AttentionArgs) -> anyhow::Result<()> {
         &inkdrop::support::image_io::enlarge(image, 4),
         &args.out.join("image.png"),
     )?;
+    let mut wrote_edits = String::new();
+    if let Some(scale) = args.reweight {
+        let edited = pipe.generate(&GenerateRequest {
+            record_attention: false,
+            attention_reweight: Some((token, scale)),
+            ..req.clone()
+        })?;
+        let tiles = [
+            (image, format!("\"{}\"", label(token))),
+            (&edited.images[0], format!("\"{}\" x {scale}", label(token))),
+        ]
+        .map(|(img, caption)| Tile {
+            image: inkdrop::support::image_io::enlarge(img, 4),
+            caption: vec![caption],
+        });
+        save_png(
+            &labelled_grid(
+                &tiles,
+                2,
+                Some(&format!("\"{}\", seed {}", args.prompt, args.seed)),
+            )?,
+            &args.out.join("reweight.png"),
+        )?;
+        wrote_edits.push_str(", reweight.png");
+    }
+    if let Some(new_word) = &args.swap_to {
+        let words: Vec<String> = enc.tokens[1..enc.eot_index]
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                if k + 1 == token {
+                    new_word.clone()
+                } else {
+                    t.trim_end_matches("</w>").to_string()
+                }
+            })
+            .collect();
+        let new_prompt = words.join(" ");
+        let inject = args.swap_steps.unwrap_or((args.num_steps * 4).div_ceil(5));
+        let swap = inkdrop::pipeline::attention::word_swap(&pipe, &req, &new_prompt, inject)?;
+        let tiles = [
+            (
+                &swap.source.images[0],
+                "the prompt".to_string(),
+                label(token),
+            ),
+            (
+                &swap.plain.images[0],
+                "new prompt alone".into(),
+                new_word.clone(),
+            ),
+            (
+                &swap.injected.images[0],
+                "new prompt, old maps".into(),
+                format!("{new_word}, {inject} steps"),
+            ),
+        ]
+        .map(|(img, what, word)| Tile {
+            image: inkdrop::support::image_io::enlarge(img, 4),
+            caption: vec![what, format!("\"{word}\"")],
+        });
+        save_png(
+            &labelled_grid(
+                &tiles,
+                3,
+                Some(&format!(
+                    "\"{}\" -> \"{new_prompt}\", seed {}",
+                    args.prompt, args.seed
+                )),
+            )?,
+            &args.out.join("swap.png"),
+        )?;
+        wrote_edits.push_str(", swap.png");
+    }
     println!(
-        "\"{}\" (seed {}): {} cross-attention layers x {} steps recorded\nattention share per token: {}\nwrote tokens.png, steps.png (token {token}: {:?}), blocks.png and image.png to {}",
+        "\"{}\" (seed {}): {} cross-attention layers x {} steps recorded\nattention share per token: {}\nwrote tokens.png, steps.png (token {token}: {:?}), blocks.png, image.png{wrote_edits} to {}",
         args.prompt,
         args.seed,
         maps.modules.len(),

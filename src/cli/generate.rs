@@ -79,8 +79,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         step_seed: None,
         num_images: args.num_images,
         init_image,
-        record_attention: false,
-        attention_reweight: None,
+        ..GenerateRequest::default()
     };
     req.validate()?;
     if args.prompt.trim().is_empty() {

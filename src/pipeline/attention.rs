@@ -8,7 +8,7 @@
 
 use image::{Rgb, RgbImage};
 
-use super::Trace;
+use super::{AttentionInjection, GenerateRequest, Generation, TextToImage, Trace};
 use crate::shapes::detect::color_masks;
 use crate::shapes::scene::Color;
 use crate::{Error, Result};
@@ -191,5 +191,82 @@ pub fn overlay(img: &RgbImage, map: &[f32], size: usize, k: u32) -> RgbImage {
         Rgb(std::array::from_fn(|c| {
             (0.6 * f32::from(p[c]) * (1.0 - a) + heat[c] * a).round() as u8
         }))
+    })
+}
+
+/// The three pictures of a prompt-to-prompt word swap, from the same seed.
+pub struct WordSwap {
+    /// The original prompt's run (its maps are recorded).
+    pub source: Generation,
+    /// The new prompt alone: same seed, its own attention.
+    pub plain: Generation,
+    /// The new prompt with the original's cross-attention maps for the first `inject_steps`.
+    pub injected: Generation,
+}
+
+/// Prompt-to-prompt's word swap (Hertz et al. 2022): generate `req` while recording the
+/// prompt branch's cross-attention, then generate `new_prompt` from the same seed twice: on its
+/// own, and with the recorded probabilities P = softmax(Q K^T / sqrt(d)) used instead of its own
+/// in every cross-attention layer for the first `inject_steps` steps. Only V (what the tokens
+/// say) comes from the new prompt there, so the picture keeps the original's layout while the
+/// swapped word changes what is drawn. Both prompts must have the same number of tokens, so
+/// every map column still belongs to the same position.
+pub fn word_swap(
+    pipe: &TextToImage,
+    req: &GenerateRequest,
+    new_prompt: &str,
+    inject_steps: usize,
+) -> Result<WordSwap> {
+    let (_, eot) = pipe
+        .clip
+        .tokenize(&[req.prompt.clone(), new_prompt.to_string()])?;
+    if eot[0] != eot[1] {
+        return Err(Error::InvalidSetting {
+            what: format!("word swap \"{}\" -> \"{new_prompt}\"", req.prompt),
+            reason: format!(
+                "the prompts have {} and {} tokens; swap one word for another word of one token",
+                eot[0] - 1,
+                eot[1] - 1
+            ),
+        });
+    }
+    let source = pipe.generate(&GenerateRequest {
+        record_attention: true,
+        ..req.clone()
+    })?;
+    let b = req.num_images;
+    let start = if (req.guidance_scale - 1.0).abs() > 1e-12 {
+        b
+    } else {
+        0
+    };
+    let maps = source
+        .trace
+        .steps
+        .iter()
+        .map(|s| {
+            s.attention
+                .iter()
+                .map(|m| m.probs.narrow(0, start, b)) // (B, heads, H*W, tokens)
+                .collect::<candle_core::Result<Vec<_>>>()
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let new_req = GenerateRequest {
+        prompt: new_prompt.to_string(),
+        record_attention: false,
+        ..req.clone()
+    };
+    let plain = pipe.generate(&new_req)?;
+    let injected = pipe.generate(&GenerateRequest {
+        attention_injection: Some(AttentionInjection {
+            maps,
+            steps: inject_steps,
+        }),
+        ..new_req
+    })?;
+    Ok(WordSwap {
+        source,
+        plain,
+        injected,
     })
 }

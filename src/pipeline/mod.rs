@@ -29,7 +29,7 @@ pub use trace::{Trace, TraceStep};
 use crate::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
 use crate::noising::randn_tensor;
 use crate::schedulers::{SamplerKind, SchedulerConfig};
-use crate::unet::attention::{AttentionRecorder, Reweight};
+use crate::unet::attention::{AttentionRecorder, Injection, Reweight};
 use crate::unet::bundle::{default_unet_path, UNetBundle};
 use crate::vae::bundle::{default_vae_path, VaeBundle};
 use crate::{Error, Result};
@@ -65,6 +65,20 @@ pub struct GenerateRequest {
     pub record_attention: bool,
     /// Prompt-to-prompt re-weighting: (token position, scale) applied to the prompt's branch.
     pub attention_reweight: Option<(usize, f64)>,
+    /// Prompt-to-prompt word swap: another run's cross-attention maps, used in the prompt's
+    /// branch instead of this run's own for the first steps (see [`attention::word_swap`]).
+    pub attention_injection: Option<AttentionInjection>,
+}
+
+/// Cross-attention maps recorded from another run, to be used instead of this run's own.
+#[derive(Clone, Debug)]
+pub struct AttentionInjection {
+    /// Per step, per cross-attention layer (in call order): the prompt branch's probabilities,
+    /// (num_images, heads, H*W, tokens).
+    pub maps: Vec<Vec<Tensor>>,
+    /// Inject during the first `steps` steps only (the layout is set early; later steps are
+    /// left to the new prompt).
+    pub steps: usize,
 }
 
 impl Default for GenerateRequest {
@@ -82,6 +96,7 @@ impl Default for GenerateRequest {
             init_image: None,
             record_attention: false,
             attention_reweight: None,
+            attention_injection: None,
         }
     }
 }
@@ -210,11 +225,26 @@ impl TextToImage {
         for (i, &t) in timesteps.iter().enumerate() {
             let step_started = Instant::now();
             let rows = if guided { (b, b) } else { (0, b) }; // the prompt's rows of the batch
-            let recorder = match (req.record_attention, req.attention_reweight) {
-                (false, None) => None,
-                (record, rw) => Some(AttentionRecorder {
+            let inject = match &req.attention_injection {
+                Some(inj) if i < inj.steps => {
+                    let maps = inj.maps.get(i).ok_or_else(|| Error::InvalidSetting {
+                        what: "attention injection".into(),
+                        reason: format!(
+                            "maps for {} steps were recorded but step {} was asked for; record with the same --steps",
+                            inj.maps.len(),
+                            i + 1
+                        ),
+                    })?;
+                    Some(Injection::new(maps.clone(), rows))
+                }
+                _ => None,
+            };
+            let recorder = match (req.record_attention, req.attention_reweight, inject) {
+                (false, None, None) => None,
+                (record, rw, inject) => Some(AttentionRecorder {
                     record,
                     reweight: rw.map(|(token, scale)| Reweight { token, scale, rows }),
+                    inject,
                     ..AttentionRecorder::default()
                 }),
             };

@@ -5,7 +5,7 @@
 //! Attention probabilities can be recorded on request ([`AttentionRecorder`]); when no recorder
 //! is passed nothing is kept.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -37,13 +37,49 @@ pub struct Reweight {
     pub rows: (usize, usize),
 }
 
+/// Prompt-to-prompt's word swap (Hertz et al. 2022): in batch rows `rows.0 .. rows.0 + rows.1`,
+/// every cross-attention layer uses the probabilities recorded from another prompt's run
+/// (`maps`, one per cross-attention layer in the order the UNet calls them, each (rows.1,
+/// heads, H*W, tokens)) instead of its own: `P_target <- P_source`. The values V still come from
+/// the new prompt, so the swapped word changes *what* is drawn while the old maps keep *where*.
+#[derive(Debug)]
+pub struct Injection {
+    pub maps: Vec<Tensor>,
+    pub rows: (usize, usize),
+    next: Cell<usize>,
+}
+
+impl Injection {
+    pub fn new(maps: Vec<Tensor>, rows: (usize, usize)) -> Self {
+        Self {
+            maps,
+            rows,
+            next: Cell::new(0),
+        }
+    }
+
+    /// The next layer's recorded map.
+    fn next_map(&self, name: &str) -> Result<&Tensor> {
+        let i = self.next.get();
+        self.next.set(i + 1);
+        self.maps.get(i).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{name}: only {} recorded cross-attention maps to inject",
+                self.maps.len()
+            ))
+        })
+    }
+}
+
 /// Collects attention maps during a forward pass (cross-attention only unless
-/// `self_attention`; nothing unless `record`), and optionally edits the cross-attention.
+/// `self_attention`; nothing unless `record`), and optionally edits the cross-attention
+/// (re-weighting one token, or injecting another run's maps).
 #[derive(Debug)]
 pub struct AttentionRecorder {
     pub record: bool,
     pub self_attention: bool,
     pub reweight: Option<Reweight>,
+    pub inject: Option<Injection>,
     pub maps: RefCell<Vec<AttentionMap>>,
 }
 
@@ -53,6 +89,7 @@ impl Default for AttentionRecorder {
             record: true,
             self_attention: false,
             reweight: None,
+            inject: None,
             maps: RefCell::new(Vec::new()),
         }
     }
@@ -136,6 +173,10 @@ impl Attention {
         let k = split(self.to_k.forward(kv_src)?, t)?; // (B, h, T, d)
         let v = split(self.to_v.forward(kv_src)?, t)?; // (B, h, T, d)
         let mut probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
+        if let (Some(inj), Some(_)) = (rec.and_then(|r| r.inject.as_ref()), context) {
+            let (start, len) = inj.rows;
+            probs = replace_rows(&probs, start, &inj.next_map(&self.name)?.narrow(0, 0, len)?)?;
+        }
         if let (Some(rw), Some(_)) = (rec.and_then(|r| r.reweight), context) {
             probs = reweight(&probs, rw)?;
         }
@@ -174,12 +215,28 @@ fn reweight(probs: &Tensor, rw: Reweight) -> Result<Tensor> {
         .collect();
     let w = Tensor::from_vec(w, (1, 1, 1, t), probs.device())?;
     let (start, len) = rw.rows;
-    let edited = probs.narrow(0, start, len)?.broadcast_mul(&w)?;
+    replace_rows(
+        probs,
+        start,
+        &probs.narrow(0, start, len)?.broadcast_mul(&w)?,
+    )
+}
+
+/// `probs` with batch rows `start .. start + rows.dim(0)` replaced by `rows`.
+fn replace_rows(probs: &Tensor, start: usize, rows: &Tensor) -> Result<Tensor> {
+    let (b, len) = (probs.dim(0)?, rows.dim(0)?);
+    if start + len > b || rows.dims()[1..] != probs.dims()[1..] {
+        candle_core::bail!(
+            "cannot put attention rows {:?} at row {start} of attention {:?}",
+            rows.dims(),
+            probs.dims()
+        );
+    }
     let mut parts = Vec::new();
     if start > 0 {
         parts.push(probs.narrow(0, 0, start)?);
     }
-    parts.push(edited);
+    parts.push(rows.clone());
     if start + len < b {
         parts.push(probs.narrow(0, start + len, b - start - len)?);
     }
