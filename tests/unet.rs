@@ -402,6 +402,40 @@ mod training {
             tensors(&part),
             "resumed weights (EMA) differ from the uninterrupted run"
         );
+        // --stop-after writes a model at step 6 of the 8-step schedule; resuming finishes it.
+        let (early, early_ckpt) = (
+            dir.path().join("early.safetensors"),
+            dir.path().join("early.ckpt"),
+        );
+        let train = |cfg: &UNetTrainConfig, resume: bool| {
+            train_unet(
+                &model,
+                cfg,
+                &data,
+                &clip,
+                &vae,
+                &early,
+                &early_ckpt,
+                None,
+                resume,
+                &mut |_| true,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let stop6 = UNetTrainConfig {
+            stop_after: Some(6),
+            ..cfg.clone()
+        };
+        assert_eq!(train(&stop6, false).steps, 6);
+        assert_ne!(tensors(&full), tensors(&early), "stopped before the end");
+        let finished = train(&cfg, true);
+        assert_eq!((finished.resumed_from, finished.steps), (6, 8));
+        assert_eq!(
+            tensors(&full),
+            tensors(&early),
+            "a run stopped early and resumed equals the uninterrupted run"
+        );
     }
 }
 

@@ -82,6 +82,11 @@ pub struct UnetArgs {
     /// with a fresh optimizer, learning-rate schedule and EMA: training a finished model longer.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Stop after this many of the --steps (the learning-rate schedule still spans --steps) and
+    /// write the model as if training had ended there; with --resume, finishes a run that was
+    /// interrupted at a checkpoint.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// Use a very small UNet (for trying the command in seconds).
     #[arg(long)]
     pub tiny: bool,
@@ -419,6 +424,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         dataset_size: args.dataset_size,
         snr_gamma: (args.snr_gamma > 0.0).then_some(args.snr_gamma),
         init: args.init.clone(),
+        stop_after: args.stop_after,
         warmup: (args.steps / 20).clamp(1, UNetTrainConfig::default().warmup),
         checkpoint_every: UNetTrainConfig::default()
             .checkpoint_every
@@ -629,6 +635,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             checkpoint: Some(ckpt("unet")),
             resume: false,
             init: None,
+            stop_after: None,
             tiny: args.tiny,
         })
     })?;

@@ -60,6 +60,11 @@ pub struct UNetTrainConfig {
     /// continues with a fresh optimizer, learning-rate schedule and EMA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Stop after this many steps (of a run planned for `steps`, whose learning-rate schedule
+    /// still spans `steps`) and write the output as if the run had ended there. Not part of the
+    /// run's identity, so `--resume` continues either way.
+    #[serde(skip)]
+    pub stop_after: Option<usize>,
 }
 
 impl Default for UNetTrainConfig {
@@ -78,6 +83,7 @@ impl Default for UNetTrainConfig {
             checkpoint_every: 250,
             snr_gamma: Some(5.0),
             init: None,
+            stop_after: None,
         }
     }
 }
@@ -282,7 +288,8 @@ pub fn train_unet(
     let mut last_loss = f64::NAN;
     let mut buckets = vec![(0f64, 0usize); T_BUCKETS];
     let mut recent = buckets.clone();
-    for step in start_step..cfg.steps {
+    let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
+    for step in start_step..end {
         // 1. A batch of latents and captions; every tenth caption becomes the empty prompt.
         let mut rng = crate::support::seeded_rng(
             cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -351,9 +358,9 @@ pub fn train_unet(
             save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
             return Ok(None);
         }
-        if (step + 1) % cfg.checkpoint_every == 0 || step + 1 == cfg.steps {
+        if (step + 1) % cfg.checkpoint_every == 0 || step + 1 == end {
             buckets = std::mem::replace(&mut recent, vec![(0.0, 0); T_BUCKETS]);
-            if step + 1 < cfg.steps {
+            if step + 1 < end {
                 save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
                 if let Some(dir) = &samples_dir {
                     let grid = sample_grid(&unet, &schedule, clip, vae, cfg.seed)?;
@@ -366,16 +373,18 @@ pub fn train_unet(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    // The shipped weights are the EMA.
+    // The checkpoint keeps the raw weights (what --resume continues from), then the shipped
+    // weights are the EMA.
+    save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
     for ((_, v), (_, e)) in vars.iter().zip(&ema.shadow) {
         v.set(e)?;
     }
     let held_out_mse = held_out_loss(&unet, &schedule, clip, vae, cfg.seed)?;
     let report = UNetTrainReport {
-        steps: cfg.steps,
+        steps: end,
         resumed_from: start_step,
         seconds,
-        seconds_per_step: seconds / cfg.steps.saturating_sub(start_step).max(1) as f64,
+        seconds_per_step: seconds / end.saturating_sub(start_step).max(1) as f64,
         cache_seconds: 0.0,
         final_loss: last_loss,
         loss_by_t: buckets
@@ -399,7 +408,6 @@ pub fn train_unet(
         ),
     ]);
     weights::save_varmap(out, &varmap, &metadata)?;
-    save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
     Ok(Some(report))
 }
 
