@@ -101,6 +101,14 @@ fn cases() -> Vec<Case> {
             stride: 3,
             pad: Padding::same(2),
         },
+        // Small 3x3 convolutions take the column-matrix path, from 20x20 on the padded-plane one.
+        Case {
+            x: [2, 3, 20, 20],
+            c_out: 4,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
         // Large enough to take several im2col chunks and the threaded gemm path.
         Case {
             x: [9, 64, 32, 32],
@@ -193,7 +201,13 @@ fn conv2d_gradients_match_finite_differences_on_non_square_and_asymmetric_cases(
         left: 0,
         right: 1,
     };
-    for (shape, stride, pad) in [([1, 2, 5, 7], 1, Padding::same(1)), ([2, 3, 6, 6], 2, asym)] {
+    // 5x7 takes the column-matrix path, 20x22 the padded-plane path (see `Geometry` in
+    // src/nn/conv.rs), the asymmetric stride-2 case the general one.
+    for (shape, stride, pad) in [
+        ([1, 2, 5, 7], 1, Padding::same(1)),
+        ([1, 2, 20, 22], 1, Padding::same(1)),
+        ([2, 3, 6, 6], 2, asym),
+    ] {
         let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
         let w = Var::from_tensor(&rand(&[3, shape[1], 3, 3], 2)).unwrap();
         let b = Var::from_tensor(&rand(&[3], 3)).unwrap();

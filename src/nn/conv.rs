@@ -90,10 +90,18 @@ impl Geometry {
         self.c_in * self.kh * self.kw
     }
 
-    /// Stride 1 with the same padding on every side: the fast path of [`super::conv_stride1`].
+    /// Stride 1 with the same padding on every side: the fast path of [`super::conv_stride1`],
+    /// which computes outputs on the padded grid too. That costs (H+2p)(W+2p)/(HW) times the
+    /// work: 13% more at 32x32, but 56% at 8x8 and 125% at 4x4, where the column matrix of
+    /// [`im2col`] (valid positions only) wins.
     fn stride1_same_pad(&self) -> bool {
         let p = self.pad;
-        self.stride == 1 && p.top == p.bottom && p.top == p.left && p.left == p.right
+        let padded = (self.h + 2 * p.top) * (self.w + 2 * p.left);
+        self.stride == 1
+            && p.top == p.bottom
+            && p.top == p.left
+            && p.left == p.right
+            && padded * 4 <= self.h * self.w * 5
     }
 
     /// Output pixels per image.
