@@ -9,6 +9,7 @@ faster).
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch diffusers
     /tmp/torchenv/bin/python benches/torch_unet.py [--reps 7] [--threads 2]
+    /tmp/torchenv/bin/python benches/torch_unet.py --markdown book/src/measured/unet_vs_pytorch.md
 
 Not part of the tests: PyTorch is a 5.5 GB install and timings are never asserted.
 """
@@ -77,6 +78,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="threads for both (this machine: 2)")
     ap.add_argument("--inkdrop", default=None,
                     help="bench_unet binary (default: build it with cargo)")
+    ap.add_argument("--markdown", default=None,
+                    help="also write the table as Markdown here (the book's performance appendix)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,16 +88,36 @@ def main():
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     ours = json.loads(subprocess.run(cmd + ["--reps", str(args.reps), "--json"], cwd=root,
                                      env=env, check=True, capture_output=True, text=True).stdout)
-    print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.reps}")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "unknown CPU")
+    flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+    simd = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    header = (f"{cpu} ({simd}), {args.threads} threads; PyTorch {torch.__version__} with "
+              f"diffusers {__import__('diffusers').__version__}; medians of {args.reps}; "
+              f"{time.strftime('%Y-%m-%d')}")
+    print(header)
     print(f"{'config':>10} {'what':>24} {'batch':>5} {'PyTorch ms':>11} {'inkdrop ms':>11} {'ratio':>6}")
+    md = [f"Measured on {header}.", "",
+          "| config | what | batch | PyTorch ms | inkdrop ms | inkdrop / PyTorch |",
+          "|---|---|---:|---:|---:|---:|"]
     for name in CONFIGS:
         theirs = bench_torch(name, args.reps)
         for row in ours:
             if row["config"] != name:
                 continue
             t = theirs[row["what"]]
+            ratio = row["median_ms"] / t
             print(f"{name:>10} {row['what']:>24} {row['batch']:>5} {t:>11.1f} "
-                  f"{row['median_ms']:>11.1f} {row['median_ms'] / t:>6.2f}")
+                  f"{row['median_ms']:>11.1f} {ratio:>6.2f}")
+            md.append(f"| {name} | {row['what']} | {row['batch']} | {t:.1f} | "
+                      f"{row['median_ms']:.1f} | {ratio:.2f} |")
+    if args.markdown:
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        tmp = args.markdown + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(md) + "\n")
+        os.replace(tmp, args.markdown)
+        print(f"wrote {args.markdown}")
 
 
 if __name__ == "__main__":
