@@ -8,4 +8,6 @@ for bin in ch01_forward_noising ch02_noise_prediction ch03_reverse_sampling ch04
   echo "== $bin --book"
   "target/release/$bin" --book > /dev/null
 done
-echo "figures and tables written to book/src/generated/"
+# Which machine made these bytes (see cpu_signature.sh): CI compares byte for byte only on the same.
+bash book/cpu_signature.sh > book/src/generated/machine.txt
+echo "figures and tables written to book/src/generated/ ($(cat book/src/generated/machine.txt))"
