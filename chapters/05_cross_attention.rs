@@ -458,7 +458,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ] {
                 tiles.push(Tile {
                     image: enlarge(&g.images[k], 4),
-                    caption: vec![format!("seed {}: {what}", args.seed + k as u64)],
+                    caption: vec![format!("seed {}", args.seed + k as u64), what.to_string()],
                 });
             }
         }
@@ -477,11 +477,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         &format!("{}\n{summary}\n", table.to_markdown()),
     )?;
     save_png(
-        &labelled_grid(
-            &tiles,
-            3,
-            Some("\"a red circle\" -> \"a blue circle\", from the same noise"),
-        )?,
+        &labelled_grid(&tiles, 3, Some("\"red\" -> \"blue\", same noise"))?,
         &out.join("word_swap.png"),
     )?;
     Ok(())
