@@ -53,7 +53,11 @@ fn markdown_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_dir() && path.file_name().is_some_and(|n| n != "generated") {
+        if path.is_dir()
+            && path
+                .file_name()
+                .is_some_and(|n| n != "generated" && n != "measured")
+        {
             out.extend(markdown_files(&path));
         } else if path.extension().is_some_and(|e| e == "md") {
             out.push(path);
