@@ -102,6 +102,22 @@ impl Default for GenerateRequest {
 }
 
 impl GenerateRequest {
+    /// Whether the loop runs both branches of classifier-free guidance (scale != 1).
+    pub fn guided(&self) -> bool {
+        (self.guidance_scale - 1.0).abs() > 1e-12
+    }
+
+    /// The prompt's rows of the UNet batch, (first, count): the second half when guidance
+    /// batches the unconditional branch first, else all of it.
+    pub fn prompt_rows(&self) -> (usize, usize) {
+        let b = self.num_images;
+        if self.guided() {
+            (b, b)
+        } else {
+            (0, b)
+        }
+    }
+
     /// Refuses settings no sampler can run, naming the setting and the fix.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: String, reason: &str| {
@@ -219,12 +235,12 @@ impl TextToImage {
         };
         let mut step_rng =
             crate::support::seeded_rng(req.step_seed.unwrap_or(req.seed ^ 0x5EED_57E9));
-        let guided = (req.guidance_scale - 1.0).abs() > 1e-12;
+        let guided = req.guided();
         let mut steps = Vec::with_capacity(timesteps.len());
         // 3. The denoising loop.
         for (i, &t) in timesteps.iter().enumerate() {
             let step_started = Instant::now();
-            let rows = if guided { (b, b) } else { (0, b) }; // the prompt's rows of the batch
+            let rows = req.prompt_rows();
             let inject = match &req.attention_injection {
                 Some(inj) if i < inj.steps => {
                     let maps = inj.maps.get(i).ok_or_else(|| Error::InvalidSetting {

@@ -174,8 +174,7 @@ impl Attention {
         let v = split(self.to_v.forward(kv_src)?, t)?; // (B, h, T, d)
         let mut probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
         if let (Some(inj), Some(_)) = (rec.and_then(|r| r.inject.as_ref()), context) {
-            let (start, len) = inj.rows;
-            probs = replace_rows(&probs, start, &inj.next_map(&self.name)?.narrow(0, 0, len)?)?;
+            probs = replace_rows(&probs, inj.rows.0, inj.next_map(&self.name)?)?;
         }
         if let (Some(rw), Some(_)) = (rec.and_then(|r| r.reweight), context) {
             probs = reweight(&probs, rw)?;
