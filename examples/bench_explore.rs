@@ -1,6 +1,7 @@
 //! Benchmark of `inkdrop explore` (issue bars: a 30-step trace ready in under 1 s with the
-//! shipped models; a frame drawn in under 16 ms at 200x50). Prints medians of: the trace and
-//! every step's pictures (what the worker thread does before the first screen); one frame at
+//! shipped models; a frame drawn in under 16 ms at 200x50). Prints medians of: the trace (what
+//! the worker thread does before the first screen); one step's pictures through the VAE decoder
+//! (what it does next, once per step, nearest the cursor first); the two together; one frame at
 //! 200x50 and 80x24 with the pictures already encoded (what holding an arrow key costs per
 //! step); and one frame whose pictures must be encoded first (the work the encoder thread keeps
 //! off the drawing path), for half blocks and for the kitty protocol.
@@ -11,7 +12,7 @@
 
 use clap::Parser;
 use inkdrop::explore::app::{App, Mode, Settings};
-use inkdrop::explore::frames::ForwardFrames;
+use inkdrop::explore::frames::{ForwardFrames, StepLatents};
 use inkdrop::explore::images::ImageCache;
 use inkdrop::explore::{generate_frames, ui};
 use inkdrop::pipeline::TextToImage;
@@ -49,9 +50,26 @@ fn main() -> anyhow::Result<()> {
         generate_frames(&pipe, &settings, &mut |_, _| {}).map(|_| ())
     })?;
     table.row([
-        "30-step trace with attention + every step's pictures".to_string(),
+        "30-step trace with attention: the first screen (pictures follow)".to_string(),
         format!("{trace_ms:.0}"),
         "< 1000".into(),
+    ]);
+    let (frames, _) = generate_frames(&pipe, &settings, &mut |_, _| {})?;
+    let latents = StepLatents::of(&frames.trace)?;
+    let one_ms = median_ms(args.reps, || latents.decode(&pipe, 0).map(|_| ()))?;
+    table.row([
+        "one step's x_t and predicted x0 through the VAE decoder".to_string(),
+        format!("{one_ms:.1}"),
+        String::new(),
+    ]);
+    let all_ms = median_ms(args.reps.min(5), || {
+        generate_frames(&pipe, &settings, &mut |_, _| {})
+            .and_then(|(mut frames, _)| frames.decode_all(&pipe))
+    })?;
+    table.row([
+        "trace and every step's pictures, one after the other".to_string(),
+        format!("{all_ms:.0}"),
+        String::new(),
     ]);
     let x0 = render(&sample_at(&WorldConfig::default(), 7, 0).scene, 32);
     let mut app = App::new(
@@ -60,8 +78,9 @@ fn main() -> anyhow::Result<()> {
         Mode::Reverse,
     );
     let id = app.start_generation();
-    let frames = generate_frames(&pipe, &settings, &mut |_, _| {})?;
-    app.on_generated(id, Ok(frames));
+    let (mut frames, seconds) = generate_frames(&pipe, &settings, &mut |_, _| {})?;
+    frames.decode_all(&pipe)?;
+    app.on_generated(id, Ok((frames, seconds)));
     for (w, h) in [(200u16, 50u16), (80, 24)] {
         let mut terminal = Terminal::new(TestBackend::new(w, h))?;
         let mut images = ImageCache::inline(Picker::halfblocks());

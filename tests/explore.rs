@@ -6,7 +6,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use image::RgbImage;
 use inkdrop::explore::app::{action_for, Action, App, Effect, Mode, Settings, Status, KEYMAP};
-use inkdrop::explore::frames::{ForwardFrames, NoiseView};
+use inkdrop::explore::frames::{ForwardFrames, NoiseView, StepLatents};
 use inkdrop::explore::images::ImageCache;
 use inkdrop::explore::{generate_frames, panels_picture, ui};
 use inkdrop::pipeline::TextToImage;
@@ -48,6 +48,7 @@ fn ready_app(steps: usize) -> App {
     for s in &mut frames.trace.steps {
         s.seconds = 0.0;
     }
+    frames.decode_all(&pipe).expect("every step decodes");
     app.on_generated(id, Ok((frames, 0.0)));
     app
 }
@@ -212,6 +213,70 @@ fn stale_generations_are_dropped_and_failures_are_shown() {
         Status::Failed("the UNet file is missing".into())
     );
     assert!(screen(&app, 80, 24).contains("the UNet file is missing"));
+}
+
+#[test]
+fn pictures_arrive_after_the_trace_nearest_the_cursor_first() {
+    let pipe = TextToImage::load_default().expect("shipped models in data/");
+    let mut app = App::new(settings(6), forward(), Mode::Reverse);
+    let id = app.start_generation();
+    let (frames, _) = generate_frames(&pipe, &app.settings, &mut |_, _| {}).unwrap();
+    let latents = StepLatents::of(&frames.trace).unwrap();
+    assert_eq!(latents.len(), 6);
+    assert_eq!(
+        frames.pictures_done(),
+        0,
+        "the trace comes before its pictures"
+    );
+    assert!(frames.attention.iter().all(Vec::is_empty));
+    app.on_generated(id, Ok((frames, 0.0)));
+    let waiting = screen(&app, 120, 30);
+    assert!(
+        waiting.contains("VAE-decoding the pictures of each step") && waiting.contains("0/6"),
+        "{waiting}"
+    );
+    assert!(
+        panels_picture(&app).is_err(),
+        "w before the pictures exist is refused, not a panic"
+    );
+
+    // Decoding order: the cursor's step, then outwards (the later neighbour first).
+    let mut done = vec![false; 6];
+    let mut order = Vec::new();
+    while let Some(i) = StepLatents::nearest_missing(&done, 2) {
+        done[i] = true;
+        order.push(i);
+    }
+    assert_eq!(order, [2, 3, 1, 4, 0, 5]);
+
+    let (x_t, x0) = latents.decode(&pipe, 2).unwrap();
+    app.on_pictures(id + 1, 2, x_t.clone(), x0.clone());
+    assert_eq!(
+        app.reverse.as_ref().unwrap().pictures_done(),
+        0,
+        "stale pictures are dropped"
+    );
+    app.on_pictures(id, 2, x_t.clone(), x0.clone());
+    let r = app.reverse.as_ref().unwrap();
+    assert_eq!(r.pictures_done(), 1);
+    assert_eq!(
+        r.attention[2].len(),
+        r.tokens.len(),
+        "maps laid over the arrived x0"
+    );
+    assert!(r.attention[1].is_empty());
+    assert!(
+        latents.decode(&pipe, 6).is_err(),
+        "a step past the end is an error"
+    );
+
+    // Step by step or all at once: the same pictures.
+    let (mut eager, _) = generate_frames(&pipe, &app.settings, &mut |_, _| {}).unwrap();
+    eager.decode_all(&pipe).unwrap();
+    assert_eq!(eager.pictures_done(), 6);
+    assert_eq!(eager.x_t[2].as_ref(), Some(&x_t));
+    assert_eq!(eager.pred_x0[2].as_ref(), Some(&x0));
+    assert_eq!(eager.attention[2], r.attention[2]);
 }
 
 #[test]

@@ -4,14 +4,17 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use crossterm::event::{self, Event, KeyEventKind};
+use image::RgbImage;
 use inkdrop::explore::app::{App, Effect, Mode, Settings};
-use inkdrop::explore::frames::{ForwardFrames, ReverseFrames};
+use inkdrop::explore::frames::{ForwardFrames, ReverseFrames, StepLatents};
 use inkdrop::explore::images::ImageCache;
 use inkdrop::explore::{generate_frames, panels_file_name, panels_picture, ui};
 use inkdrop::pipeline::TextToImage;
@@ -71,33 +74,77 @@ pub enum Graphics {
 enum FromWorker {
     Progress(u64, usize, usize),
     Done(u64, Box<Result<(ReverseFrames, f64), String>>),
+    /// Generation id, step, decoded x_t and predicted x0.
+    Pictures(u64, usize, RgbImage, RgbImage),
 }
 
 /// Runs generation requests one after another; a burst of requests (say, `+` pressed five
-/// times) runs only the last.
-fn spawn_worker(pipe: TextToImage, tx: Sender<FromWorker>) -> Sender<(u64, Settings)> {
+/// times) runs only the last. After each generation it decodes the steps' pictures, always the
+/// one nearest `cursor` next, and drops that work as soon as a new request comes in.
+fn spawn_worker(
+    pipe: TextToImage,
+    tx: Sender<FromWorker>,
+    cursor: Arc<AtomicUsize>,
+) -> Sender<(u64, Settings)> {
     let (req_tx, req_rx) = channel::<(u64, Settings)>();
     std::thread::spawn(move || {
-        while let Ok(mut job) = req_rx.recv() {
+        let mut next = None;
+        while let Some(mut job) = next.take().or_else(|| req_rx.recv().ok()) {
             while let Ok(newer) = req_rx.try_recv() {
                 job = newer;
             }
             let (id, settings) = job;
             let progress = tx.clone();
             // A panic here must not take the UI down: it becomes the run's error message.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let result = catch(|| {
                 generate_frames(&pipe, &settings, &mut |done, total| {
                     let _ = progress.send(FromWorker::Progress(id, done, total));
                 })
+                .and_then(|(frames, secs)| Ok((StepLatents::of(&frames.trace)?, frames, secs)))
                 .map_err(|e| e.to_string())
-            }))
-            .unwrap_or_else(|panic| Err(format!("generation failed: {}", panic_message(&*panic))));
-            if tx.send(FromWorker::Done(id, Box::new(result))).is_err() {
-                break;
+            });
+            let latents = match result {
+                Ok((latents, frames, secs)) => {
+                    if tx
+                        .send(FromWorker::Done(id, Box::new(Ok((frames, secs)))))
+                        .is_err()
+                    {
+                        break;
+                    }
+                    latents
+                }
+                Err(e) => {
+                    if tx.send(FromWorker::Done(id, Box::new(Err(e)))).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut done = vec![false; latents.len()];
+            while let Some(i) = StepLatents::nearest_missing(&done, cursor.load(Ordering::Relaxed))
+            {
+                if let Ok(newer) = req_rx.try_recv() {
+                    next = Some(newer);
+                    break;
+                }
+                done[i] = true;
+                // A step that fails to decode keeps its placeholder; the others still come.
+                if let Ok((x_t, x0)) = catch(|| latents.decode(&pipe, i).map_err(|e| e.to_string()))
+                {
+                    if tx.send(FromWorker::Pictures(id, i, x_t, x0)).is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
     req_tx
+}
+
+/// Runs `f`, turning a panic into an error message.
+fn catch<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(format!("generation failed: {}", panic_message(&*panic))))
 }
 
 /// The text of a caught panic.
@@ -216,7 +263,8 @@ fn event_loop(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     let (tx, rx): (Sender<FromWorker>, Receiver<FromWorker>) = channel();
-    let worker = spawn_worker(pipe, tx);
+    let cursor = Arc::new(AtomicUsize::new(app.step));
+    let worker = spawn_worker(pipe, tx, Arc::clone(&cursor));
     let id = app.start_generation();
     worker.send((id, app.settings.clone()))?;
     let mut images = ImageCache::threaded(picker);
@@ -229,9 +277,11 @@ fn event_loop(
             match msg {
                 FromWorker::Progress(id, done, total) => app.on_progress(id, done, total),
                 FromWorker::Done(id, result) => app.on_generated(id, *result),
+                FromWorker::Pictures(id, i, x_t, x0) => app.on_pictures(id, i, x_t, x0),
             }
             dirty = true;
         }
+        cursor.store(app.step, Ordering::Relaxed);
         if images.collect() {
             dirty = true;
         }
@@ -245,7 +295,12 @@ fn event_loop(
             terminal.draw(|f| ui::draw(f, app, &mut images))?;
             dirty = false;
         }
+        let decoding = app
+            .reverse
+            .as_ref()
+            .is_some_and(|r| r.pictures_done() < r.len());
         let wait = if images.busy()
+            || decoding
             || matches!(app.status, inkdrop::explore::app::Status::Running { .. })
         {
             Duration::from_millis(15)

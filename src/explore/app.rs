@@ -2,6 +2,7 @@
 //! performs the [`Effect`]s that [`App::handle_key`] asks for.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use image::RgbImage;
 
 use super::frames::{next_sampler, next_schedule, ForwardFrames, NoiseView, ReverseFrames};
 use crate::schedulers::SamplerKind;
@@ -325,7 +326,7 @@ pub struct App {
     pub message: Option<String>,
     /// Id of the generation whose result we wait for.
     pub generation: u64,
-    /// Seconds the shown generation took (trace and pictures).
+    /// Seconds the shown generation took (the trace; its pictures are decoded afterwards).
     pub ready_seconds: f64,
 }
 
@@ -415,6 +416,16 @@ impl App {
                 self.status = Status::Ready;
             }
             Err(e) => self.status = Status::Failed(e),
+        }
+    }
+
+    /// Step `i`'s decoded pictures of generation `id` arrived (stale ones are dropped).
+    pub fn on_pictures(&mut self, id: u64, i: usize, x_t: RgbImage, pred_x0: RgbImage) {
+        if id != self.generation {
+            return;
+        }
+        if let Some(r) = &mut self.reverse {
+            r.set_pictures(i, x_t, pred_x0);
         }
     }
 

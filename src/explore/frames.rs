@@ -1,6 +1,8 @@
 //! Everything `inkdrop explore` shows, computed once: the pictures of every step of a trace
 //! (reverse mode) or of every noise level of one image (forward mode). Scrubbing only picks
-//! from these; it never runs a model.
+//! from these; it never runs a model. The VAE-decoded pictures of a trace ([`StepLatents`])
+//! arrive after the trace itself, nearest the cursor first, so the first screen does not wait
+//! for all of them.
 
 use candle_core::Tensor;
 use image::{Rgb, RgbImage};
@@ -8,7 +10,7 @@ use ndarray::Array3;
 
 use crate::noising::{add_noise, randn};
 use crate::pipeline::attention::{overlay, token_heatmaps, MapSelection};
-use crate::pipeline::Trace;
+use crate::pipeline::{TextToImage, Trace};
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 use crate::schedulers::SamplerKind;
 use crate::support::image_io::{from_chw, to_chw};
@@ -105,19 +107,22 @@ pub struct ReverseFrames {
     pub tokens: Vec<String>,
     /// Index of the end-of-text token (the first padding follows it).
     pub eot_index: usize,
-    /// x_t decoded by the VAE, per step.
-    pub x_t: Vec<RgbImage>,
-    /// The predicted x0 decoded, per step.
-    pub pred_x0: Vec<RgbImage>,
+    /// x_t decoded by the VAE, per step (`None` until decoded: [`ReverseFrames::set_pictures`]).
+    pub x_t: Vec<Option<RgbImage>>,
+    /// The predicted x0 decoded, per step (`None` until decoded).
+    pub pred_x0: Vec<Option<RgbImage>>,
     /// The latent channels of x_t, per step.
     pub channels: Vec<RgbImage>,
     /// Per noise view (in [`NoiseView::ALL`] order): per step the 2 x 2 channel mosaic, and the
     /// colour scale's range.
     pub noise: Vec<(Vec<RgbImage>, f32)>,
-    /// Per step, per token: its cross-attention map at that step laid over the predicted x0,
-    /// and the share of attention the token received.
+    /// Per step, per token: its cross-attention map at that step laid over the predicted x0
+    /// (empty until that step's predicted x0 is decoded), and the share of attention the token
+    /// received.
     pub attention: Vec<Vec<RgbImage>>,
     pub attention_mass: Vec<Vec<f64>>,
+    /// Per step, per token: the aggregated map (size x size, in [0, 1]) waiting for its picture.
+    attention_maps: Vec<Vec<Vec<f32>>>,
     /// The final picture.
     pub image: RgbImage,
 }
@@ -127,15 +132,10 @@ pub struct ReverseFrames {
 pub const LATENT_RANGE: f32 = 2.5;
 
 impl ReverseFrames {
-    /// Draws every step of `trace` (which must hold attention maps), given each step's x_t and
-    /// predicted x0 already decoded, and the tokens of the prompt.
-    pub fn new(
-        trace: Trace,
-        encoding: Encoding,
-        x_t: Vec<RgbImage>,
-        pred_x0: Vec<RgbImage>,
-        final_image: RgbImage,
-    ) -> Result<Self> {
+    /// Draws every step of `trace` (which must hold attention maps) except the VAE-decoded
+    /// pictures, which [`ReverseFrames::set_pictures`] adds step by step; `final_image` is the
+    /// generation's result (its width is the attention maps' size), `encoding` the prompt's tokens.
+    pub fn new(trace: Trace, encoding: Encoding, final_image: RgbImage) -> Result<Self> {
         let first = |t: &Tensor| t.narrow(0, 0, 1);
         let xs: Vec<Tensor> = trace
             .steps
@@ -179,20 +179,21 @@ impl ReverseFrames {
             noise.push((images, range));
         }
         let size = final_image.width() as usize;
-        let mut attention = Vec::with_capacity(trace.steps.len());
-        let mut attention_mass = Vec::with_capacity(trace.steps.len());
-        for (i, x0) in pred_x0.iter().enumerate() {
+        let n = trace.steps.len();
+        let mut attention_maps = Vec::with_capacity(n);
+        let mut attention_mass = Vec::with_capacity(n);
+        for i in 0..n {
             let sel = MapSelection {
                 steps: Some((i, i)),
                 ..MapSelection::default()
             };
             match token_heatmaps(&trace, 0, 1, &sel, size) {
                 Ok(maps) => {
-                    attention.push(maps.maps.iter().map(|m| overlay(x0, m, size, 1)).collect());
+                    attention_maps.push(maps.maps);
                     attention_mass.push(maps.mass);
                 }
                 Err(_) => {
-                    attention.push(Vec::new());
+                    attention_maps.push(Vec::new());
                     attention_mass.push(Vec::new());
                 }
             }
@@ -201,14 +202,47 @@ impl ReverseFrames {
             trace,
             tokens: encoding.tokens,
             eot_index: encoding.eot_index,
-            x_t,
-            pred_x0,
+            x_t: vec![None; n],
+            pred_x0: vec![None; n],
             channels,
             noise,
-            attention,
+            attention: vec![Vec::new(); n],
             attention_mass,
+            attention_maps,
             image: final_image,
         })
+    }
+
+    /// Step `i`'s decoded x_t and predicted x0 arrived: keep them and lay the step's attention
+    /// maps over the predicted x0. An index past the end is ignored.
+    pub fn set_pictures(&mut self, i: usize, x_t: RgbImage, pred_x0: RgbImage) {
+        if i >= self.len() {
+            return;
+        }
+        let size = self.image.width() as usize;
+        self.attention[i] = self.attention_maps[i]
+            .iter()
+            .map(|m| overlay(&pred_x0, m, size, 1))
+            .collect();
+        self.x_t[i] = Some(x_t);
+        self.pred_x0[i] = Some(pred_x0);
+    }
+
+    /// How many steps have their pictures.
+    pub fn pictures_done(&self) -> usize {
+        self.x_t.iter().filter(|p| p.is_some()).count()
+    }
+
+    /// Decodes every step's pictures now, on this thread (tests, benchmarks, writing PNGs).
+    pub fn decode_all(&mut self, pipe: &TextToImage) -> Result<()> {
+        let latents = StepLatents::of(&self.trace)?;
+        for i in 0..self.len() {
+            if self.x_t[i].is_none() {
+                let (x_t, x0) = latents.decode(pipe, i)?;
+                self.set_pictures(i, x_t, x0);
+            }
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -228,6 +262,62 @@ impl ReverseFrames {
             Some(t) => t.trim_end_matches("</w>").to_string(),
             None => String::new(),
         }
+    }
+}
+
+/// What the pictures of a trace are decoded from: per step, x_t and the predicted x0 of the
+/// first image, (2, 4, h, w). Cheap to clone out of the trace (tensors share their storage), so
+/// the worker thread decodes while the UI thread holds the trace.
+#[derive(Clone)]
+pub struct StepLatents {
+    pairs: Vec<Tensor>,
+}
+
+impl StepLatents {
+    pub fn of(trace: &Trace) -> Result<Self> {
+        let pairs = trace
+            .steps
+            .iter()
+            .map(|s| {
+                Tensor::cat(&[s.latents.narrow(0, 0, 1)?, s.pred_x0.narrow(0, 0, 1)?], 0)
+                // (2, 4, h, w)
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Self { pairs })
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// Step `i` through the VAE decoder: (x_t, predicted x0) as pictures.
+    pub fn decode(&self, pipe: &TextToImage, i: usize) -> Result<(RgbImage, RgbImage)> {
+        let pair = self
+            .pairs
+            .get(i)
+            .ok_or_else(|| crate::Error::InvalidSetting {
+                what: format!("step {i}"),
+                reason: format!("the trace has {} steps", self.pairs.len()),
+            })?;
+        let mut images = pipe.decode(pair)?.into_iter();
+        match (images.next(), images.next()) {
+            (Some(x_t), Some(x0)) => Ok((x_t, x0)),
+            _ => Err(crate::Error::InvalidSetting {
+                what: format!("step {i}'s pictures"),
+                reason: "the VAE decoder returned fewer than two".into(),
+            }),
+        }
+    }
+
+    /// The step not yet in `done` nearest to `cursor` (ties: the later step), if any.
+    pub fn nearest_missing(done: &[bool], cursor: usize) -> Option<usize> {
+        (0..done.len())
+            .filter(|&i| !done[i])
+            .min_by_key(|&i| (i.abs_diff(cursor), std::cmp::Reverse(i)))
     }
 }
 

@@ -2,7 +2,8 @@
 //! mode) or through the noising of one picture (forward mode).
 //!
 //! ```text
-//! worker thread: settings -> TextToImage::generate (trace with attention) -> ReverseFrames
+//! worker thread: settings -> TextToImage::generate (trace with attention) -> ReverseFrames,
+//!                then each step's pictures through the VAE decoder, nearest the cursor first
 //! event loop:    key -> App::handle_key (pure) -> Effect (re-run, write PNG, quit) -> ui::draw
 //! ```
 //!
@@ -15,10 +16,7 @@ pub mod frames;
 pub mod images;
 pub mod ui;
 
-use std::sync::mpsc::channel;
 use std::time::Instant;
-
-use candle_core::Tensor;
 
 use image::RgbImage;
 
@@ -28,9 +26,10 @@ use crate::Result;
 use app::{App, Mode, Settings};
 use frames::{NoiseView, ReverseFrames};
 
-/// Runs the pipeline once with attention recorded and draws every step; `on_step(done,
-/// total)` reports progress. Each step's x_t and predicted x0 are decoded by the VAE on a second
-/// thread while the UNet works on the next step. Returns the frames and the seconds it took.
+/// Runs the pipeline once with attention recorded and draws every step's latent panels;
+/// `on_step(done, total)` reports progress. The VAE-decoded pictures (x_t, predicted x0, and the
+/// attention overlays drawn on them) are left to [`frames::StepLatents`], so the first screen
+/// waits for the denoising only. Returns the frames and the seconds it took.
 pub fn generate_frames(
     pipe: &TextToImage,
     settings: &Settings,
@@ -59,49 +58,11 @@ pub fn generate_frames(
             ),
         });
     }
-    let (tx, rx) = channel::<Tensor>();
-    let mut failed = None;
-    let (generation, decoded) = std::thread::scope(|scope| {
-        let decoder = scope.spawn(move || -> Result<Vec<Vec<RgbImage>>> {
-            rx.into_iter().map(|pair| pipe.decode(&pair)).collect()
-        });
-        let generation = pipe.generate_with(&req, &mut |step, total| {
-            // (2, 4, h, w): this step's x_t and predicted x0, first picture of the batch.
-            let pair = step
-                .latents
-                .narrow(0, 0, 1)
-                .and_then(|x| Tensor::cat(&[x, step.pred_x0.narrow(0, 0, 1)?], 0));
-            match pair {
-                Ok(pair) => {
-                    let _ = tx.send(pair);
-                }
-                Err(e) => failed = Some(e),
-            }
-            on_step(step.index + 1, total);
-        });
-        drop(tx);
-        let decoded = decoder.join().unwrap_or_else(|_| {
-            Err(crate::Error::InvalidSetting {
-                what: "VAE decoding thread".into(),
-                reason: "it stopped unexpectedly".into(),
-            })
-        });
-        (generation, decoded)
-    });
-    let generation = generation?;
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    let (x_t, pred_x0): (Vec<RgbImage>, Vec<RgbImage>) = decoded?
-        .into_iter()
-        .map(|mut pair| {
-            let x0 = pair.pop().unwrap_or_default();
-            let xt = pair.pop().unwrap_or_default();
-            (xt, x0)
-        })
-        .unzip();
+    let generation = pipe.generate_with(&req, &mut |step, total| {
+        on_step(step.index + 1, total);
+    })?;
     let image = generation.images.into_iter().next().unwrap_or_default();
-    let frames = ReverseFrames::new(generation.trace, encoding, x_t, pred_x0, image)?;
+    let frames = ReverseFrames::new(generation.trace, encoding, image)?;
     Ok((frames, started.elapsed().as_secs_f64()))
 }
 
@@ -121,14 +82,23 @@ pub fn panels_picture(app: &App) -> Result<RgbImage> {
             };
             let i = app.step.min(r.len().saturating_sub(1));
             let s = &r.trace.steps[i];
+            let (Some(x_t), Some(pred_x0)) = (&r.x_t[i], &r.pred_x0[i]) else {
+                return Err(crate::Error::InvalidSetting {
+                    what: "write PNG".into(),
+                    reason: format!(
+                        "step {}'s pictures are still being decoded; press w again in a moment",
+                        i + 1
+                    ),
+                });
+            };
             let view = NoiseView::ALL
                 .iter()
                 .position(|&v| v == app.noise_view)
                 .unwrap_or(0);
             let token = app.token.min(r.tokens.len().saturating_sub(1));
             let mut tiles = vec![
-                tile(&r.x_t[i], vec!["x_t (decoded)".into()]),
-                tile(&r.pred_x0[i], vec!["predicted x0".into()]),
+                tile(x_t, vec!["x_t (decoded)".into()]),
+                tile(pred_x0, vec!["predicted x0".into()]),
                 tile(
                     &r.noise[view].0[i],
                     vec![format!(

@@ -197,7 +197,7 @@ fn draw_reverse(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
         cells[0],
         Line::from(format!("x_t  (step {}/{})", i + 1, r.len())),
         key(Panel::XT, 0),
-        &|k| r.x_t.get(k).cloned(),
+        &|k| r.x_t.get(k).cloned().flatten(),
         &all,
         false,
     );
@@ -207,7 +207,7 @@ fn draw_reverse(f: &mut Frame, app: &App, images: &mut ImageCache, area: Rect) {
         cells[1],
         Line::from("predicted x0"),
         key(Panel::PredX0, 0),
-        &|k| r.pred_x0.get(k).cloned(),
+        &|k| r.pred_x0.get(k).cloned().flatten(),
         &all,
         false,
     );
@@ -575,13 +575,24 @@ fn draw_bar(f: &mut Frame, app: &App, area: Rect) {
         ),
         (Status::Failed(e), None) => Span::styled(e.clone(), Style::new().fg(Color::Red)),
         (Status::Ready, None) => match app.mode {
-            Mode::Reverse => Span::styled(
-                format!(
-                    "trace ready in {:.1} s: every step's x_t, noise predictions and attention are kept; scrubbing never re-runs the model",
-                    app.ready_seconds
-                ),
-                Style::new().fg(DIM),
-            ),
+            Mode::Reverse => {
+                let (done, n) = app
+                    .reverse
+                    .as_ref()
+                    .map_or((0, 0), |r| (r.pictures_done(), r.len()));
+                let text = if done < n {
+                    format!(
+                        "trace ready in {:.1} s; VAE-decoding the pictures of each step, nearest the cursor first: {done}/{n}",
+                        app.ready_seconds
+                    )
+                } else {
+                    format!(
+                        "trace ready in {:.1} s: every step's x_t, noise predictions and attention are kept; scrubbing never re-runs the model",
+                        app.ready_seconds
+                    )
+                };
+                Span::styled(text, Style::new().fg(DIM))
+            }
             Mode::Forward => Span::styled(
                 "the same picture and the same noise ε at every t; only the mix changes",
                 Style::new().fg(DIM),
