@@ -225,3 +225,33 @@ pub fn load_into(varmap: &VarMap, loaded: &Loaded, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Copies into the variables of `varmap` whose names `select` picks the tensors of the same name
+/// from `loaded` (each must be present with the right shape); the others keep their values.
+/// Returns how many were copied.
+pub fn load_selected(
+    varmap: &VarMap,
+    loaded: &Loaded,
+    path: &Path,
+    select: &dyn Fn(&str) -> bool,
+) -> Result<usize> {
+    let mut copied = 0;
+    for (name, var) in sorted_vars(varmap) {
+        if !select(&name) {
+            continue;
+        }
+        let t = loaded.tensors.get(&name).ok_or_else(|| Error::Weights {
+            path: path.to_path_buf(),
+            reason: format!("tensor {name} is missing (expected shape {:?}); the file was made for another model", var.dims()),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::Weights {
+                path: path.to_path_buf(),
+                reason: format!("tensor {name} has shape {:?}, the model expects {:?}; the file was made for another config", t.dims(), var.dims()),
+            });
+        }
+        var.set(t)?;
+        copied += 1;
+    }
+    Ok(copied)
+}

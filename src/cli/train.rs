@@ -184,6 +184,21 @@ pub struct ClipArgs {
     /// Use the very small test-size model (for trying the command in seconds).
     #[arg(long)]
     pub tiny: bool,
+    /// The image tower: `two-path` (a colour path and a shape path, summed: unseen colour-shape
+    /// pairs read right) or `vit` (CLIP's vision transformer with a conv stem).
+    #[arg(long, value_enum, default_value = "two-path")]
+    pub vision: VisionKind,
+    /// Take the text tower from this trained CLIP and keep it frozen; only the image tower,
+    /// its projection and the temperature train (a UNet trained on that text tower stays valid).
+    #[arg(long, value_name = "CLIP_FILE")]
+    pub frozen_text: Option<PathBuf>,
+}
+
+/// Image tower choice for `train clip`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VisionKind {
+    TwoPath,
+    Vit,
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
@@ -220,12 +235,23 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
         .unwrap_or_else(default_tokenizer_path);
     let tok = ClipTokenizer::from_file(&tok_path, CONTEXT_LENGTH)
         .context("run `inkdrop train tokenizer` first")?;
-    let model_config = if args.tiny {
+    let mut model_config = if args.tiny {
         ClipConfig::test(tok.vocab_size(), CONTEXT_LENGTH)
     } else {
         ClipConfig::tiny(tok.vocab_size(), CONTEXT_LENGTH)
     };
+    model_config.two_path = args.vision == VisionKind::TwoPath;
+    if let Some(path) = &args.frozen_text {
+        // The text tower's sizes come from the file, so its weights fit.
+        let text = inkdrop::clip::bundle::ClipBundle::load_config(path)?;
+        model_config = ClipConfig {
+            two_path: model_config.two_path,
+            vision_width: model_config.vision_width,
+            ..text
+        };
+    }
     let cfg = ClipTrainConfig {
+        frozen_text: args.frozen_text.clone(),
         steps: args.steps,
         batch_size: args.batch_size,
         lr: args.lr,
@@ -239,6 +265,7 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_out_dir("checkpoints").join("clip.safetensors"));
     let bar = progress(cfg.steps)?;
+    let started = std::time::Instant::now();
     let report = train_clip(
         &tok,
         &model_config,
@@ -248,12 +275,21 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
         args.resume,
         &mut |s| {
             bar.set_position(s.step as u64);
-            bar.set_message(format!(
+            let msg = format!(
                 "loss {:.3}  batch acc {:>3.0}%  lr {:.1e}",
                 s.loss,
                 100.0 * s.accuracy,
                 s.lr
-            ));
+            );
+            if log_line(&bar, s.step, cfg.steps) {
+                eprintln!(
+                    "step {}/{}  {msg}  {:.0} s",
+                    s.step,
+                    cfg.steps,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            bar.set_message(msg);
             true
         },
     )?
@@ -584,6 +620,8 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             checkpoint: Some(ckpt("clip")),
             resume: false,
             tiny: args.tiny,
+            vision: VisionKind::TwoPath,
+            frozen_text: None,
         })
     })?;
     stage("vae", &mut || {

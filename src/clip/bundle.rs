@@ -44,14 +44,7 @@ impl ClipBundle {
         }
         let device = Device::Cpu;
         let loaded = weights::load(weights_path, &device)?;
-        let config: ClipConfig = loaded
-            .metadata
-            .get("config")
-            .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| Error::Weights {
-                path: weights_path.to_path_buf(),
-                reason: "no CLIP config in its metadata".into(),
-            })?;
+        let config = config_of(&loaded, weights_path)?;
         let tokenizer = ClipTokenizer::from_file(tokenizer_path, config.context_length)?;
         if tokenizer.vocab_size() != config.vocab_size {
             return Err(Error::Weights {
@@ -74,6 +67,11 @@ impl ClipBundle {
             metadata: loaded.metadata,
             device,
         })
+    }
+
+    /// The config stored in a CLIP file's metadata, without building the model.
+    pub fn load_config(weights_path: &Path) -> Result<ClipConfig> {
+        config_of(&weights::load(weights_path, &Device::Cpu)?, weights_path)
     }
 
     /// The shipped model and tokenizer from `data/`.
@@ -151,4 +149,17 @@ pub fn fit_image(img: &RgbImage, size: u32) -> (RgbImage, bool) {
     } else {
         (crate::support::image_io::center_square(img, size), true)
     }
+}
+
+fn config_of(loaded: &weights::Loaded, path: &Path) -> Result<ClipConfig> {
+    loaded
+        .metadata
+        .get("config")
+        .and_then(|c| serde_json::from_str(c).ok())
+        .ok_or_else(|| Error::Weights {
+            path: path.to_path_buf(),
+            reason:
+                "no CLIP config in its metadata; is it a CLIP file made by `inkdrop train clip`?"
+                    .into(),
+        })
 }

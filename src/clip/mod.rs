@@ -1,9 +1,10 @@
-//! A tiny CLIP (Radford et al. 2021): a text transformer and a vision transformer trained so
-//! that matching captions and images land close together on the unit sphere.
+//! A tiny CLIP (Radford et al. 2021): a text transformer and an image tower trained so that
+//! matching captions and images land close together on the unit sphere.
 //!
 //! ```text
 //! text  (B, T) ids  -> text transformer -> hidden (B, T, W) -> pool at <|endoftext|> -> proj -> (B, E)
-//! image (B, 3, H, W) -> patches (B, N, 3 p p) -> ViT -> [CLS] -> proj -----------------------> (B, E)
+//! image (B, 3, H, W) -> colour path | shape path (two_path.rs) -> (B, W) -> proj -----------> (B, E)
+//!                 or patches (B, N, 3 p p) -> ViT -> [CLS] -> proj (CLIP's own, `two_path: false`)
 //! similarity = cos(text, image) = <t / |t|, i / |i|>;  logits = exp(logit_scale) * similarity
 //! ```
 //!
@@ -14,6 +15,7 @@
 pub mod bundle;
 pub mod eval;
 pub mod loss;
+pub mod two_path;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
@@ -48,11 +50,16 @@ pub struct ClipConfig {
     /// composes colour and shape better on unseen pairs (see chapter 4).
     #[serde(default)]
     pub mean_pool: bool,
+    /// Replace the ViT by [`two_path::TwoPathVision`]: a colour path and a shape path whose
+    /// features are projected and summed, so colour and shape compose on unseen pairs.
+    #[serde(default)]
+    pub two_path: bool,
 }
 
 impl ClipConfig {
-    /// inkdrop's default: 128-wide towers of 3 transformer layers; images enter the vision
-    /// tower through a conv stem (32x32 pixels to 4x4 tokens) and are read at `[CLS]`.
+    /// inkdrop's default: a 128-wide text transformer of 3 layers and the two-path image tower
+    /// ([`two_path::TwoPathVision`], 128 features). The ViT fields (conv stem, 3 layers read at
+    /// `[CLS]`) apply when `two_path` is switched off.
     pub fn tiny(vocab_size: usize, context_length: usize) -> Self {
         ClipConfig {
             vocab_size,
@@ -68,6 +75,7 @@ impl ClipConfig {
             embed_dim: 64,
             conv_stem: true,
             mean_pool: false,
+            two_path: true,
         }
     }
 
@@ -300,12 +308,29 @@ impl ClipVisionTransformer {
     }
 }
 
+/// The image tower: CLIP's ViT, or the two-path tower (colour and shape apart).
+#[derive(Clone, Debug)]
+pub enum VisionTower {
+    Vit(ClipVisionTransformer),
+    TwoPath(two_path::TwoPathVision),
+}
+
+impl VisionTower {
+    /// (B, 3, H, W) in [-1, 1] -> (B, W)
+    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
+        match self {
+            VisionTower::Vit(v) => v.forward(images),
+            VisionTower::TwoPath(v) => v.forward(images),
+        }
+    }
+}
+
 /// Both towers, their projections into the shared space, and the learned temperature.
 #[derive(Clone, Debug)]
 pub struct Clip {
     pub config: ClipConfig,
     pub text_model: ClipTextTransformer,
-    pub vision_model: ClipVisionTransformer,
+    pub vision_model: VisionTower,
     text_projection: Linear,
     visual_projection: Linear,
     /// log of the logit scale; CLIP initialises it to ln(1 / 0.07) and clamps exp() at 100.
@@ -320,7 +345,14 @@ impl Clip {
         let init = candle_nn::Init::Const((1.0f64 / 0.07).ln());
         Ok(Clip {
             text_model: ClipTextTransformer::new(config, vb.pp("text_model"))?,
-            vision_model: ClipVisionTransformer::new(config, vb.pp("vision_model"))?,
+            vision_model: if config.two_path {
+                VisionTower::TwoPath(two_path::TwoPathVision::new(
+                    config.vision_width,
+                    vb.pp("vision_model").pp("two_path"),
+                )?)
+            } else {
+                VisionTower::Vit(ClipVisionTransformer::new(config, vb.pp("vision_model"))?)
+            },
             text_projection: linear_no_bias(
                 config.text_width,
                 config.embed_dim,

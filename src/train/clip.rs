@@ -42,6 +42,12 @@ pub struct ClipTrainConfig {
     /// Replace the match targets by uniform ones (1/B everywhere): the other classic mistake,
     /// which removes any reason to tell pairs apart.
     pub soft_targets: bool,
+    /// Take the text tower and its projection from this trained CLIP and keep them frozen:
+    /// only the image side (tower, projection) and the temperature learn. A UNet trained on
+    /// that text tower's hidden states stays valid (the mirror of LiT, Zhai et al. 2022, which
+    /// locks the image tower).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_text: Option<std::path::PathBuf>,
 }
 
 impl Default for ClipTrainConfig {
@@ -58,6 +64,7 @@ impl Default for ClipTrainConfig {
             checkpoint_every: 100,
             l2_normalize: true,
             soft_targets: false,
+            frozen_text: None,
         }
     }
 }
@@ -100,7 +107,15 @@ pub fn train_clip(
         model_config,
         weights::seeded_var_builder(&varmap, cfg.seed, &device),
     )?;
-    let vars = weights::sorted_vars(&varmap);
+    if let Some(path) = &cfg.frozen_text {
+        let loaded = weights::load(path, &device)?;
+        weights::load_selected(&varmap, &loaded, path, &|n| is_text_var(n))?;
+    }
+    let frozen = cfg.frozen_text.is_some();
+    let vars: Vec<_> = weights::sorted_vars(&varmap)
+        .into_iter()
+        .filter(|(n, _)| !(frozen && is_text_var(n)))
+        .collect();
     let plain_vars: Vec<candle_core::Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(
         vars,
@@ -141,9 +156,11 @@ pub fn train_clip(
         } else {
             truth_targets(&samples, &device)? // every true caption in the batch is a match
         };
+        let text = model.text_features(&ids, &eot)?; // (B, E)
+        let text = if frozen { text.detach() } else { text };
         let out = contrastive_loss(
             &model.image_features(&x)?,
-            &model.text_features(&ids, &eot)?,
+            &text,
             &model.scale()?,
             &targets,
             cfg.l2_normalize,
@@ -212,6 +229,11 @@ pub fn train_clip(
     weights::save_varmap(out, &bundle.varmap, &metadata)?;
     checkpoint::save(checkpoint_path, &bundle.varmap, &opt, &fingerprint)?;
     Ok(Some(report))
+}
+
+/// The text tower and its projection (what `frozen_text` keeps).
+pub fn is_text_var(name: &str) -> bool {
+    name.starts_with("text_model.") || name.starts_with("text_projection.")
 }
 
 /// Share of images whose best-scoring caption is a true description of them.
