@@ -5,27 +5,8 @@
 use candle_core::{Device, Tensor, Var};
 use inkdrop::nn::{conv2d, group_norm, Padding};
 
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = inkdrop::support::seeded_rng(seed);
-    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn weighted_sum(y: &Tensor, w: &Tensor) -> Tensor {
-    (y * w).unwrap().sum_all().unwrap()
-}
+mod common;
+use common::{max_abs_diff, rand, weighted_sum};
 
 /// candle's conv2d with the same (possibly asymmetric) zero padding, as the reference.
 fn candle_conv(x: &Tensor, w: &Tensor, b: &Tensor, stride: usize, pad: Padding) -> Tensor {

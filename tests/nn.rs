@@ -6,28 +6,8 @@ use inkdrop::nn::{
     bias_add, layer_norm, layer_norm_reference, quick_gelu, quick_gelu_reference, softmax_last_dim,
 };
 
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = inkdrop::support::seeded_rng(seed);
-    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// A fixed random weighting so the loss depends on every output differently.
-fn weighted_sum(y: &Tensor, w: &Tensor) -> Tensor {
-    (y * w).unwrap().sum_all().unwrap()
-}
+mod common;
+use common::{max_abs_diff, rand, weighted_sum};
 
 #[test]
 fn softmax_matches_candle_values_and_gradients() {

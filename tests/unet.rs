@@ -10,15 +10,13 @@ use inkdrop::unet::embeddings::timestep_embedding;
 use inkdrop::unet::{UNet2DConditionModel, UNetConfig};
 use inkdrop::weights::{seeded_var_builder, sorted_vars};
 
+mod common;
+use common::rand;
+
 fn model(cfg: &UNetConfig, seed: u64) -> (UNet2DConditionModel, VarMap) {
     let vm = VarMap::new();
     let unet = UNet2DConditionModel::new(cfg, seeded_var_builder(&vm, seed, &Device::Cpu)).unwrap();
     (unet, vm)
-}
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = inkdrop::support::seeded_rng(seed);
-    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
 }
 
 #[test]

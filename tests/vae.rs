@@ -10,15 +10,13 @@ use inkdrop::vae::io::{load_latents, save_latents};
 use inkdrop::vae::{AutoencoderKL, DiagonalGaussian, VaeConfig};
 use inkdrop::weights::{seeded_var_builder, sorted_vars};
 
+mod common;
+use common::rand;
+
 fn model(cfg: &VaeConfig, seed: u64) -> (AutoencoderKL, VarMap) {
     let vm = VarMap::new();
     let vae = AutoencoderKL::new(cfg, seeded_var_builder(&vm, seed, &Device::Cpu)).unwrap();
     (vae, vm)
-}
-
-fn rand(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = inkdrop::support::seeded_rng(seed);
-    inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu).unwrap()
 }
 
 #[test]
