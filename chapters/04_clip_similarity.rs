@@ -442,13 +442,16 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Training in seconds, and two classic mistakes");
-    // A small model: 64 wide, one transformer layer per tower.
+    // A small model: 64 wide, one transformer layer per tower, CLIP's own (ViT) image tower.
     let tiny = ClipConfig {
         text_width: 64,
         text_layers: 1,
         vision_width: 64,
         vision_layers: 1,
         embed_dim: 32,
+        two_path: false,
+        mean_pool: false,
+        conv_stem: true,
         ..c.clone()
     };
     let variants = [
@@ -556,8 +559,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|(_, v)| v.elem_count())
         .sum();
     let demo_size = format!(
-        "Each run trains a {tiny_params}-parameter model ({:.0} times smaller than the shipped \
-         {full_params}) for {} steps of 32 pairs.",
+        "Each run trains a {tiny_params}-parameter model with CLIP's own image tower, a ViT \
+         ({:.0} times smaller than the shipped {full_params}), for {} steps of 32 pairs.",
         full_params as f64 / tiny_params as f64,
         args.demo_steps
     );
