@@ -413,13 +413,37 @@ fn the_two_paths_see_colour_and_shape_apart() {
             .filter(|&&v| v == 1.0)
             .count()
     };
-    // (Edge pixels are blends, so a darker colour can leave one more of them below 1.)
+    // (Edge pixels are blends, so a colour of lower contrast leaves a few more of them below 1.)
     assert!(
-        full(0) > 100 && full(0).abs_diff(full(1)) <= 3,
+        full(0) > 100 && full(0).abs_diff(full(1)) <= 6,
         "{} vs {}",
         full(0),
         full(1)
     );
+    // Faint blotches and a darker frame (12 of 255 levels, as decoded pictures have) stay
+    // background.
+    let mut noisy = imgs[0].clone();
+    for (x, y, p) in noisy.enumerate_pixels_mut() {
+        let d: i16 = if x == 0 || y == 0 || x == 31 || y == 31 {
+            -12
+        } else {
+            ((x * 7 + y * 3) % 13) as i16 - 6
+        };
+        for c in p.0.iter_mut() {
+            *c = (i16::from(*c) + d).clamp(0, 255) as u8;
+        }
+    }
+    let mn = foreground_mask(&images_tensor(&[noisy], &Device::Cpu).unwrap()).unwrap();
+    let mn: Vec<f32> = mn.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(mn[0], 0.0, "a darker frame is background");
+    assert_eq!(mn[16 * 32 + 16], 1.0);
+    let bg = *imgs[0].get_pixel(0, 0);
+    let outside: Vec<usize> = (0..1024)
+        .filter(|&k| *imgs[0].get_pixel(k as u32 % 32, k as u32 / 32) == bg)
+        .collect();
+    assert!(outside.len() > 600, "{} background pixels", outside.len());
+    let worst = outside.iter().map(|&k| mn[k]).fold(0f32, f32::max);
+    assert_eq!(worst, 0.0, "blotches are background");
     let vm = VarMap::new();
     let tower = TwoPathVision::new(32, weights::seeded_var_builder(&vm, 0, &Device::Cpu)).unwrap();
     let f = tower.forward(&x).unwrap(); // (3, 32): object colour 8, background 8, shape 16

@@ -2,8 +2,9 @@
 //! embedding is the sum of their projections.
 //!
 //! ```text
-//! image x (B, 3, H, W) -> background bg = median of the border pixels, per channel
-//!                      -> foreground m = clamp(max_c |x_c - bg_c| / tau, 0, 1)   (B, 1, H, W)
+//! image x (B, 3, H, W) -> background bg = median of all pixels, per channel (it covers most)
+//!                      -> foreground m = clamp((max_c |x_c - bg_c| - lo) / (hi - lo), 0, 1)
+//!                                                                                 (B, 1, H, W)
 //! colour path: [x, m] -> 1x1 conv, quick-GELU, 1x1 conv -> f (B, Wc, H, W)   (no neighbours seen)
 //!              object = sum(f m) / sum(m),  background = sum(f (1 - m)) / sum(1 - m)   (B, 2 Wc)
 //! shape path:  [m, u, v] (mask, pixel coordinates) -> four 3x3 convs (stride 1, 2, 2, 2)
@@ -26,9 +27,13 @@ use crate::nn::conv::Padding;
 use crate::nn::layers2d::Conv2d;
 use crate::nn::quick_gelu;
 
-/// How far (in the [-1, 1] pixel scale, largest channel) a pixel must be from the background to
-/// count fully as object: the closest palette colour to a background differs by more than this.
-pub const MASK_TAU: f32 = 0.2;
+/// Below this distance from the background (in the [-1, 1] pixel scale, largest channel: 19 of
+/// 255 levels) a pixel is background: generated pictures have faint blotches and a darker frame
+/// that must not count as shapes.
+pub const MASK_LO: f32 = 0.15;
+/// From this distance on (57 of 255 levels) a pixel is fully object: every palette colour is at
+/// least 0.55 (70 levels) from every background it may appear on.
+pub const MASK_HI: f32 = 0.45;
 
 /// See the module documentation.
 #[derive(Clone, Debug)]
@@ -98,25 +103,20 @@ impl TwoPathVision {
     }
 }
 
-/// `m = clamp(max_c |x_c - bg_c| / tau, 0, 1)`, with `bg_c` the median of channel c over the
-/// image's border pixels: 1 on objects, 0 on the background, fractions on anti-aliased edges.
+/// `m = clamp((max_c |x_c - bg_c| - lo) / (hi - lo), 0, 1)`, with `bg_c` the median of channel c
+/// over the picture (the background covers most of any Shapes World picture): 1 on objects, 0 on
+/// the background and on faint blotches, fractions on anti-aliased edges.
 /// (B, 3, H, W) -> (B, 1, H, W), no gradient.
 pub fn foreground_mask(images: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = images.dims4()?;
     let data: Vec<f32> = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let plane = h * w;
     let mut mask = vec![0f32; b * plane];
-    let border: Vec<usize> = (0..plane)
-        .filter(|&p| {
-            let (y, x) = (p / w, p % w);
-            y == 0 || x == 0 || y + 1 == h || x + 1 == w
-        })
-        .collect();
     for n in 0..b {
         let img = &data[n * c * plane..(n + 1) * c * plane];
         let bg: Vec<f32> = (0..c)
             .map(|ch| {
-                let mut vals: Vec<f32> = border.iter().map(|&p| img[ch * plane + p]).collect();
+                let mut vals = img[ch * plane..(ch + 1) * plane].to_vec();
                 vals.sort_by(f32::total_cmp);
                 vals.get(vals.len() / 2).copied().unwrap_or(0.0)
             })
@@ -125,7 +125,7 @@ pub fn foreground_mask(images: &Tensor) -> Result<Tensor> {
             let d = (0..c)
                 .map(|ch| (img[ch * plane + p] - bg[ch]).abs())
                 .fold(0f32, f32::max);
-            mask[n * plane + p] = (d / MASK_TAU).min(1.0);
+            mask[n * plane + p] = ((d - MASK_LO) / (MASK_HI - MASK_LO)).clamp(0.0, 1.0);
         }
     }
     Tensor::from_vec(mask, (b, 1, h, w), images.device())
