@@ -26,7 +26,7 @@ const CHAPTERS: &[(&str, &str, &[&str])] = &[
     (
         "ch04",
         env!("CARGO_BIN_EXE_ch04_clip_similarity"),
-        &["--demo-steps", "3", "--per-pair", "2"],
+        &["--demo-steps", "3", "--tower-steps", "3", "--per-pair", "2"],
     ),
     (
         "ch05",
