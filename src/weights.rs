@@ -210,20 +210,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
 /// Copies loaded tensors into the variables of `varmap`, checking that every variable is present
 /// with the right shape; the first problem is named with both shapes.
 pub fn load_into(varmap: &VarMap, loaded: &Loaded, path: &Path) -> Result<()> {
-    for (name, var) in sorted_vars(varmap) {
-        let t = loaded.tensors.get(&name).ok_or_else(|| Error::Weights {
-            path: path.to_path_buf(),
-            reason: format!("tensor {name} is missing (expected shape {:?}); the file was made for another model", var.dims()),
-        })?;
-        if t.dims() != var.dims() {
-            return Err(Error::Weights {
-                path: path.to_path_buf(),
-                reason: format!("tensor {name} has shape {:?}, the model expects {:?}; the file was made for another config", t.dims(), var.dims()),
-            });
-        }
-        var.set(t)?;
-    }
-    Ok(())
+    load_selected(varmap, loaded, path, &|_| true).map(|_| ())
 }
 
 /// Copies into the variables of `varmap` whose names `select` picks the tensors of the same name
