@@ -207,6 +207,24 @@ pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     })
 }
 
+/// The model config stored as JSON under `config` in a file's metadata; `hint` says what made
+/// such files (e.g. "it a CLIP file made by `inkdrop train clip`") for the error when it is absent.
+pub fn config_from_metadata<C: serde::de::DeserializeOwned>(
+    loaded: &Loaded,
+    path: &Path,
+    what: &str,
+    hint: &str,
+) -> Result<C> {
+    loaded
+        .metadata
+        .get("config")
+        .and_then(|c| serde_json::from_str(c).ok())
+        .ok_or_else(|| Error::Weights {
+            path: path.to_path_buf(),
+            reason: format!("no {what} config in its metadata; is {hint}?"),
+        })
+}
+
 /// Copies loaded tensors into the variables of `varmap`, checking that every variable is present
 /// with the right shape; the first problem is named with both shapes.
 pub fn load_into(varmap: &VarMap, loaded: &Loaded, path: &Path) -> Result<()> {

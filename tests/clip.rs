@@ -10,6 +10,9 @@ use inkdrop::text::ClipTokenizer;
 use inkdrop::train::clip::{is_text_var, train_clip, ClipTrainConfig};
 use inkdrop::weights;
 
+mod common;
+use common::max_abs_diff;
+
 fn tokenizer() -> ClipTokenizer {
     let w = WorldConfig::default();
     let caps: Vec<String> = (0..3000).map(|i| sample_at(&w, 0, i).caption).collect();
@@ -238,16 +241,7 @@ fn interrupted_training_resumes_to_the_same_weights() {
     );
     assert_eq!(a.tensors.len(), b.tensors.len());
     for (name, ta) in &a.tensors {
-        let diff = (ta - &b.tensors[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(ta, &b.tensors[name]);
         assert_eq!(diff, 0.0, "{name} differs after resume");
     }
     // A checkpoint from other settings is refused with a fix.

@@ -281,15 +281,7 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
                 100.0 * s.accuracy,
                 s.lr
             );
-            if log_line(&bar, s.step, cfg.steps) {
-                eprintln!(
-                    "step {}/{}  {msg}  {:.0} s",
-                    s.step,
-                    cfg.steps,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            bar.set_message(msg);
+            show_step(&bar, s.step, cfg.steps, started, msg);
             true
         },
     )?
@@ -320,7 +312,7 @@ fn run_clip(args: &ClipArgs) -> anyhow::Result<()> {
 }
 
 /// A progress bar over `steps`; when stderr is not a terminal (a log file, CI) the bar is
-/// hidden, so `log_line` says whether to print this step as a plain line instead.
+/// hidden, and [`show_step`] prints plain lines instead.
 fn progress(steps: usize) -> anyhow::Result<ProgressBar> {
     Ok(ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})")
@@ -328,8 +320,22 @@ fn progress(steps: usize) -> anyhow::Result<ProgressBar> {
     ))
 }
 
-fn log_line(bar: &ProgressBar, step: usize, steps: usize) -> bool {
-    bar.is_hidden() && (step % 50 == 0 || step == steps)
+/// Shows one step's message on the bar; when the bar is hidden (a log file, CI), prints it as a
+/// plain line every 50 steps and at the last one instead.
+fn show_step(
+    bar: &ProgressBar,
+    step: usize,
+    steps: usize,
+    started: std::time::Instant,
+    msg: String,
+) {
+    if bar.is_hidden() && (step % 50 == 0 || step == steps) {
+        eprintln!(
+            "step {step}/{steps}  {msg}  {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    bar.set_message(msg);
 }
 
 fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
@@ -375,15 +381,7 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
                 "loss {:.5}  batch PSNR {:.1} dB  lr {:.1e}",
                 s.loss, s.psnr_db, s.lr
             );
-            if log_line(&bar, s.step, cfg.steps) {
-                eprintln!(
-                    "step {}/{}  {msg}  {:.0} s",
-                    s.step,
-                    cfg.steps,
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            bar.set_message(msg);
+            show_step(&bar, s.step, cfg.steps, started, msg);
             true
         },
     )?
@@ -510,15 +508,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         &mut |s| {
             bar.set_position(s.step as u64);
             let msg = format!("loss {:.4}  lr {:.1e}", s.loss, s.lr);
-            if log_line(&bar, s.step, cfg.steps) {
-                eprintln!(
-                    "step {}/{}  {msg}  {:.0} s",
-                    s.step,
-                    cfg.steps,
-                    t0.elapsed().as_secs_f64()
-                );
-            }
-            bar.set_message(msg);
+            show_step(&bar, s.step, cfg.steps, t0, msg);
             true
         },
     )?

@@ -152,14 +152,10 @@ pub fn fit_image(img: &RgbImage, size: u32) -> (RgbImage, bool) {
 }
 
 fn config_of(loaded: &weights::Loaded, path: &Path) -> Result<ClipConfig> {
-    loaded
-        .metadata
-        .get("config")
-        .and_then(|c| serde_json::from_str(c).ok())
-        .ok_or_else(|| Error::Weights {
-            path: path.to_path_buf(),
-            reason:
-                "no CLIP config in its metadata; is it a CLIP file made by `inkdrop train clip`?"
-                    .into(),
-        })
+    weights::config_from_metadata(
+        loaded,
+        path,
+        "CLIP",
+        "it a CLIP file made by `inkdrop train clip`",
+    )
 }

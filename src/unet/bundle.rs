@@ -35,14 +35,12 @@ impl UNetBundle {
             });
         }
         let loaded = weights::load(path, &Device::Cpu)?;
-        let config: UNetConfig = loaded
-            .metadata
-            .get("config")
-            .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| Error::Weights {
-                path: path.to_path_buf(),
-                reason: "no UNet config in its metadata; is this a file written by `inkdrop train unet`?".into(),
-            })?;
+        let config: UNetConfig = weights::config_from_metadata(
+            &loaded,
+            path,
+            "UNet",
+            "this a file written by `inkdrop train unet`",
+        )?;
         let varmap = VarMap::new();
         let unet = UNet2DConditionModel::new(
             &config,

@@ -36,16 +36,12 @@ impl VaeBundle {
         }
         let device = Device::Cpu;
         let loaded = weights::load(path, &device)?;
-        let config: VaeConfig = loaded
-            .metadata
-            .get("config")
-            .and_then(|c| serde_json::from_str(c).ok())
-            .ok_or_else(|| Error::Weights {
-                path: path.to_path_buf(),
-                reason:
-                    "no VAE config in its metadata; is this a file written by `inkdrop train vae`?"
-                        .into(),
-            })?;
+        let config: VaeConfig = weights::config_from_metadata(
+            &loaded,
+            path,
+            "VAE",
+            "this a file written by `inkdrop train vae`",
+        )?;
         Self::load_with_config(path, &config, loaded)
     }
 
