@@ -202,6 +202,31 @@ fn truth_targets_count_every_true_caption() {
     }
 }
 
+#[test]
+fn prefetched_batches_come_in_step_order_and_errors_pass_through() {
+    use inkdrop::train::prefetch::Prefetch;
+    let mut batches = Prefetch::new(3..7, 2, |step| Ok(step * 10));
+    let got: Vec<usize> = (0..4).map(|_| batches.next_batch().unwrap()).collect();
+    assert_eq!(got, [30, 40, 50, 60]);
+    // Past the end of the range: an error, not a hang.
+    assert!(batches.next_batch().is_err());
+
+    let mut failing = Prefetch::new(0..5, 1, |step| {
+        if step == 1 {
+            Err(candle_core::Error::Msg("render failed".into()).into())
+        } else {
+            Ok(step)
+        }
+    });
+    assert_eq!(failing.next_batch().unwrap(), 0);
+    let err = failing.next_batch().unwrap_err();
+    assert!(err.to_string().contains("render failed"), "{err}");
+
+    // Dropped while its helper waits to hand over a batch: the drop must not hang.
+    let early = Prefetch::new(0..1000, 1, Ok);
+    drop(early);
+}
+
 fn small_run(steps: usize) -> ClipTrainConfig {
     ClipTrainConfig {
         steps,

@@ -32,7 +32,7 @@ pub fn save_with(
         .into_iter()
         .map(|(n, v)| (n, v.as_tensor().clone()))
         .collect();
-    tensors.extend(opt.state());
+    tensors.extend(opt.state()?);
     tensors.extend(extra.iter().cloned());
     let meta = HashMap::from([
         ("step".to_string(), opt.step.to_string()),

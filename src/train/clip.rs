@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde::Serialize;
 
 use super::checkpoint;
 use super::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use super::prefetch::Prefetch;
 use crate::clip::bundle::{tokenize, ClipBundle};
 use crate::clip::eval::{zero_shot, ZeroShot};
 use crate::clip::{
@@ -67,6 +68,18 @@ impl Default for ClipTrainConfig {
             frozen_text: None,
         }
     }
+}
+
+/// One step's training data.
+struct Batch {
+    samples: Vec<crate::shapes::Sample>,
+    /// Images (B, 3, H, W).
+    x: Tensor,
+    /// Caption token ids (B, T) and each caption's end-of-text position.
+    ids: Tensor,
+    eot: Vec<usize>,
+    /// Which captions match which images (B, B).
+    targets: Tensor,
 }
 
 /// What a run reports.
@@ -130,32 +143,50 @@ pub fn train_clip(
     } else {
         0
     };
-    let world = WorldConfig {
-        p_two_objects: cfg.p_two_objects,
-        ..WorldConfig::default()
+    // 1. Fresh batches, each a pure function of (seed, step), built one step ahead.
+    let mut batches = {
+        let (world, size) = (
+            WorldConfig {
+                p_two_objects: cfg.p_two_objects,
+                ..WorldConfig::default()
+            },
+            model_config.image_size as u32,
+        );
+        let (tokenizer, cfg, device) = (tokenizer.clone(), cfg.clone(), device.clone());
+        Prefetch::new(start_step..cfg.steps, 2, move |step| {
+            let samples: Vec<_> = (0..cfg.batch_size as u64)
+                .map(|i| sample_at(&world, cfg.seed, (step * cfg.batch_size) as u64 + i))
+                .collect();
+            let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
+            let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+            let x = images_tensor(&images, &device)?; // (B, 3, 32, 32)
+            let (ids, eot) = tokenize(&tokenizer, &captions, &device)?; // (B, T)
+            let targets = if cfg.soft_targets {
+                // everything "matches"
+                Tensor::ones((samples.len(), samples.len()), DType::F32, &device)?
+            } else {
+                truth_targets(&samples, &device)? // every true caption in the batch is a match
+            };
+            Ok(Batch {
+                samples,
+                x,
+                ids,
+                eot,
+                targets,
+            })
+        })
     };
-    let size = model_config.image_size as u32;
     let started = Instant::now();
     let (mut last_loss, mut last_acc) = (f64::NAN, f64::NAN);
     for step in start_step..cfg.steps {
-        // 1. A fresh batch, a pure function of (seed, step).
-        let samples: Vec<_> = (0..cfg.batch_size as u64)
-            .map(|i| sample_at(&world, cfg.seed, (step * cfg.batch_size) as u64 + i))
-            .collect();
-        let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
-        let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-        let x = images_tensor(&images, &device)?; // (B, 3, 32, 32)
-        let (ids, eot) = tokenize(tokenizer, &captions, &device)?; // (B, T)
-                                                                   // 2. Embed both sides and score every image against every caption.
-        let targets = if cfg.soft_targets {
-            candle_core::Tensor::ones(
-                (captions.len(), captions.len()),
-                candle_core::DType::F32,
-                &device,
-            )? // everything "matches"
-        } else {
-            truth_targets(&samples, &device)? // every true caption in the batch is a match
-        };
+        let Batch {
+            samples,
+            x,
+            ids,
+            eot,
+            targets,
+        } = batches.next_batch()?;
+        // 2. Embed both sides and score every image against every caption.
         let text = model.text_features(&ids, &eot)?; // (B, E)
         let text = if frozen { text.detach() } else { text };
         let out = contrastive_loss(

@@ -4,5 +4,6 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod optim;
+pub mod prefetch;
 pub mod unet;
 pub mod vae;
