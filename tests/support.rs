@@ -80,6 +80,14 @@ fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
 }
 
 #[test]
+fn atomic_write_creates_missing_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new/deeper/w.txt");
+    write_atomic(&path, b"weights").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"weights");
+}
+
+#[test]
 fn grid_draws_its_labels_and_is_reproducible() {
     let tile = |v: u8| Tile {
         image: image::RgbImage::from_pixel(32, 32, image::Rgb([v, 0, 0])),

@@ -42,11 +42,16 @@ pub fn prepare_out_dir(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+/// The folder is created if it does not exist yet (a training run must not end, after minutes
+/// of work, on "No such file or directory" for its `--out`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let err = |e: std::io::Error| Error::Write {
         path: path.to_path_buf(),
         reason: e.to_string(),
     };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        prepare_out_dir(parent)?;
+    }
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::Write {
