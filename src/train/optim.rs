@@ -180,12 +180,17 @@ impl InplaceOp2 for AdamWStep<'_> {
         "inkdrop-adamw-step"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
         let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (s1, s2) else {
             candle_core::bail!("{}: f32 weights and gradients only", self.name());
         };
-        let (Some((t0, t1)), Some((g0, g1))) =
-            (l1.contiguous_offsets(), l2.contiguous_offsets())
+        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
         else {
             candle_core::bail!("{}: weights and gradient must be contiguous", self.name());
         };
@@ -221,6 +226,58 @@ impl InplaceOp2 for AdamWStep<'_> {
                         step += *w * wd;
                     }
                     *w -= step * self.lr;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `ema = decay * ema + (1 - decay) * w`, in place on `ema`'s storage, in one pass (the same f32
+/// operations as `ema * decay + w * (1 - decay)` written with candle ops, so the same bits).
+/// `ema` must own its storage: a `detach()`ed view of a variable would update the variable.
+pub fn ema_update(ema: &Tensor, w: &Tensor, decay: f64) -> Result<()> {
+    ema.inplace_op2(
+        &w.detach().contiguous()?,
+        &EmaStep {
+            decay: decay as f32,
+            one_minus_decay: (1.0 - decay) as f32,
+        },
+    )
+}
+
+struct EmaStep {
+    decay: f32,
+    one_minus_decay: f32,
+}
+
+impl InplaceOp2 for EmaStep {
+    fn name(&self) -> &'static str {
+        "inkdrop-ema-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (CpuStorage::F32(ema), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("{}: f32 only", self.name());
+        };
+        let (Some((e0, e1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: both tensors must be contiguous", self.name());
+        };
+        let (ema, w) = (&mut ema[e0..e1], &w[w0..w1]);
+        if ema.len() != w.len() {
+            candle_core::bail!("{}: {} vs {} elements", self.name(), ema.len(), w.len());
+        }
+        ema.par_chunks_mut(UPDATE_CHUNK)
+            .zip(w.par_chunks(UPDATE_CHUNK))
+            .for_each(|(ema, w)| {
+                for (e, &w) in ema.iter_mut().zip(w) {
+                    *e = *e * self.decay + w * self.one_minus_decay;
                 }
             });
         Ok(())

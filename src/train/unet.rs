@@ -22,7 +22,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
-use super::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use super::optim::{clip_grad_norm, ema_update, lr_at, AdamW, AdamWConfig};
 use crate::clip::bundle::ClipBundle;
 use crate::clip::images_tensor;
 use crate::noising::{add_noise_tensor, randn_tensor};
@@ -194,20 +194,22 @@ struct Ema {
 }
 
 impl Ema {
-    fn new(vars: &[(String, Var)], decay: f64) -> Self {
-        Self {
+    fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
+        Ok(Self {
             decay,
             shadow: vars
                 .iter()
-                .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-                .collect(),
-        }
+                // A copy, not `detach()` (which would share the variable's storage):
+                // `update` writes the shadow in place.
+                .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+                .collect::<Result<_>>()?,
+        })
     }
 
-    /// `ema = decay * ema + (1 - decay) * w`.
+    /// `ema = decay * ema + (1 - decay) * w`, in place.
     fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
-            *s = ((&*s * self.decay)? + (v.as_tensor() * (1.0 - self.decay))?)?.detach();
+            ema_update(s, v.as_tensor(), self.decay)?;
         }
         Ok(())
     }
@@ -259,7 +261,7 @@ pub fn train_unet(
         weight_decay: cfg.weight_decay,
     };
     let mut opt = AdamW::new(vars.clone(), adam)?;
-    let mut ema = Ema::new(&vars, cfg.ema_decay);
+    let mut ema = Ema::new(&vars, cfg.ema_decay)?;
     let fingerprint =
         serde_json::json!({ "model": model_config, "train": cfg, "data": data.captions.len() })
             .to_string();
