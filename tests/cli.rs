@@ -320,6 +320,22 @@ fn similarity_prefers_the_true_caption_and_handles_bad_input() {
         stderr.contains("resized to 32x32"),
         "a 64 px image is resized and the user told: {stderr}"
     );
+    assert!(
+        !stderr.contains("one picture per file"),
+        "a single 64 px picture is not a grid: {stderr}"
+    );
+    // A wide grid of pictures gets the extra hint.
+    let grid = dir.path().join("grid.png");
+    image::RgbImage::new(400, 150).save(&grid).unwrap();
+    let (out, _, stderr) = run(inkdrop().args([
+        "similarity",
+        "--image",
+        grid.to_str().unwrap(),
+        "--text",
+        "a red circle",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("one picture per file"), "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let probs: Vec<f64> = v["probs"]
         .as_array()

@@ -42,12 +42,22 @@ pub fn run(args: &SimilarityArgs) -> anyhow::Result<()> {
     )?;
     let img = load_image(&args.image)?;
     let size = bundle.model.config.image_size as u32;
+    let (w, h) = img.dimensions();
     let (img, resized) = fit_image(&img, size);
     if resized {
         eprintln!(
-            "note: {} was cropped to a square and resized to {size}x{size}, the model's input size",
+            "note: {} ({w}x{h}) was cropped to a square and resized to {size}x{size}, the \
+             model's input size",
             args.image.display()
         );
+        // A grid of pictures (`generate --num-images 4`) would be scored on its middle, a
+        // mix of tiles and labels: say so rather than print a meaningless number silently.
+        if w.max(h) > 4 * size {
+            eprintln!(
+                "note: the score is for the whole file as one picture; for a grid of several \
+                 pictures, give one picture per file (`inkdrop generate --num-images 1`)"
+            );
+        }
     }
     let text = bundle.embed_texts(&args.texts)?; // (N, E)
     let image = bundle.embed_images(&[img])?; // (1, E)
