@@ -27,6 +27,26 @@ fn softmax_matches_candle_values_and_gradients() {
 }
 
 #[test]
+fn softmax_gives_exact_zeros_under_a_causal_mask_and_splits_rows_across_threads() {
+    // 2,100 rows of 37: several parallel work items; the mask's -inf must give exactly 0.
+    let scores = (rand(&[3, 700, 37], 7) * 4.0).unwrap();
+    let mask = inkdrop::nn::causal_mask(37, &candle_core::Device::Cpu)
+        .unwrap()
+        .narrow(0, 0, 37)
+        .unwrap();
+    let mask = mask.repeat((1, 19, 1)).unwrap().narrow(1, 0, 700).unwrap(); // (1, 700, 37)
+    let x = scores.broadcast_add(&mask).unwrap();
+    let ours = softmax_last_dim(&x).unwrap();
+    let theirs = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+    assert!(max_abs_diff(&ours, &theirs) < 1e-6);
+    let (p, m) = (
+        ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert!(p.iter().zip(&m).all(|(&p, &m)| m.is_finite() || p == 0.0));
+}
+
+#[test]
 fn layer_norm_matches_reference_values_and_all_three_gradients() {
     for shape in [vec![1, 3], vec![4, 9, 33], vec![2, 128]] {
         let n = *shape.last().unwrap();

@@ -74,6 +74,24 @@ pub fn sum_zip(xs: &[f32], ys: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `max_i x_i` with 16 partial maxima (-inf for an empty slice).
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -85,6 +103,9 @@ mod tests {
         let dot: f64 = xs.iter().zip(&ys).map(|(&a, &b)| f64::from(a * b)).sum();
         assert!((f64::from(super::sum_zip(&xs, &ys, |a, b| a * b)) - dot).abs() < 1e-3);
         assert_eq!(super::sum(&[1.0, 2.0, 3.0]), 6.0);
+        let plain_max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(super::max(&xs), plain_max);
+        assert_eq!(super::max(&[]), f32::NEG_INFINITY);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::sigmoid;
+use super::fastmath::{self, sigmoid};
 
 /// The f32 data of a contiguous tensor, or an error naming `op` (every fused op here needs one).
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -15,6 +15,11 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Res
         Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
         None => bail!("{op}: expects a contiguous f32 tensor"),
     }
+}
+
+/// Rows of length `n` per parallel work item: about 16K elements, at least one row.
+fn rows_per_task(n: usize) -> usize {
+    ((1 << 14) / n).max(1)
 }
 
 /// Softmax over the last axis: `p_j = exp(x_j - max x) / sum_k exp(x_k - max x)`.
@@ -29,16 +34,21 @@ impl CustomOp1 for Softmax {
         let x = contiguous_f32(s, l, self.name())?;
         let n = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; x.len()];
-        for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (oi, &xi) in o.iter_mut().zip(row) {
-                *oi = (xi - max).exp();
-                sum += *oi;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
-        }
+        let rows = rows_per_task(n);
+        out.par_chunks_mut(rows * n)
+            .zip(x.par_chunks(rows * n))
+            .for_each(|(o, x)| {
+                for (row, o) in x.chunks_exact(n).zip(o.chunks_exact_mut(n)) {
+                    let max = fastmath::max(row);
+                    for (oi, &xi) in o.iter_mut().zip(row) {
+                        let d = xi - max;
+                        // Masked entries (-inf) give exactly 0, as libm's exp does.
+                        *oi = if d < -87.0 { 0.0 } else { fastmath::exp(d) };
+                    }
+                    let inv = 1.0 / fastmath::sum(o);
+                    o.iter_mut().for_each(|v| *v *= inv);
+                }
+            });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -69,16 +79,21 @@ impl CustomOp2 for SoftmaxBackward {
         let g = contiguous_f32(s2, l2, self.name())?;
         let n = l1.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; p.len()];
-        for ((pr, gr), o) in p
-            .chunks_exact(n)
-            .zip(g.chunks_exact(n))
-            .zip(out.chunks_exact_mut(n))
-        {
-            let dot: f32 = pr.iter().zip(gr).map(|(a, b)| a * b).sum();
-            for ((oi, &pi), &gi) in o.iter_mut().zip(pr).zip(gr) {
-                *oi = pi * (gi - dot);
-            }
-        }
+        let rows = rows_per_task(n);
+        out.par_chunks_mut(rows * n)
+            .zip(p.par_chunks(rows * n).zip(g.par_chunks(rows * n)))
+            .for_each(|(o, (p, g))| {
+                for ((pr, gr), o) in p
+                    .chunks_exact(n)
+                    .zip(g.chunks_exact(n))
+                    .zip(o.chunks_exact_mut(n))
+                {
+                    let dot = fastmath::sum_zip(pr, gr, |a, b| a * b);
+                    for ((oi, &pi), &gi) in o.iter_mut().zip(pr).zip(gr) {
+                        *oi = pi * (gi - dot);
+                    }
+                }
+            });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
