@@ -5,6 +5,7 @@
 //! Parameter names follow Hugging Face's CLIP checkpoints (`self_attn.q_proj`, `layer_norm1`,
 //! `mlp.fc1`, ...) so the same code could load real weights.
 
+pub mod attention;
 pub mod conv;
 mod conv_stride1;
 pub mod fastmath;
@@ -17,6 +18,7 @@ pub mod resnet;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+pub use attention::fused_attention;
 pub use conv::{conv2d, Padding};
 pub use group_norm::group_norm;
 pub use layers2d::{upsample_nearest2x, Conv2d, GroupNorm};

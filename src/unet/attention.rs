@@ -11,7 +11,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{
-    geglu, linear, linear_no_bias, softmax_last_dim, Conv2d, GroupNorm, LayerNorm, Linear, Padding,
+    fused_attention, geglu, linear, linear_no_bias, softmax_last_dim, Conv2d, GroupNorm, LayerNorm,
+    Linear, Padding,
 };
 
 /// One recorded attention map.
@@ -163,6 +164,18 @@ impl Attention {
         let (b, n, c) = x.dims3()?;
         let d = c / self.heads;
         let kv_src = context.unwrap_or(x);
+        if rec.is_none() {
+            // Nothing to record or change in the maps: the fused kernel, which never
+            // materialises them (`nn::attention`). Same formula as below.
+            let out = fused_attention(
+                &self.to_q.forward(x)?,      // (B, N, C)
+                &self.to_k.forward(kv_src)?, // (B, T, C)
+                &self.to_v.forward(kv_src)?, // (B, T, C)
+                self.heads,
+                (d as f64).powf(-0.5),
+            )?; // (B, N, C)
+            return self.to_out.forward(&out);
+        }
         let t = kv_src.dim(1)?;
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
             y.reshape((b, len, self.heads, d))?

@@ -1,0 +1,222 @@
+//! Multi-head attention, `O = softmax(scale Q K^T) V`, fused into one op per (batch, head).
+//!
+//! Written with candle ops, attention is: split the heads (three transposed copies), a batched
+//! matrix product into a (B, heads, N, T) score tensor, a softmax into another, a second batched
+//! product, and a transposed copy back; the backward pass walks all of it again. At the UNet's
+//! 16x16 level (N = T = 256) the two (B, heads, N, T) tensors are tens of megabytes each. Here
+//! each (batch, head) pair is one task: its N x T probabilities live in a buffer that stays in
+//! cache, the heads are read in place with strides, and the backward pass recomputes the
+//! probabilities instead of storing them (as FlashAttention does, for the same reason).
+//!
+//! Shapes: `q` (B, N, C), `k` and `v` (B, T, C), `C = heads * d`; output (B, N, C).
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use super::fastmath;
+use super::gemm::{sgemm_serial, MatRef};
+
+/// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`.
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        FusedAttention {
+            heads,
+            scale: scale as f32,
+        },
+    )
+}
+
+struct FusedAttention {
+    heads: usize,
+    scale: f32,
+}
+
+/// The sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    n: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+    d: usize,
+}
+
+impl Dims {
+    fn of(q: &[usize], k: &[usize], v: &[usize], heads: usize) -> Result<Self> {
+        let (&[b, n, c], &[bk, t, ck]) = (q, k) else {
+            bail!("attention: q {q:?} and k {k:?} must be (B, N, C) and (B, T, C)");
+        };
+        if bk != b || ck != c || v != k {
+            bail!("attention: q {q:?}, k {k:?}, v {v:?} do not fit together");
+        }
+        if heads == 0 || c % heads != 0 {
+            bail!("attention: width {c} is not divisible by {heads} heads");
+        }
+        Ok(Dims {
+            b,
+            n,
+            t,
+            c,
+            h: heads,
+            d: c / heads,
+        })
+    }
+
+    /// Head `hi` of batch item `bi` of a (B, rows, C) tensor, as a (rows, d) matrix view.
+    fn head<'a>(&self, x: &'a [f32], rows: usize, bi: usize, hi: usize) -> MatRef<'a> {
+        MatRef {
+            data: &x[bi * rows * self.c + hi * self.d..],
+            rows,
+            cols: self.d,
+            rs: self.c,
+            cs: 1,
+        }
+    }
+
+    /// Per-head (B, h, rows, d) blocks -> (B, rows, C).
+    fn merge_heads(&self, heads: &[f32], rows: usize) -> Vec<f32> {
+        let (c, d, h) = (self.c, self.d, self.h);
+        let mut out = vec![0f32; self.b * rows * c];
+        out.par_chunks_mut(rows * c)
+            .enumerate()
+            .for_each(|(bi, ob)| {
+                for hi in 0..h {
+                    let src = &heads[(bi * h + hi) * rows * d..][..rows * d];
+                    for (i, s) in src.chunks_exact(d).enumerate() {
+                        ob[i * c + hi * d..][..d].copy_from_slice(s);
+                    }
+                }
+            });
+        out
+    }
+}
+
+/// `p = softmax(scale q_bh k_bh^T)` for one (batch, head): p is (N, T), row-major.
+fn probs(q: &[f32], k: &[f32], dm: Dims, bi: usize, hi: usize, scale: f32, p: &mut [f32]) {
+    let qh = dm.head(q, dm.n, bi, hi); // (N, d)
+    let kh = dm.head(k, dm.t, bi, hi); // (T, d)
+    sgemm_serial(qh, kh.t(), p, false); // (N, T)
+    for row in p.chunks_exact_mut(dm.t) {
+        let max = fastmath::max(row);
+        for v in row.iter_mut() {
+            *v = fastmath::exp(scale * (*v - max));
+        }
+        let inv = 1.0 / fastmath::sum(row);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// The f32 data of a contiguous CPU tensor, copied out (backward-pass inputs).
+fn data(t: &Tensor) -> Result<Vec<f32>> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(v[start..end].to_vec()),
+        _ => bail!("attention: expects contiguous f32 CPU tensors"),
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        _ => bail!("attention: expects contiguous f32 tensors"),
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "inkdrop-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(l1.dims(), l2.dims(), l3.dims(), self.heads)?;
+        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (n, t, d) = (dm.n, dm.t, dm.d);
+        let mut heads = vec![0f32; dm.b * dm.h * n * d]; // (B, h, N, d)
+        heads.par_chunks_mut(n * d).enumerate().for_each_init(
+            || vec![0f32; n * t],
+            |p, (bh, o)| {
+                let (bi, hi) = (bh / dm.h, bh % dm.h);
+                probs(q, k, dm, bi, hi, self.scale, p); // (N, T)
+                let vh = dm.head(v, t, bi, hi); // (T, d)
+                sgemm_serial(MatRef::row_major(p, n, t), vh, o, false); // (N, d)
+            },
+        );
+        Ok((
+            CpuStorage::F32(dm.merge_heads(&heads, n)),
+            Shape::from((dm.b, n, dm.c)),
+        ))
+    }
+
+    /// With `P = softmax(S)`, `S = scale Q K^T`, `O = P V` and `G = dL/dO`:
+    /// `dV = P^T G`, `dP = G V^T`, `dS = P * (dP - rowsum(dP * P))`,
+    /// `dQ = scale dS K`, `dK = scale dS^T Q`.
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = Dims::of(q.dims(), k.dims(), v.dims(), self.heads)?;
+        let (qd, kd, vd, g) = (data(q)?, data(k)?, data(v)?, data(grad)?);
+        let (n, t, d) = (dm.n, dm.t, dm.d);
+        // Per (batch, head): [dQ (N, d) | dK (T, d) | dV (T, d)].
+        let per = (n + 2 * t) * d;
+        let mut out = vec![0f32; dm.b * dm.h * per];
+        out.par_chunks_mut(per).enumerate().for_each_init(
+            || (vec![0f32; n * t], vec![0f32; n * t]),
+            |(p, dp), (bh, o)| {
+                let (bi, hi) = (bh / dm.h, bh % dm.h);
+                let (dq, rest) = o.split_at_mut(n * d);
+                let (dk, dv) = rest.split_at_mut(t * d);
+                probs(&qd, &kd, dm, bi, hi, self.scale, p); // P (N, T)
+                let gh = dm.head(&g, n, bi, hi); // G (N, d)
+                let p_mat = MatRef::row_major(p, n, t);
+                sgemm_serial(p_mat.t(), gh, dv, false); // dV = P^T G: (T, d)
+                sgemm_serial(gh, dm.head(&vd, t, bi, hi).t(), dp, false); // dP = G V^T: (N, T)
+                for (pr, dpr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
+                    let dot = fastmath::sum_zip(pr, dpr, |a, b| a * b);
+                    for (x, &pv) in dpr.iter_mut().zip(pr) {
+                        *x = self.scale * pv * (*x - dot); // scale * dS
+                    }
+                }
+                let ds = MatRef::row_major(dp, n, t);
+                sgemm_serial(ds, dm.head(&kd, t, bi, hi), dq, false); // dQ: (N, d)
+                sgemm_serial(ds.t(), dm.head(&qd, n, bi, hi), dk, false); // dK: (T, d)
+            },
+        );
+        // Gather each gradient's per-head blocks into its (B, rows, C) layout.
+        let part = |offset: usize, rows: usize| -> Vec<f32> {
+            let mut heads = vec![0f32; dm.b * dm.h * rows * d];
+            heads
+                .par_chunks_mut(rows * d)
+                .zip(out.par_chunks(per))
+                .for_each(|(hb, o)| hb.copy_from_slice(&o[offset..offset + rows * d]));
+            dm.merge_heads(&heads, rows)
+        };
+        let dev = q.device();
+        let dq = Tensor::from_vec(part(0, n), (dm.b, n, dm.c), dev)?;
+        let dk = Tensor::from_vec(part(n * d, t), (dm.b, t, dm.c), dev)?;
+        let dv = Tensor::from_vec(part((n + t) * d, t), (dm.b, t, dm.c), dev)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
