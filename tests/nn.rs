@@ -82,12 +82,18 @@ fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
         let scale = 1.0 / ((c / heads) as f64).sqrt();
         let ours = inkdrop::nn::fused_attention(&q, &k, &v, heads, scale).unwrap();
         let theirs = attention_reference(&q, &k, &v, heads, scale);
-        assert!(max_abs_diff(&ours, &theirs) < 1e-5, "{b} {n} {t} {c} {heads}");
+        assert!(
+            max_abs_diff(&ours, &theirs) < 1e-5,
+            "{b} {n} {t} {c} {heads}"
+        );
         let g1 = weighted_sum(&ours, &w).backward().unwrap();
         let g2 = weighted_sum(&theirs, &w).backward().unwrap();
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
             let diff = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());
-            assert!(diff < 1e-4, "d{name} differs by {diff} at {b} {n} {t} {c} {heads}");
+            assert!(
+                diff < 1e-4,
+                "d{name} differs by {diff} at {b} {n} {t} {c} {heads}"
+            );
         }
     }
 }

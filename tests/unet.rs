@@ -206,17 +206,17 @@ fn cross_attention_maps_are_recorded_only_when_asked() {
     let rec = AttentionRecorder::cross();
     let with = unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
     let without = unet.forward(&x, &t, &ctx, None).unwrap();
-    assert_eq!(
-        (&with - &without)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-        0.0
-    );
+    // Without a recorder the fused attention kernel runs: the same formula, rounded in
+    // another order, so equal to float precision rather than bit for bit.
+    let diff = (&with - &without)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "recording changed the output by {diff}");
     let maps = rec.take();
     // 2 down layers, 1 mid, 2 x 2 up layers: 7 transformers, one cross-attention each.
     assert_eq!(maps.len(), 7);
@@ -445,7 +445,11 @@ fn reweighting_one_token_edits_only_the_chosen_rows_and_token() {
     let x = rand(&[2, 4, 8, 8], 1);
     let t = Tensor::new(&[10f32, 20.0], &Device::Cpu).unwrap();
     let ctx = rand(&[2, 16, cfg.cross_attention_dim], 2);
-    let plain = unet.forward(&x, &t, &ctx, None).unwrap();
+    // The unedited output through the same (recording) attention path, so "scale 1" can be
+    // compared bit for bit.
+    let plain = unet
+        .forward(&x, &t, &ctx, Some(&AttentionRecorder::cross()))
+        .unwrap();
     let run = |scale: f64| {
         let rec = AttentionRecorder {
             reweight: Some(Reweight {
