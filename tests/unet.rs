@@ -11,7 +11,7 @@ use inkdrop::unet::{UNet2DConditionModel, UNetConfig};
 use inkdrop::weights::{seeded_var_builder, sorted_vars};
 
 mod common;
-use common::rand;
+use common::{max_abs_diff, rand};
 
 fn model(cfg: &UNetConfig, seed: u64) -> (UNet2DConditionModel, VarMap) {
     let vm = VarMap::new();
@@ -208,14 +208,7 @@ fn cross_attention_maps_are_recorded_only_when_asked() {
     let without = unet.forward(&x, &t, &ctx, None).unwrap();
     // Without a recorder the fused attention kernel runs: the same formula, rounded in
     // another order, so equal to float precision rather than bit for bit.
-    let diff = (&with - &without)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&with, &without);
     assert!(diff < 1e-5, "recording changed the output by {diff}");
     let maps = rec.take();
     // 2 down layers, 1 mid, 2 x 2 up layers: 7 transformers, one cross-attention each.
@@ -462,26 +455,16 @@ fn reweighting_one_token_edits_only_the_chosen_rows_and_token() {
         let out = unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
         (out, rec.take())
     };
-    let diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     let (same, _) = run(1.0);
-    assert_eq!(diff(&same, &plain), 0.0, "scale 1 changes nothing");
+    assert_eq!(max_abs_diff(&same, &plain), 0.0, "scale 1 changes nothing");
     let (silenced, maps) = run(0.0);
     assert_eq!(
-        diff(&silenced.get(0).unwrap(), &plain.get(0).unwrap()),
+        max_abs_diff(&silenced.get(0).unwrap(), &plain.get(0).unwrap()),
         0.0,
         "row 0 untouched"
     );
     assert!(
-        diff(&silenced.get(1).unwrap(), &plain.get(1).unwrap()) > 1e-6,
+        max_abs_diff(&silenced.get(1).unwrap(), &plain.get(1).unwrap()) > 1e-6,
         "row 1 edited"
     );
     for m in &maps {

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::fastmath;
 use super::gemm::{sgemm_serial, MatRef};
+use super::ops::contiguous_f32;
 
 /// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`.
 pub fn fused_attention(
@@ -125,13 +126,6 @@ fn data(t: &Tensor) -> Result<Vec<f32>> {
     }
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => bail!("attention: expects contiguous f32 tensors"),
-    }
-}
-
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "inkdrop-attention"
@@ -147,7 +141,12 @@ impl CustomOp3 for FusedAttention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dm = Dims::of(l1.dims(), l2.dims(), l3.dims(), self.heads)?;
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let name = self.name();
+        let (q, k, v) = (
+            contiguous_f32(s1, l1, name)?,
+            contiguous_f32(s2, l2, name)?,
+            contiguous_f32(s3, l3, name)?,
+        );
         let (n, t, d) = (dm.n, dm.t, dm.d);
         let mut heads = vec![0f32; dm.b * dm.h * n * d]; // (B, h, N, d)
         heads.par_chunks_mut(n * d).enumerate().for_each_init(

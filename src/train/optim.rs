@@ -172,6 +172,27 @@ struct AdamWStep<'a> {
     lr: f32,
 }
 
+/// The data of an in-place op's destination and source: contiguous f32 of the same length.
+fn inplace_slices<'a>(
+    s1: &'a mut CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    op: &str,
+) -> Result<(&'a mut [f32], &'a [f32])> {
+    let (CpuStorage::F32(dst), CpuStorage::F32(src)) = (s1, s2) else {
+        candle_core::bail!("{op}: f32 tensors only");
+    };
+    let (Some((d0, d1)), Some((s0, s1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{op}: both tensors must be contiguous");
+    };
+    if d1 - d0 != s1 - s0 {
+        candle_core::bail!("{op}: {} vs {} elements", d1 - d0, s1 - s0);
+    }
+    Ok((&mut dst[d0..d1], &src[s0..s1]))
+}
+
 /// Elements per parallel work item of the update.
 const UPDATE_CHUNK: usize = 1 << 14;
 
@@ -187,25 +208,17 @@ impl InplaceOp2 for AdamWStep<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (CpuStorage::F32(theta), CpuStorage::F32(grad)) = (s1, s2) else {
-            candle_core::bail!("{}: f32 weights and gradients only", self.name());
-        };
-        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("{}: weights and gradient must be contiguous", self.name());
-        };
-        let (theta, grad) = (&mut theta[t0..t1], &grad[g0..g1]);
+        let (theta, grad) = inplace_slices(s1, l1, s2, l2, self.name())?;
         let mut moments = self
             .moments
             .lock()
             .map_err(|_| candle_core::Error::Msg("AdamW moments poisoned".into()))?;
         let (m, v) = &mut *moments;
-        if theta.len() != grad.len() || m.len() != theta.len() || v.len() != theta.len() {
+        if m.len() != theta.len() || v.len() != theta.len() {
             candle_core::bail!(
-                "{}: {} weights, {} gradients, {} / {} moments",
+                "{}: {} weights, {} / {} moments",
                 self.name(),
                 theta.len(),
-                grad.len(),
                 m.len(),
                 v.len()
             );
@@ -262,17 +275,7 @@ impl InplaceOp2 for EmaStep {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let (CpuStorage::F32(ema), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("{}: f32 only", self.name());
-        };
-        let (Some((e0, e1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("{}: both tensors must be contiguous", self.name());
-        };
-        let (ema, w) = (&mut ema[e0..e1], &w[w0..w1]);
-        if ema.len() != w.len() {
-            candle_core::bail!("{}: {} vs {} elements", self.name(), ema.len(), w.len());
-        }
+        let (ema, w) = inplace_slices(s1, l1, s2, l2, self.name())?;
         ema.par_chunks_mut(UPDATE_CHUNK)
             .zip(w.par_chunks(UPDATE_CHUNK))
             .for_each(|(ema, w)| {
