@@ -99,6 +99,24 @@ fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
 }
 
 #[test]
+fn fused_attention_refuses_bad_shapes_and_scales() {
+    let q = rand(&[1, 4, 6], 1);
+    let k = rand(&[1, 3, 6], 2);
+    let err = inkdrop::nn::fused_attention(&q, &k, &k, 4, 0.5).unwrap_err();
+    assert!(
+        err.to_string().contains("not divisible by 4 heads"),
+        "{err}"
+    );
+    let err = inkdrop::nn::fused_attention(&q, &k, &rand(&[1, 2, 6], 3), 2, 0.5).unwrap_err();
+    assert!(err.to_string().contains("do not fit together"), "{err}");
+    let err = inkdrop::nn::fused_attention(&q, &k, &k, 2, -1.0).unwrap_err();
+    assert!(
+        err.to_string().contains("must be a positive number"),
+        "{err}"
+    );
+}
+
+#[test]
 fn layer_norm_matches_reference_values_and_all_three_gradients() {
     for shape in [vec![1, 3], vec![4, 9, 33], vec![2, 128]] {
         let n = *shape.last().unwrap();

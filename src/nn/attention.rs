@@ -17,7 +17,8 @@ use super::fastmath;
 use super::gemm::{sgemm_serial, MatRef};
 use super::ops::contiguous_f32;
 
-/// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`.
+/// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`
+/// and must be positive (the row maximum is taken before scaling).
 pub fn fused_attention(
     q: &Tensor,
     k: &Tensor,
@@ -25,6 +26,9 @@ pub fn fused_attention(
     heads: usize,
     scale: f64,
 ) -> Result<Tensor> {
+    if !(scale > 0.0 && scale.is_finite()) {
+        bail!("attention: scale {scale} must be a positive number (usually 1 / sqrt(head width))");
+    }
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
