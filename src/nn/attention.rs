@@ -13,9 +13,8 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath;
 use super::gemm::{sgemm_serial, MatRef};
-use super::ops::contiguous_f32;
+use super::ops::{contiguous_f32, softmax_row, softmax_row_backward};
 
 /// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`
 /// and must be positive (the row maximum is taken before scaling).
@@ -87,15 +86,16 @@ impl Dims {
         }
     }
 
-    /// Per-head (B, h, rows, d) blocks -> (B, rows, C).
-    fn merge_heads(&self, heads: &[f32], rows: usize) -> Vec<f32> {
+    /// Per-head (rows, d) blocks -> (B, rows, C). The block of (batch `bi`, head `hi`) starts
+    /// at `(bi * h + hi) * stride + offset` in `blocks`.
+    fn merge_heads(&self, blocks: &[f32], stride: usize, offset: usize, rows: usize) -> Vec<f32> {
         let (c, d, h) = (self.c, self.d, self.h);
         let mut out = vec![0f32; self.b * rows * c];
         out.par_chunks_mut(rows * c)
             .enumerate()
             .for_each(|(bi, ob)| {
                 for hi in 0..h {
-                    let src = &heads[(bi * h + hi) * rows * d..][..rows * d];
+                    let src = &blocks[(bi * h + hi) * stride + offset..][..rows * d];
                     for (i, s) in src.chunks_exact(d).enumerate() {
                         ob[i * c + hi * d..][..d].copy_from_slice(s);
                     }
@@ -110,23 +110,15 @@ fn probs(q: &[f32], k: &[f32], dm: Dims, bi: usize, hi: usize, scale: f32, p: &m
     let qh = dm.head(q, dm.n, bi, hi); // (N, d)
     let kh = dm.head(k, dm.t, bi, hi); // (T, d)
     sgemm_serial(qh, kh.t(), p, false); // (N, T)
-    for row in p.chunks_exact_mut(dm.t) {
-        let max = fastmath::max(row);
-        for v in row.iter_mut() {
-            *v = fastmath::exp(scale * (*v - max));
-        }
-        let inv = 1.0 / fastmath::sum(row);
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
+    p.chunks_exact_mut(dm.t)
+        .for_each(|row| softmax_row(row, scale));
 }
 
-/// The f32 data of a contiguous CPU tensor, copied out (backward-pass inputs).
-fn data(t: &Tensor) -> Result<Vec<f32>> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(v[start..end].to_vec()),
-        _ => bail!("attention: expects contiguous f32 CPU tensors"),
+/// The f32 data of a contiguous CPU tensor's storage (backward-pass inputs, read in place).
+fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(s) => contiguous_f32(s, layout, "inkdrop-attention backward"),
+        _ => bail!("attention: expects CPU tensors"),
     }
 }
 
@@ -163,7 +155,7 @@ impl CustomOp3 for FusedAttention {
             },
         );
         Ok((
-            CpuStorage::F32(dm.merge_heads(&heads, n)),
+            CpuStorage::F32(dm.merge_heads(&heads, n * d, 0, n)),
             Shape::from((dm.b, n, dm.c)),
         ))
     }
@@ -180,7 +172,22 @@ impl CustomOp3 for FusedAttention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = Dims::of(q.dims(), k.dims(), v.dims(), self.heads)?;
-        let (qd, kd, vd, g) = (data(q)?, data(k)?, data(v)?, data(grad)?);
+        let (q, k, v, grad) = (
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            grad.contiguous()?,
+        );
+        let (sq, lq) = q.storage_and_layout();
+        let (sk, lk) = k.storage_and_layout();
+        let (sv, lv) = v.storage_and_layout();
+        let (sg, lg) = grad.storage_and_layout();
+        let (qd, kd, vd, g) = (
+            cpu_f32(&sq, lq)?,
+            cpu_f32(&sk, lk)?,
+            cpu_f32(&sv, lv)?,
+            cpu_f32(&sg, lg)?,
+        );
         let (n, t, d) = (dm.n, dm.t, dm.d);
         // Per (batch, head): [dQ (N, d) | dK (T, d) | dV (T, d)].
         let per = (n + 2 * t) * d;
@@ -191,35 +198,27 @@ impl CustomOp3 for FusedAttention {
                 let (bi, hi) = (bh / dm.h, bh % dm.h);
                 let (dq, rest) = o.split_at_mut(n * d);
                 let (dk, dv) = rest.split_at_mut(t * d);
-                probs(&qd, &kd, dm, bi, hi, self.scale, p); // P (N, T)
-                let gh = dm.head(&g, n, bi, hi); // G (N, d)
+                probs(qd, kd, dm, bi, hi, self.scale, p); // P (N, T)
+                let gh = dm.head(g, n, bi, hi); // G (N, d)
                 let p_mat = MatRef::row_major(p, n, t);
                 sgemm_serial(p_mat.t(), gh, dv, false); // dV = P^T G: (T, d)
-                sgemm_serial(gh, dm.head(&vd, t, bi, hi).t(), dp, false); // dP = G V^T: (N, T)
+                sgemm_serial(gh, dm.head(vd, t, bi, hi).t(), dp, false); // dP = G V^T: (N, T)
                 for (pr, dpr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
-                    let dot = fastmath::sum_zip(pr, dpr, |a, b| a * b);
-                    for (x, &pv) in dpr.iter_mut().zip(pr) {
-                        *x = self.scale * pv * (*x - dot); // scale * dS
-                    }
+                    softmax_row_backward(pr, dpr, self.scale); // scale * dS
                 }
                 let ds = MatRef::row_major(dp, n, t);
-                sgemm_serial(ds, dm.head(&kd, t, bi, hi), dq, false); // dQ: (N, d)
-                sgemm_serial(ds.t(), dm.head(&qd, n, bi, hi), dk, false); // dK: (T, d)
+                sgemm_serial(ds, dm.head(kd, t, bi, hi), dq, false); // dQ: (N, d)
+                sgemm_serial(ds.t(), dm.head(qd, n, bi, hi), dk, false); // dK: (T, d)
             },
         );
-        // Gather each gradient's per-head blocks into its (B, rows, C) layout.
-        let part = |offset: usize, rows: usize| -> Vec<f32> {
-            let mut heads = vec![0f32; dm.b * dm.h * rows * d];
-            heads
-                .par_chunks_mut(rows * d)
-                .zip(out.par_chunks(per))
-                .for_each(|(hb, o)| hb.copy_from_slice(&o[offset..offset + rows * d]));
-            dm.merge_heads(&heads, rows)
-        };
+        // Each gradient's per-head blocks into its (B, rows, C) layout.
         let dev = q.device();
-        let dq = Tensor::from_vec(part(0, n), (dm.b, n, dm.c), dev)?;
-        let dk = Tensor::from_vec(part(n * d, t), (dm.b, t, dm.c), dev)?;
-        let dv = Tensor::from_vec(part((n + t) * d, t), (dm.b, t, dm.c), dev)?;
+        let dq = dm.merge_heads(&out, per, 0, n);
+        let dk = dm.merge_heads(&out, per, n * d, t);
+        let dv = dm.merge_heads(&out, per, (n + t) * d, t);
+        let dq = Tensor::from_vec(dq, (dm.b, n, dm.c), dev)?;
+        let dk = Tensor::from_vec(dk, (dm.b, t, dm.c), dev)?;
+        let dv = Tensor::from_vec(dv, (dm.b, t, dm.c), dev)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

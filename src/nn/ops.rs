@@ -17,9 +17,36 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Res
     }
 }
 
-/// Rows of length `n` per parallel work item: about 16K elements, at least one row.
+/// Elements per parallel work item of the element-wise and row-wise ops: large enough that
+/// rayon's overhead is noise, small enough that both cores get work on a (128, 17, 512)
+/// activation.
+const ELEMENTWISE_CHUNK: usize = 1 << 15;
+
+/// Rows of length `n` per parallel work item: about [`ELEMENTWISE_CHUNK`] elements, at least
+/// one row.
 fn rows_per_task(n: usize) -> usize {
-    ((1 << 14) / n).max(1)
+    (ELEMENTWISE_CHUNK / n).max(1)
+}
+
+/// One row's softmax in place, `p_j = exp(s (x_j - max x)) / sum_k exp(s (x_k - max x))` with
+/// `s = scale > 0`; masked entries (-inf) give exactly 0, as libm's exp does.
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32) {
+    let max = fastmath::max(row);
+    for v in row.iter_mut() {
+        let d = scale * (*v - max);
+        *v = if d < -87.0 { 0.0 } else { fastmath::exp(d) };
+    }
+    let inv = 1.0 / fastmath::sum(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// One row's softmax Jacobian-vector product in place: `g_j <- s p_j (g_j - sum_k g_k p_k)`
+/// (`s = scale`, the factor of the scores before the softmax).
+pub(crate) fn softmax_row_backward(p: &[f32], g: &mut [f32], scale: f32) {
+    let dot = fastmath::sum_zip(p, g, |a, b| a * b);
+    for (gi, &pi) in g.iter_mut().zip(p) {
+        *gi = scale * pi * (*gi - dot);
+    }
 }
 
 /// Softmax over the last axis: `p_j = exp(x_j - max x) / sum_k exp(x_k - max x)`.
@@ -33,22 +60,9 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let n = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; x.len()];
-        let rows = rows_per_task(n);
-        out.par_chunks_mut(rows * n)
-            .zip(x.par_chunks(rows * n))
-            .for_each(|(o, x)| {
-                for (row, o) in x.chunks_exact(n).zip(o.chunks_exact_mut(n)) {
-                    let max = fastmath::max(row);
-                    for (oi, &xi) in o.iter_mut().zip(row) {
-                        let d = xi - max;
-                        // Masked entries (-inf) give exactly 0, as libm's exp does.
-                        *oi = if d < -87.0 { 0.0 } else { fastmath::exp(d) };
-                    }
-                    let inv = 1.0 / fastmath::sum(o);
-                    o.iter_mut().for_each(|v| *v *= inv);
-                }
-            });
+        let mut out = x.to_vec();
+        out.par_chunks_mut(rows_per_task(n) * n)
+            .for_each(|o| o.chunks_exact_mut(n).for_each(|row| softmax_row(row, 1.0)));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -78,20 +92,13 @@ impl CustomOp2 for SoftmaxBackward {
         let p = contiguous_f32(s1, l1, self.name())?;
         let g = contiguous_f32(s2, l2, self.name())?;
         let n = l1.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; p.len()];
+        let mut out = g.to_vec();
         let rows = rows_per_task(n);
         out.par_chunks_mut(rows * n)
-            .zip(p.par_chunks(rows * n).zip(g.par_chunks(rows * n)))
-            .for_each(|(o, (p, g))| {
-                for ((pr, gr), o) in p
-                    .chunks_exact(n)
-                    .zip(g.chunks_exact(n))
-                    .zip(o.chunks_exact_mut(n))
-                {
-                    let dot = fastmath::sum_zip(pr, gr, |a, b| a * b);
-                    for ((oi, &pi), &gi) in o.iter_mut().zip(pr).zip(gr) {
-                        *oi = pi * (gi - dot);
-                    }
+            .zip(p.par_chunks(rows * n))
+            .for_each(|(o, p)| {
+                for (pr, o) in p.chunks_exact(n).zip(o.chunks_exact_mut(n)) {
+                    softmax_row_backward(pr, o, 1.0);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -299,10 +306,6 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 /// `quick_gelu(x) = x * sigmoid(1.702 x)`, fused, with its derivative
 /// `s + 1.702 x s (1 - s)` in the backward.
 struct QuickGelu;
-
-/// Elements per parallel work item of the element-wise ops: large enough that rayon's
-/// overhead is noise, small enough that both cores get work on a (128, 17, 512) activation.
-const ELEMENTWISE_CHUNK: usize = 1 << 15;
 
 impl CustomOp1 for QuickGelu {
     fn name(&self) -> &'static str {

@@ -2,7 +2,6 @@
 //! clipping: what every training loop in inkdrop shares.
 
 use std::collections::HashMap;
-
 use std::sync::Mutex;
 
 use candle_core::backprop::GradStore;
@@ -92,7 +91,7 @@ impl AdamW {
             let Some(g) = grads.get(s.var.as_tensor()) else {
                 continue;
             };
-            let g = g.detach().contiguous()?;
+            let g = g.contiguous()?;
             let op = AdamWStep {
                 moments: Mutex::new((&mut s.m, &mut s.v)),
                 beta1: c.beta1 as f32,
@@ -250,7 +249,7 @@ impl InplaceOp2 for AdamWStep<'_> {
 /// `ema` must own its storage: a `detach()`ed view of a variable would update the variable.
 pub fn ema_update(ema: &Tensor, w: &Tensor, decay: f64) -> Result<()> {
     ema.inplace_op2(
-        &w.detach().contiguous()?,
+        &w.contiguous()?,
         &EmaStep {
             decay: decay as f32,
             one_minus_decay: (1.0 - decay) as f32,
