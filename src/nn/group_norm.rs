@@ -90,9 +90,12 @@ impl CustomOp3 for GroupNormOp {
                 for (j, (yc, xc)) in ys.chunks_mut(gs.s).zip(xs.chunks(gs.s)).enumerate() {
                     let scale = rstd * gamma[c0 + j];
                     let shift = beta[c0 + j] - mean * scale;
-                    for (yv, &xv) in yc.iter_mut().zip(xc) {
-                        let z = xv * scale + shift;
-                        *yv = if self.silu { z * sigmoid(z) } else { z };
+                    // Two loops, not one with a branch inside: a branch keeps the loop scalar.
+                    let affine = yc.iter_mut().zip(xc).map(|(yv, &xv)| (yv, xv * scale + shift));
+                    if self.silu {
+                        affine.for_each(|(yv, z)| *yv = z * sigmoid(z));
+                    } else {
+                        affine.for_each(|(yv, z)| *yv = z);
                     }
                 }
             });
@@ -169,14 +172,14 @@ impl CustomOp3 for GroupNormBackward {
                     let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
                     let range = j * gs.s..(j + 1) * gs.s;
                     let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range]);
-                    for ((dz, &xv), &g) in dzs.iter_mut().zip(xc).zip(gc) {
-                        *dz = if self.silu {
+                    if self.silu {
+                        for ((dz, &xv), &g) in dzs.iter_mut().zip(xc).zip(gc) {
                             let z = (xv - mean) * rstd * ga + be;
                             let s = sigmoid(z);
-                            g * s * (1.0 + z * (1.0 - s))
-                        } else {
-                            g
-                        };
+                            *dz = g * s * (1.0 + z * (1.0 - s));
+                        }
+                    } else {
+                        dzs.copy_from_slice(gc);
                     }
                     let sum_dz = sum(dzs);
                     let sum_dz_xhat = sum_zip(dzs, xc, |dz, xv| dz * (xv - mean) * rstd);

@@ -4,12 +4,19 @@
 //!
 //! - Colour: every pixel goes to the nearest palette colour (objects' or background's) if it is
 //!   close enough; each object colour's pixels form a mask.
-//! - Shape: the mask's outline as a function of angle around its centre, r(theta), has 3 bumps
-//!   for a triangle, 4 for a square, 5 for a star and none for a circle; the strongest of the
-//!   Fourier harmonics 3, 4 and 5 of r(theta) names the shape, a flat profile means a circle.
+//!   A white object is never looked for on a white background: the world never draws one there
+//!   ([`Background::clashing_color`]), and a decoded picture's off-white patches would pass for one.
+//! - Shape: the mask is compared with the renderer's own outlines ([`outline`]) of each shape,
+//!   centred on the mask, with the mask's area and turned across the world's rotations; the shape
+//!   whose outline overlaps the mask best (intersection over union) is the answer.
+//!
+//! On rendered ground truth (`tests/shapes.rs`) it reads every colour and, at 32 px, nearly every
+//! shape; the Fourier profile of the outline it replaced read 92% of single shapes right, most
+//! misses being small squares and stars.
 
 use image::RgbImage;
 
+use super::render::{inside_polygon, outline};
 use super::scene::{Background, Color, Shape};
 
 /// One object found in a picture.
@@ -27,8 +34,11 @@ pub struct Detected {
 const MAX_DIST2: i32 = 45 * 45;
 /// Fewer pixels than this is noise, not an object.
 const MIN_PIXELS: usize = 8;
-/// Below this relative harmonic strength the outline counts as round.
-const ROUND: f32 = 0.03;
+/// Rotations tried when matching outlines (radians): the world turns objects by at most 0.25.
+const ROTATIONS: [f32; 5] = [-0.25, -0.125, 0.0, 0.125, 0.25];
+/// Circumradii tried, relative to the one whose outline has the mask's area: the palette test
+/// leaves out blended edge pixels, so masks come out a little smaller than the shape.
+const SCALES: [f32; 4] = [0.95, 1.05, 1.15, 1.25];
 
 fn dist2(a: [u8; 3], b: [u8; 3]) -> i32 {
     (0..3)
@@ -67,7 +77,7 @@ pub fn color_masks(img: &RgbImage) -> Vec<(Color, Vec<(u32, u32)>)> {
             .min_by_key(|(_, c)| dist2(p.0, c.rgb()));
         if let Some((i, c)) = nearest {
             let d = dist2(p.0, c.rgb());
-            if d < MAX_DIST2 && d < to_bg && c.rgb() != bg.rgb() {
+            if d < MAX_DIST2 && d < to_bg && Some(*c) != bg.clashing_color() {
                 masks[i].1.push((x, y));
             }
         }
@@ -87,7 +97,7 @@ pub fn detect(img: &RgbImage) -> Vec<Detected> {
             let cy = m.iter().map(|p| p.1 as f32 + 0.5).sum::<f32>() / n;
             Detected {
                 color,
-                shape: shape_of(&m, [cx, cy]),
+                shape: shape_of(&m, [cx, cy], (w, h)),
                 pixels: m.len(),
                 center: [cx / w as f32, cy / h as f32],
             }
@@ -97,43 +107,75 @@ pub fn detect(img: &RgbImage) -> Vec<Detected> {
     found
 }
 
-/// Classifies a mask by the harmonics of its outline r(theta) around `center` (pixels).
-fn shape_of(mask: &[(u32, u32)], center: [f32; 2]) -> Shape {
-    const BINS: usize = 36;
-    let mut r = [0f32; BINS];
+/// Classifies a mask by matching it against the renderer's outlines: for each shape, outlines
+/// centred on the mask's centre `center` (pixels), with the mask's area (at a few [`SCALES`]) and
+/// turned by each of [`ROTATIONS`], are rasterised on the pixel grid (a pixel is in if its centre
+/// is); the shape whose best outline has the largest intersection over union with the mask wins.
+fn shape_of(mask: &[(u32, u32)], center: [f32; 2], (w, h): (u32, u32)) -> Shape {
+    let mut grid = vec![false; (w * h) as usize];
     for &(x, y) in mask {
-        // The pixel's far corner from the centre, so a pixel counts with its whole extent.
-        let (dx, dy) = (x as f32 + 0.5 - center[0], y as f32 + 0.5 - center[1]);
-        let d = (dx * dx + dy * dy).sqrt() + 0.5;
-        let theta = dy.atan2(dx);
-        let b = (((theta + std::f32::consts::PI) / std::f32::consts::TAU) * BINS as f32) as usize
-            % BINS;
-        r[b] = r[b].max(d);
+        grid[(y * w + x) as usize] = true;
     }
-    // Fill empty bins (small masks) from their neighbours.
-    for i in 0..BINS {
-        if r[i] == 0.0 {
-            r[i] = r[(i + BINS - 1) % BINS].max(r[(i + 1) % BINS]);
+    let n = mask.len() as f32;
+    let mut best = (Shape::Circle, -1f32);
+    for &shape in Shape::ALL {
+        // Area of the outline with circumradius 1 (shoelace formula; pi for the circle).
+        let unit_area = outline(shape, [0.0, 0.0], 1.0, 0.0).map_or(std::f32::consts::PI, |p| {
+            let twice: f32 = (0..p.len())
+                .map(|i| {
+                    let (a, b) = (p[i], p[(i + 1) % p.len()]);
+                    a[0] * b[1] - b[0] * a[1]
+                })
+                .sum();
+            twice.abs() / 2.0
+        });
+        let rotations: &[f32] = if shape == Shape::Circle {
+            &[0.0]
+        } else {
+            &ROTATIONS
+        };
+        for scale in SCALES {
+            let r = (n / unit_area).sqrt() * scale;
+            for &rotation in rotations {
+                let poly = outline(shape, center, r, rotation);
+                let iou = overlap(&grid, (w, h), n, center, r, poly.as_deref());
+                if iou > best.1 {
+                    best = (shape, iou);
+                }
+            }
         }
     }
-    let mean = r.iter().sum::<f32>() / BINS as f32;
-    let harmonic = |k: usize| {
-        let (mut re, mut im) = (0f32, 0f32);
-        for (b, &v) in r.iter().enumerate() {
-            let a = std::f32::consts::TAU * (k * b) as f32 / BINS as f32;
-            re += (v - mean) * a.cos();
-            im += (v - mean) * a.sin();
-        }
-        (re * re + im * im).sqrt() / (BINS as f32 * mean.max(1e-6))
+    best.0
+}
+
+/// Intersection over union of the mask `grid` (`n` pixels set) and the pixels whose centres lie
+/// within radius `r` of `center` and inside `poly` (the whole disc when `poly` is `None`).
+fn overlap(
+    grid: &[bool],
+    (w, h): (u32, u32),
+    n: f32,
+    center: [f32; 2],
+    r: f32,
+    poly: Option<&[[f32; 2]]>,
+) -> f32 {
+    let span = |c: f32, len: u32| {
+        let lo = (c - r - 1.0).floor().max(0.0) as u32;
+        let hi = ((c + r + 1.0).ceil().max(0.0) as u32).min(len);
+        lo..hi
     };
-    let (h3, h4, h5) = (harmonic(3), harmonic(4), harmonic(5));
-    if h3.max(h4).max(h5) < ROUND {
-        Shape::Circle
-    } else if h3 >= h4 && h3 >= h5 {
-        Shape::Triangle
-    } else if h4 >= h5 {
-        Shape::Square
-    } else {
-        Shape::Star
+    let (mut inter, mut template) = (0f32, 0f32);
+    for y in span(center[1], h) {
+        for x in span(center[0], w) {
+            let p = [x as f32 + 0.5, y as f32 + 0.5];
+            let (dx, dy) = (p[0] - center[0], p[1] - center[1]);
+            if dx * dx + dy * dy > r * r || poly.is_some_and(|poly| !inside_polygon(p, poly)) {
+                continue;
+            }
+            template += 1.0;
+            if grid[(y * w + x) as usize] {
+                inter += 1.0;
+            }
+        }
     }
+    inter / (template + n - inter).max(1.0)
 }

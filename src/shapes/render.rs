@@ -10,9 +10,14 @@ const SUPERSAMPLE: u32 = 4;
 
 /// The outline of an object as a polygon in canvas units (`None` for circles).
 pub fn polygon(obj: &Object) -> Option<Vec<[f32; 2]>> {
-    let r = obj.radius();
-    let [cx, cy] = obj.center;
-    let up = -std::f32::consts::FRAC_PI_2 + obj.rotation;
+    outline(obj.shape, obj.center, obj.radius(), obj.rotation)
+}
+
+/// The outline of `shape` with circumradius `r` around `center`, turned by `rotation` radians,
+/// as a polygon (`None` for a circle); in whatever units `center` and `r` are given.
+pub fn outline(shape: Shape, center: [f32; 2], r: f32, rotation: f32) -> Option<Vec<[f32; 2]>> {
+    let [cx, cy] = center;
+    let up = -std::f32::consts::FRAC_PI_2 + rotation;
     let ring = |n: usize, radius: &dyn Fn(usize) -> f32, offset: f32| -> Vec<[f32; 2]> {
         (0..n)
             .map(|i| {
@@ -21,7 +26,7 @@ pub fn polygon(obj: &Object) -> Option<Vec<[f32; 2]>> {
             })
             .collect()
     };
-    match obj.shape {
+    match shape {
         Shape::Circle => None,
         Shape::Square => Some(ring(4, &|_| r * 0.92, std::f32::consts::FRAC_PI_4)),
         Shape::Triangle => Some(ring(3, &|_| r, 0.0)),
@@ -30,7 +35,7 @@ pub fn polygon(obj: &Object) -> Option<Vec<[f32; 2]>> {
 }
 
 /// Even-odd point-in-polygon test.
-fn inside_polygon(p: [f32; 2], poly: &[[f32; 2]]) -> bool {
+pub fn inside_polygon(p: [f32; 2], poly: &[[f32; 2]]) -> bool {
     let mut inside = false;
     let mut j = poly.len() - 1;
     for i in 0..poly.len() {
