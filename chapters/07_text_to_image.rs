@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use inkdrop::pipeline::eval::{check_image, evaluate};
+use inkdrop::pipeline::eval::{check_image, evaluate, reader_accuracy};
 use inkdrop::pipeline::{GenerateRequest, TextToImage};
 use inkdrop::shapes::caption::{pair_prompt, parse_claim};
 use inkdrop::shapes::detect::detect;
@@ -266,6 +266,31 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.steps
         ),
     )?;
+
+    // ---------------------------------------------------------------------------------------
+    nb.cell("How far can the check be trusted?");
+    // The reader is a ruler: measure it on pictures whose truth is known, as drawn and after a
+    // VAE round trip (what a perfect denoiser would hand the decoder).
+    // ANCHOR: ruler
+    let mut rows = reader_accuracy(None, args.seed, "rendered")?;
+    rows.extend(reader_accuracy(Some(&pipe.vae.vae), args.seed, "after the VAE")?);
+    // ANCHOR_END: ruler
+    let mut table = Table::new(["real pictures", "n", "colour", "shape", "relation"]);
+    for (name, g) in &rows {
+        table.row([
+            name.clone(),
+            g.images.to_string(),
+            pct(g.color),
+            pct(g.shape),
+            if g.relation.is_nan() {
+                "-".into()
+            } else {
+                pct(g.relation)
+            },
+        ]);
+    }
+    println!("{table}\n");
+    write_md("reader.md", &table.to_markdown())?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Negative prompts");

@@ -540,6 +540,19 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
             "no time for {stage}: {stdout}"
         );
     }
+    // --resume after a finished run skips every stage and still reports their times.
+    let (out, stdout, stderr) = run(inkdrop()
+        .args(["train", "all", "--tiny", "--resume", "--data-dir"])
+        .arg(&data));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("skipped").count(), 4, "{stderr}");
+    assert!(stdout.contains("unet *"), "{stdout}");
+    // A run with other settings cannot resume this one, and says why.
+    let (out, _, stderr) = run(inkdrop()
+        .args(["train", "all", "--tiny", "--resume", "--seed", "1", "--data-dir"])
+        .arg(&data));
+    assert!(!out.status.success());
+    assert!(stderr.contains("other settings"), "{stderr}");
 }
 
 #[test]

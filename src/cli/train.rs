@@ -104,6 +104,11 @@ pub struct AllArgs {
     /// Seed of every stage.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Continue an interrupted run (same --data-dir, --seed and --tiny): stages that finished
+    /// are skipped, the interrupted one continues from its checkpoint
+    /// (target/inkdrop/checkpoints/all_*.safetensors).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Debug, Args)]
@@ -576,12 +581,54 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         dir.join("vae.safetensors"),
         dir.join("unet.safetensors"),
     );
+    // Which stages have finished, with their seconds: written after each stage, read by --resume.
+    let progress_path = default_out_dir("checkpoints").join("all_progress.json");
+    let settings = serde_json::json!({
+        "data_dir": dir.display().to_string(),
+        "seed": args.seed,
+        "tiny": args.tiny,
+    });
+    let mut done = serde_json::Map::new();
+    if !args.resume && progress_path.exists() {
+        // A fresh run: an older run's record must not let a later --resume skip stages.
+        std::fs::remove_file(&progress_path)
+            .with_context(|| format!("removing {}", progress_path.display()))?;
+    }
+    if args.resume && progress_path.exists() {
+        let text = std::fs::read_to_string(&progress_path)
+            .with_context(|| format!("reading {}", progress_path.display()))?;
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", progress_path.display()))?;
+        if saved["settings"] != settings {
+            anyhow::bail!(
+                "--resume: the interrupted run used other settings ({}), this one {settings}; \
+                 run with the same --data-dir, --seed and --tiny, or without --resume to start over",
+                saved["settings"]
+            );
+        }
+        if let Some(map) = saved["done"].as_object() {
+            done = map.clone();
+        }
+    }
+    let resume = args.resume;
     let mut times = Vec::new();
     let mut stage = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
+        if let Some(secs) = done.get(name).and_then(serde_json::Value::as_f64) {
+            eprintln!("== {name}: finished in the interrupted run ({secs:.0} s), skipped");
+            times.push((format!("{name} *"), secs));
+            return Ok(());
+        }
         eprintln!("== {name}");
         let t = std::time::Instant::now();
         f().with_context(|| format!("stage '{name}'"))?;
-        times.push((name.to_string(), t.elapsed().as_secs_f64()));
+        let secs = t.elapsed().as_secs_f64();
+        times.push((name.to_string(), secs));
+        done.insert(name.to_string(), secs.into());
+        let progress = serde_json::json!({ "settings": settings, "done": done });
+        inkdrop::support::files::write_atomic(
+            &progress_path,
+            serde_json::to_string_pretty(&progress)?.as_bytes(),
+        )?;
         Ok(())
     };
     stage("tokenizer", &mut || {
@@ -608,7 +655,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             out: Some(clip.clone()),
             tokenizer: Some(tok.clone()),
             checkpoint: Some(ckpt("clip")),
-            resume: false,
+            resume,
             tiny: args.tiny,
             vision: VisionKind::TwoPath,
             frozen_text: None,
@@ -632,7 +679,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             init_logvar: 0.0,
             out: Some(vae.clone()),
             checkpoint: Some(ckpt("vae")),
-            resume: false,
+            resume,
             tiny: args.tiny,
         })
     })?;
@@ -661,7 +708,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             tokenizer: Some(tok.clone()),
             vae: Some(vae.clone()),
             checkpoint: Some(ckpt("unet")),
-            resume: false,
+            resume,
             init: None,
             stop_after: None,
             tiny: args.tiny,
@@ -673,5 +720,8 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         println!("{name:<10} {s:>8.1}");
     }
     println!("{:<10} {total:>8.1}\nwrote {}", "total", dir.display());
+    if times.iter().any(|(name, _)| name.ends_with('*')) {
+        println!("* finished in the interrupted run; its time is counted");
+    }
     Ok(())
 }
