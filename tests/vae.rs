@@ -276,3 +276,35 @@ fn weights_for_another_config_name_the_first_mismatching_tensor() {
         "{err}"
     );
 }
+
+/// The reader's ceiling (`inkdrop eval` prints it): real pictures read back as drawn and after the
+/// shipped VAE's round trip. Drawn pictures are read all but perfectly; the round trip keeps every
+/// colour and relation but costs some shapes, so the ceiling sits between.
+#[test]
+fn reader_ceiling_is_below_the_drawn_pictures_and_keeps_colours() {
+    use inkdrop::pipeline::eval::{ceiling, reader_accuracy, CEILING_IMAGES};
+    let bundle = VaeBundle::load_default().unwrap();
+    let drawn = reader_accuracy(None, 4, "drawn").unwrap();
+    let decoded = ceiling(&bundle.vae, 4).unwrap();
+    assert_eq!(drawn[0].0, "drawn: one object");
+    assert_eq!(decoded[1].0, "ceiling: two objects");
+    for (name, g) in drawn.iter().chain(&decoded) {
+        assert_eq!(g.images, CEILING_IMAGES, "{name}");
+        assert_eq!(g.color, 1.0, "{name}: every colour read");
+        if name.ends_with("two objects") {
+            assert!(g.relation > 0.97, "{name}: relation {}", g.relation);
+        } else {
+            assert!(g.relation.is_nan(), "{name}: one object has no relation");
+        }
+    }
+    for (d, v) in drawn.iter().zip(&decoded) {
+        assert!(d.1.shape > 0.97, "{}: shape {}", d.0, d.1.shape);
+        assert!(
+            v.1.shape < d.1.shape && v.1.shape > 0.75,
+            "{}: shape {} against {} drawn",
+            v.0,
+            v.1.shape,
+            d.1.shape
+        );
+    }
+}
