@@ -273,7 +273,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     // VAE round trip (what a perfect denoiser would hand the decoder).
     // ANCHOR: ruler
     let mut rows = reader_accuracy(None, args.seed, "rendered")?;
-    rows.extend(reader_accuracy(Some(&pipe.vae.vae), args.seed, "after the VAE")?);
+    rows.extend(reader_accuracy(
+        Some(&pipe.vae.vae),
+        args.seed,
+        "after the VAE",
+    )?);
     // ANCHOR_END: ruler
     let mut table = Table::new(["real pictures", "n", "colour", "shape", "relation"]);
     for (name, g) in &rows {

@@ -549,7 +549,15 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
     assert!(stdout.contains("unet *"), "{stdout}");
     // A run with other settings cannot resume this one, and says why.
     let (out, _, stderr) = run(inkdrop()
-        .args(["train", "all", "--tiny", "--resume", "--seed", "1", "--data-dir"])
+        .args([
+            "train",
+            "all",
+            "--tiny",
+            "--resume",
+            "--seed",
+            "1",
+            "--data-dir",
+        ])
         .arg(&data));
     assert!(!out.status.success());
     assert!(stderr.contains("other settings"), "{stderr}");

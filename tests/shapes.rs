@@ -297,7 +297,11 @@ fn two_object_scenes_pass_their_own_claims() {
             Relation::LeftOf => Relation::RightOf,
             _ => Relation::LeftOf,
         };
-        assert_eq!(check_image(&claim(opposite), &img).relation.hits, 0, "scene {i}");
+        assert_eq!(
+            check_image(&claim(opposite), &img).relation.hits,
+            0,
+            "scene {i}"
+        );
         scenes += 1;
         shapes += right.shape.total;
         shape_hits += right.shape.hits;

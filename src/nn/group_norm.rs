@@ -91,7 +91,10 @@ impl CustomOp3 for GroupNormOp {
                     let scale = rstd * gamma[c0 + j];
                     let shift = beta[c0 + j] - mean * scale;
                     // Two loops, not one with a branch inside: a branch keeps the loop scalar.
-                    let affine = yc.iter_mut().zip(xc).map(|(yv, &xv)| (yv, xv * scale + shift));
+                    let affine = yc
+                        .iter_mut()
+                        .zip(xc)
+                        .map(|(yv, &xv)| (yv, xv * scale + shift));
                     if self.silu {
                         affine.for_each(|(yv, z)| *yv = z * sigmoid(z));
                     } else {

@@ -9,10 +9,10 @@ use serde::Serialize;
 use super::{GenerateRequest, TextToImage};
 use crate::shapes::caption::{pair_prompt, parse_claim, relation_of, Claim, ObjectClaim};
 use crate::shapes::detect::{detect, Detected};
+use crate::shapes::scene::{Color, Relation, Shape};
 use crate::shapes::{is_held_out, render, sample_at, WorldConfig};
 use crate::vae::io::{decode_latents, encode_image};
 use crate::vae::AutoencoderKL;
-use crate::shapes::scene::{Color, Relation, Shape};
 use crate::Result;
 
 /// Hits and attempts of one check.
@@ -93,8 +93,9 @@ pub fn check_image(claim: &Claim, img: &RgbImage) -> ImageCheck {
 }
 
 /// How far (canvas units, about 1.6 pixels at 32 px) the cross-axis offset may exceed the named
-/// one. Captions name the larger offset ([`crate::shapes::caption::relation_between`]); objects placed on a diagonal
-/// tie, and a centre read back a fraction of a pixel off would turn "above" into "left of".
+/// one. Captions name the larger offset ([`crate::shapes::caption::relation_between`]);
+/// objects placed on a diagonal tie, and a centre read back a fraction of a pixel off would turn
+/// "above" into "left of".
 const RELATION_TIE: f32 = 0.05;
 
 /// Whether `a` stands in `rel` to `b` (centres, canvas units, y down): the offset along the

@@ -4,8 +4,9 @@
 //!
 //! - Colour: every pixel goes to the nearest palette colour (objects' or background's) if it is
 //!   close enough; each object colour's pixels form a mask.
-//!   A white object is never looked for on a white background: the world never draws one there
-//!   ([`Background::clashing_color`]), and a decoded picture's off-white patches would pass for one.
+//!   A white object is never looked for on a white background: the world never draws one
+//!   there ([`Background::clashing_color`]), and a decoded picture's off-white patches would
+//!   pass for one.
 //! - Shape: the mask is compared with the renderer's own outlines ([`outline`]) of each shape,
 //!   centred on the mask, with the mask's area and turned across the world's rotations; the shape
 //!   whose outline overlaps the mask best (intersection over union) is the answer.
