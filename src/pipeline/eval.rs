@@ -99,7 +99,7 @@ pub fn check_image(claim: &Claim, img: &RgbImage) -> ImageCheck {
 const RELATION_TIE: f32 = 0.05;
 
 /// Whether `a` stands in `rel` to `b` (centres, canvas units, y down): the offset along the
-/// named axis points the named way and is the larger one, up to [`RELATION_TIE`].
+/// named axis points the named way and is the larger one, up to `RELATION_TIE` (0.05 of the canvas).
 pub fn relation_holds(a: [f32; 2], b: [f32; 2], rel: Relation) -> bool {
     let (dx, dy) = (a[0] - b[0], a[1] - b[1]);
     let (along, across) = match rel {
