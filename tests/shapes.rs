@@ -260,7 +260,7 @@ fn detector_reads_colour_and_shape_of_rendered_objects() {
 #[test]
 fn two_object_scenes_pass_their_own_claims() {
     use inkdrop::pipeline::eval::check_image;
-    use inkdrop::shapes::caption::{relation_of, Claim, ObjectClaim};
+    use inkdrop::shapes::caption::{relation_of, Claim};
     use inkdrop::shapes::scene::Relation;
     let world = inkdrop::shapes::WorldConfig {
         p_two_objects: 1.0,
@@ -274,17 +274,8 @@ fn two_object_scenes_pass_their_own_claims() {
             continue;
         }
         let claim = |relation| Claim {
-            objects: o
-                .iter()
-                .map(|o| ObjectClaim {
-                    shape: Some(o.shape),
-                    color: Some(o.color),
-                    size: None,
-                    position: None,
-                })
-                .collect(),
             relation: Some(relation),
-            background: None,
+            ..Claim::colours_shapes_relation(&s.scene)
         };
         let img = inkdrop::shapes::render(&s.scene, 32);
         let rel = relation_of(&o[0], &o[1]);

@@ -7,7 +7,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::{GenerateRequest, TextToImage};
-use crate::shapes::caption::{pair_prompt, parse_claim, relation_of, Claim, ObjectClaim};
+use crate::shapes::caption::{pair_prompt, parse_claim, Claim};
 use crate::shapes::detect::{detect, Detected};
 use crate::shapes::scene::{Color, Relation, Shape};
 use crate::shapes::{is_held_out, render, sample_at, WorldConfig};
@@ -257,19 +257,7 @@ pub fn reader_accuracy(
             if objects.len() == 2 && objects[0].color == objects[1].color {
                 continue;
             }
-            let claim = Claim {
-                objects: objects
-                    .iter()
-                    .map(|o| ObjectClaim {
-                        shape: Some(o.shape),
-                        color: Some(o.color),
-                        size: None,
-                        position: None,
-                    })
-                    .collect(),
-                relation: (objects.len() == 2).then(|| relation_of(&objects[0], &objects[1])),
-                background: None,
-            };
+            let claim = Claim::colours_shapes_relation(&scene);
             let rendered = render(&scene, size);
             let images = match vae {
                 Some(vae) => decode_latents(vae, &encode_image(vae, &rendered)?)?,

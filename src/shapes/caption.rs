@@ -58,6 +58,25 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// What `scene` shows, colour and shape of each object and (for two) their relation, with
+    /// size, position and background left out: "a red circle above a blue square".
+    pub fn colours_shapes_relation(scene: &Scene) -> Self {
+        let objects = &scene.objects;
+        Claim {
+            objects: objects
+                .iter()
+                .map(|o| ObjectClaim {
+                    shape: Some(o.shape),
+                    color: Some(o.color),
+                    size: None,
+                    position: None,
+                })
+                .collect(),
+            relation: (objects.len() == 2).then(|| relation_of(&objects[0], &objects[1])),
+            background: None,
+        }
+    }
+
     /// The caption text.
     pub fn text(&self) -> String {
         let mut s = match self.objects.as_slice() {
