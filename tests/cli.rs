@@ -561,6 +561,33 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
         .arg(&data));
     assert!(!out.status.success());
     assert!(stderr.contains("other settings"), "{stderr}");
+    // The folder's four models generate together (--models), and a folder without them says
+    // which file is missing.
+    let picture = dir.path().join("from_models.png");
+    let (out, _, stderr) = run(inkdrop()
+        .args(["generate", "--prompt", "a red circle", "--steps", "2"])
+        .args(["--num-images", "1", "--models"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&picture));
+    assert!(out.status.success(), "{stderr}");
+    assert!(picture.exists());
+    assert_clear_error(
+        inkdrop().args(["eval", "--models"]).arg(dir.path()),
+        "clip.safetensors",
+    );
+}
+
+#[test]
+fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
+    assert_clear_error(
+        inkdrop().args(["train", "unet", "--tiny", "--two-objects", "1.5"]),
+        "between 0 and 1",
+    );
+    assert_clear_error(
+        inkdrop().args(["train", "unet", "--tiny", "--two-objects", "many"]),
+        "not a number",
+    );
 }
 
 #[test]

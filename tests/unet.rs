@@ -272,7 +272,7 @@ mod training {
     use inkdrop::clip::{Clip, ClipConfig};
     use inkdrop::shapes::{sample_at, WorldConfig};
     use inkdrop::text::ClipTokenizer;
-    use inkdrop::train::unet::{latent_dataset, train_unet, UNetTrainConfig};
+    use inkdrop::train::unet::{latent_dataset, latent_dataset_of, train_unet, UNetTrainConfig};
     use inkdrop::vae::{AutoencoderKL, VaeConfig};
 
     fn clip() -> ClipBundle {
@@ -317,6 +317,17 @@ mod training {
         assert_eq!(data.captions.len(), 40);
         let again = latent_dataset(&vae, 0, 40, Some(&cache)).unwrap();
         assert_eq!(again.captions, data.captions, "the cache reads back");
+        // Another share of two-object scenes is another data set: the cache is not reused.
+        let all_two = WorldConfig {
+            p_two_objects: 1.0,
+            ..WorldConfig::default()
+        };
+        let two = latent_dataset_of(&vae, &all_two, 0, 40, Some(&cache)).unwrap();
+        assert_ne!(two.captions, data.captions);
+        for c in &two.captions {
+            let claim = inkdrop::shapes::caption::parse_claim(c).unwrap();
+            assert_eq!(claim.objects.len(), 2, "{c}");
+        }
         let model = UNetConfig {
             cross_attention_dim: clip.model.config.text_width,
             ..UNetConfig::test()

@@ -44,6 +44,10 @@ pub struct EvalArgs {
     /// UNet weights [default: data/unet.safetensors].
     #[arg(long)]
     pub unet: Option<PathBuf>,
+    /// A folder with all four models (tokenizer.json, clip.safetensors, vae.safetensors,
+    /// unet.safetensors), e.g. what `inkdrop train all --data-dir DIR` wrote [default: data/].
+    #[arg(long, conflicts_with = "unet")]
+    pub models: Option<PathBuf>,
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
@@ -77,7 +81,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     };
     base.validate()?;
     inkdrop::pipeline::eval::parse_prompts(&prompts)?;
-    let pipe = TextToImage::load(&args.unet.clone().unwrap_or_else(default_unet_path))?;
+    let pipe = match &args.models {
+        Some(dir) => TextToImage::load_dir(dir)?,
+        None => TextToImage::load(&args.unet.clone().unwrap_or_else(default_unet_path))?,
+    };
     let bar = ProgressBar::new(prompts.len() as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} prompts  {msg}  {elapsed} (eta {eta})")
             .context("progress template")?,

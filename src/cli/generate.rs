@@ -58,6 +58,10 @@ pub struct GenerateArgs {
     /// UNet weights [default: data/unet.safetensors].
     #[arg(long)]
     pub unet: Option<PathBuf>,
+    /// A folder with all four models (tokenizer.json, clip.safetensors, vae.safetensors,
+    /// unet.safetensors), e.g. what `inkdrop train all --data-dir DIR` wrote [default: data/].
+    #[arg(long, conflicts_with = "unet")]
+    pub models: Option<PathBuf>,
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
@@ -96,7 +100,10 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let pipe = TextToImage::load(&args.unet.clone().unwrap_or_else(default_unet_path))?;
+    let pipe = match &args.models {
+        Some(dir) => TextToImage::load_dir(dir)?,
+        None => TextToImage::load(&args.unet.clone().unwrap_or_else(default_unet_path))?,
+    };
     let generation = pipe.generate(&req)?;
     let grid = result_grid(&req, &generation)?;
     save_png(&grid, &args.out)?;

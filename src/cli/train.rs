@@ -13,7 +13,7 @@ use inkdrop::shapes::{sample_at, WorldConfig};
 use inkdrop::support::files::default_out_dir;
 use inkdrop::text::{ClipTokenizer, CONTEXT_LENGTH};
 use inkdrop::train::clip::{train_clip, ClipTrainConfig};
-use inkdrop::train::unet::{latent_dataset, train_unet, UNetTrainConfig};
+use inkdrop::train::unet::{latent_dataset_of, train_unet, UNetTrainConfig};
 use inkdrop::train::vae::{train_vae, VaeTrainConfig};
 use inkdrop::unet::UNetConfig;
 use inkdrop::vae::bundle::{default_vae_path, VaeBundle};
@@ -54,6 +54,9 @@ pub struct UnetArgs {
     /// Distinct training images (VAE-encoded once and cached).
     #[arg(long, default_value_t = UNetTrainConfig::default().dataset_size)]
     pub dataset_size: usize,
+    /// Share of training images with two objects, 0 to 1 (Shapes World draws half).
+    #[arg(long, default_value_t = UNetTrainConfig::default().p_two_objects, value_parser = probability)]
+    pub two_objects: f64,
     /// Min-SNR loss weighting: weight each sample by min(SNR, gamma) / SNR (0 = plain MSE).
     #[arg(long, default_value_t = 5.0)]
     pub snr_gamma: f64,
@@ -461,6 +464,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         lr: args.lr,
         seed: args.seed,
         dataset_size: args.dataset_size,
+        p_two_objects: args.two_objects,
         snr_gamma: (args.snr_gamma > 0.0).then_some(args.snr_gamma),
         init: args.init.clone(),
         stop_after: args.stop_after,
@@ -478,14 +482,24 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         cfg.dataset_size,
         cache.display()
     );
-    let data = latent_dataset(
+    let world = WorldConfig {
+        p_two_objects: cfg.p_two_objects,
+        ..WorldConfig::default()
+    };
+    let cache_name = if world == WorldConfig::default() {
+        format!("latents_seed{}_{}.safetensors", cfg.seed, cfg.dataset_size)
+    } else {
+        format!(
+            "latents_seed{}_{}_two{}.safetensors",
+            cfg.seed, cfg.dataset_size, cfg.p_two_objects
+        )
+    };
+    let data = latent_dataset_of(
         &vae.vae,
+        &world,
         cfg.seed,
         cfg.dataset_size,
-        Some(&cache.join(format!(
-            "latents_seed{}_{}.safetensors",
-            cfg.seed, cfg.dataset_size
-        ))),
+        Some(&cache.join(cache_name)),
     )?;
     let cache_seconds = started.elapsed().as_secs_f64();
     let out = args
@@ -702,6 +716,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             } else {
                 UNetTrainConfig::default().dataset_size
             },
+            two_objects: UNetTrainConfig::default().p_two_objects,
             seed: args.seed,
             out: Some(unet.clone()),
             clip: Some(clip.clone()),
@@ -724,4 +739,18 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         println!("* finished in the interrupted run; its time is counted");
     }
     Ok(())
+}
+
+/// Parses a probability (0 to 1) for a command-line option.
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number; give a share between 0 and 1, e.g. 0.75"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{p} is not between 0 and 1; give a share such as 0.75"
+        ))
+    }
 }

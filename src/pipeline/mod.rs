@@ -180,6 +180,16 @@ impl TextToImage {
         })
     }
 
+    /// The four models in `dir`, named as `inkdrop train all --data-dir DIR` writes them
+    /// (`tokenizer.json`, `clip.safetensors`, `vae.safetensors`, `unet.safetensors`).
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        Ok(TextToImage {
+            clip: ClipBundle::load(&dir.join("clip.safetensors"), &dir.join("tokenizer.json"))?,
+            vae: VaeBundle::load(&dir.join("vae.safetensors"))?,
+            unet: UNetBundle::load(&dir.join("unet.safetensors"))?,
+        })
+    }
+
     /// The latent shape of one image, (4, h, w).
     pub fn latent_shape(&self) -> [usize; 3] {
         let c = &self.unet.unet.config;

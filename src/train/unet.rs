@@ -49,6 +49,13 @@ pub struct UNetTrainConfig {
     pub caption_dropout: f64,
     /// Distinct training images (encoded once, then reused every epoch).
     pub dataset_size: usize,
+    /// Share of training images with two objects (Shapes World draws half; more of them gives
+    /// the model more captions with a relation to learn from).
+    #[serde(
+        default = "default_p_two_objects",
+        skip_serializing_if = "is_default_p_two_objects"
+    )]
+    pub p_two_objects: f64,
     /// Checkpoint (and sample grid) every this many steps.
     pub checkpoint_every: usize,
     /// Min-SNR loss weighting (Hang et al. 2023): sample i's squared error is weighted by
@@ -80,12 +87,23 @@ impl Default for UNetTrainConfig {
             ema_decay: 0.999,
             caption_dropout: 0.1,
             dataset_size: 40_000,
+            p_two_objects: default_p_two_objects(),
             checkpoint_every: 250,
             snr_gamma: Some(5.0),
             init: None,
             stop_after: None,
         }
     }
+}
+
+fn default_p_two_objects() -> f64 {
+    WorldConfig::default().p_two_objects
+}
+
+// Left out of a run's settings when it is the default, so checkpoints made before the setting
+// existed still resume.
+fn is_default_p_two_objects(p: &f64) -> bool {
+    *p == default_p_two_objects()
 }
 
 /// Mean training loss per tenth of the timestep range (t in 0..100, 100..200, ...), over the
@@ -129,20 +147,31 @@ pub fn latent_dataset(
     n: usize,
     cache: Option<&Path>,
 ) -> Result<LatentDataset> {
-    let world = WorldConfig::default();
+    latent_dataset_of(vae, &WorldConfig::default(), seed, n, cache)
+}
+
+/// [`latent_dataset`] for scenes drawn with `world`'s settings (e.g. more two-object scenes).
+pub fn latent_dataset_of(
+    vae: &AutoencoderKL,
+    world: &WorldConfig,
+    seed: u64,
+    n: usize,
+    cache: Option<&Path>,
+) -> Result<LatentDataset> {
     // The key names the VAE by its config and by its latents for one probe image, so a
     // retrained VAE never reuses another's cache.
     let probe = images_tensor(
         &[render(
-            &sample_at(&world, seed, 0).scene,
+            &sample_at(world, seed, 0).scene,
             vae.config.sample_size as u32,
         )],
         &Device::Cpu,
     )?;
     let probe = vae.encode(&probe)?.mode().flatten_all()?.to_vec1::<f32>()?;
     let key = format!(
-        "{}|{seed}|{n}|{probe:?}",
-        serde_json::to_string(&vae.config).unwrap_or_default()
+        "{}|{seed}|{n}|{probe:?}|two objects {}",
+        serde_json::to_string(&vae.config).unwrap_or_default(),
+        world.p_two_objects
     );
     if let Some(path) = cache.filter(|p| p.exists()) {
         if let Ok(loaded) = weights::load(path, &Device::Cpu) {
@@ -166,7 +195,7 @@ pub fn latent_dataset(
     let mut captions = Vec::with_capacity(n);
     for start in (0..n).step_by(100) {
         let samples: Vec<_> = (start..(start + 100).min(n))
-            .map(|i| sample_at(&world, seed, i as u64))
+            .map(|i| sample_at(world, seed, i as u64))
             .collect();
         let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
         let x = images_tensor(&images, &Device::Cpu)?;
