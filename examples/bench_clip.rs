@@ -36,6 +36,11 @@ fn main() -> anyhow::Result<()> {
     inkdrop::support::tune_allocator();
     inkdrop::support::single_threaded_candle_elementwise();
     let args = Args::parse();
+    // On one of rayon's threads, as every inkdrop command runs (`inkdrop::support::on_pool`).
+    inkdrop::support::on_pool(move || run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let mut rng = inkdrop::support::seeded_rng(0);
     let randn = |shape: &[usize], rng: &mut rand::rngs::StdRng| {

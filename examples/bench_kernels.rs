@@ -31,6 +31,11 @@ fn main() -> anyhow::Result<()> {
     inkdrop::support::tune_allocator();
     inkdrop::support::single_threaded_candle_elementwise();
     let args = Args::parse();
+    // On one of rayon's threads, as every inkdrop command runs (`inkdrop::support::on_pool`).
+    inkdrop::support::on_pool(move || run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let (dev, r, n) = (Device::Cpu, args.reps, args.batch_size);
     let mut rng = inkdrop::support::seeded_rng(0);
     let mut randn = |shape: &[usize]| inkdrop::noising::randn_tensor(shape, &mut rng, &dev);

@@ -6,5 +6,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    inkdrop::support::run_main(|| cli::run(args))
+    if args.is_explore() {
+        // The terminal UI waits for keys on this thread and generates on another, which goes
+        // onto rayon's pool itself.
+        inkdrop::support::run_main_off_pool(|| cli::run(args))
+    } else {
+        inkdrop::support::run_main(|| cli::run(args))
+    }
 }

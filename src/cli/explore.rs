@@ -97,8 +97,11 @@ fn spawn_worker(
             let progress = tx.clone();
             // A panic here must not take the UI down: it becomes the run's error message.
             let result = catch(|| {
-                generate_frames(&pipe, &settings, &mut |done, total| {
-                    let _ = progress.send(FromWorker::Progress(id, done, total));
+                // On rayon's pool: see `inkdrop::support::on_pool`.
+                inkdrop::support::on_pool(|| {
+                    generate_frames(&pipe, &settings, &mut |done, total| {
+                        let _ = progress.send(FromWorker::Progress(id, done, total));
+                    })
                 })
                 .and_then(|(frames, secs)| Ok((StepLatents::of(&frames.trace)?, frames, secs)))
                 .map_err(|e| e.to_string())

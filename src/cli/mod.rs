@@ -54,6 +54,13 @@ pub enum Command {
     Explore(explore::ExploreArgs),
 }
 
+impl Cli {
+    /// Whether the command is the terminal UI (which runs off rayon's pool).
+    pub fn is_explore(&self) -> bool {
+        matches!(self.command, Command::Explore(_))
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Schedule(args) => schedule::run(&args),
