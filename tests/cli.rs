@@ -574,7 +574,7 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
     assert!(picture.exists());
     assert_clear_error(
         inkdrop().args(["eval", "--models"]).arg(dir.path()),
-        "clip.safetensors",
+        "tokenizer.json': not found",
     );
 }
 

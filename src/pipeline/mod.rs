@@ -183,6 +183,23 @@ impl TextToImage {
     /// The four models in `dir`, named as `inkdrop train all --data-dir DIR` writes them
     /// (`tokenizer.json`, `clip.safetensors`, `vae.safetensors`, `unet.safetensors`).
     pub fn load_dir(dir: &Path) -> Result<Self> {
+        for name in [
+            "tokenizer.json",
+            "clip.safetensors",
+            "vae.safetensors",
+            "unet.safetensors",
+        ] {
+            if !dir.join(name).exists() {
+                return Err(crate::Error::Weights {
+                    path: dir.join(name),
+                    reason: format!(
+                        "not found: {} should hold the four files `inkdrop train all --data-dir {}` writes",
+                        dir.display(),
+                        dir.display()
+                    ),
+                });
+            }
+        }
         Ok(TextToImage {
             clip: ClipBundle::load(&dir.join("clip.safetensors"), &dir.join("tokenizer.json"))?,
             vae: VaeBundle::load(&dir.join("vae.safetensors"))?,
