@@ -132,8 +132,10 @@ fn spawn_worker(
                 }
                 done[i] = true;
                 // A step that fails to decode keeps its placeholder; the others still come.
-                if let Ok((x_t, x0)) = catch(|| latents.decode(&pipe, i).map_err(|e| e.to_string()))
-                {
+                if let Ok((x_t, x0)) = catch(|| {
+                    inkdrop::support::on_pool(|| latents.decode(&pipe, i))
+                        .map_err(|e| e.to_string())
+                }) {
                     if tx.send(FromWorker::Pictures(id, i, x_t, x0)).is_err() {
                         return;
                     }
