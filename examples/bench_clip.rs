@@ -32,12 +32,8 @@ struct Args {
     batch_size: usize,
 }
 
-fn main() -> anyhow::Result<()> {
-    inkdrop::support::tune_allocator();
-    inkdrop::support::single_threaded_candle_elementwise();
-    let args = Args::parse();
-    // On one of rayon's threads, as every inkdrop command runs (`inkdrop::support::on_pool`).
-    inkdrop::support::on_pool(move || run(args))
+fn main() -> std::process::ExitCode {
+    inkdrop::support::run_main(|| run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

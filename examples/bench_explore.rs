@@ -34,10 +34,13 @@ struct Args {
     reps: usize,
 }
 
-fn main() -> anyhow::Result<()> {
-    inkdrop::support::tune_allocator();
-    inkdrop::support::single_threaded_candle_elementwise();
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    // Off rayon's pool, as `inkdrop explore` starts; the work goes onto it below, as the
+    // terminal UI's worker thread puts it.
+    inkdrop::support::run_main_off_pool(|| run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let pipe = TextToImage::load_default()?;
     let settings = Settings {
         prompt: "a red circle above a blue square".into(),
@@ -47,8 +50,6 @@ fn main() -> anyhow::Result<()> {
         seed: 0,
     };
     let mut table = Table::new(["what", "median ms", "bar"]);
-    // The terminal UI's worker thread runs generation and decoding on rayon's pool
-    // (`inkdrop::support::on_pool`); so does this benchmark.
     let trace_ms = median_ms(args.reps.min(5), || {
         on_pool(|| generate_frames(&pipe, &settings, &mut |_, _| {})).map(|_| ())
     })?;

@@ -589,12 +589,12 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
 fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     let dir = inkdrop::support::files::prepare_out_dir(&args.data_dir)?;
     let ckpt = |name: &str| default_out_dir("checkpoints").join(format!("all_{name}.safetensors"));
-    let (tok, clip, vae, unet) = (
-        dir.join("tokenizer.json"),
-        dir.join("clip.safetensors"),
-        dir.join("vae.safetensors"),
-        dir.join("unet.safetensors"),
-    );
+    let inkdrop::pipeline::ModelFiles {
+        tokenizer: tok,
+        clip,
+        vae,
+        unet,
+    } = inkdrop::pipeline::ModelFiles::in_dir(&dir);
     // Which stages have finished, with their seconds: written after each stage, read by --resume.
     let progress_path = default_out_dir("checkpoints").join("all_progress.json");
     let settings = serde_json::json!({

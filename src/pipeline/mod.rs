@@ -18,7 +18,7 @@ pub mod attention;
 pub mod eval;
 mod trace;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -33,6 +33,33 @@ use crate::unet::attention::{AttentionRecorder, Injection, Reweight};
 use crate::unet::bundle::{default_unet_path, UNetBundle};
 use crate::vae::bundle::{default_vae_path, VaeBundle};
 use crate::{Error, Result};
+
+/// Where the four models of one pipeline live in a folder (`data/`, or what
+/// `inkdrop train all --data-dir DIR` writes).
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    pub tokenizer: PathBuf,
+    pub clip: PathBuf,
+    pub vae: PathBuf,
+    pub unet: PathBuf,
+}
+
+impl ModelFiles {
+    /// `tokenizer.json`, `clip.safetensors`, `vae.safetensors` and `unet.safetensors` in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        ModelFiles {
+            tokenizer: dir.join("tokenizer.json"),
+            clip: dir.join("clip.safetensors"),
+            vae: dir.join("vae.safetensors"),
+            unet: dir.join("unet.safetensors"),
+        }
+    }
+
+    /// The four paths, in training order.
+    pub fn all(&self) -> [&PathBuf; 4] {
+        [&self.tokenizer, &self.clip, &self.vae, &self.unet]
+    }
+}
 
 /// The three trained models of the pipeline.
 pub struct TextToImage {
@@ -180,18 +207,14 @@ impl TextToImage {
         })
     }
 
-    /// The four models in `dir`, named as `inkdrop train all --data-dir DIR` writes them
-    /// (`tokenizer.json`, `clip.safetensors`, `vae.safetensors`, `unet.safetensors`).
+    /// The four models in `dir`, as `inkdrop train all --data-dir DIR` writes them
+    /// ([`ModelFiles::in_dir`]).
     pub fn load_dir(dir: &Path) -> Result<Self> {
-        for name in [
-            "tokenizer.json",
-            "clip.safetensors",
-            "vae.safetensors",
-            "unet.safetensors",
-        ] {
-            if !dir.join(name).exists() {
-                return Err(crate::Error::Weights {
-                    path: dir.join(name),
+        let files = ModelFiles::in_dir(dir);
+        for path in files.all() {
+            if !path.exists() {
+                return Err(Error::Weights {
+                    path: path.clone(),
                     reason: format!(
                         "not found: {} should hold the four files `inkdrop train all --data-dir {}` writes",
                         dir.display(),
@@ -201,9 +224,9 @@ impl TextToImage {
             }
         }
         Ok(TextToImage {
-            clip: ClipBundle::load(&dir.join("clip.safetensors"), &dir.join("tokenizer.json"))?,
-            vae: VaeBundle::load(&dir.join("vae.safetensors"))?,
-            unet: UNetBundle::load(&dir.join("unet.safetensors"))?,
+            clip: ClipBundle::load(&files.clip, &files.tokenizer)?,
+            vae: VaeBundle::load(&files.vae)?,
+            unet: UNetBundle::load(&files.unet)?,
         })
     }
 
