@@ -294,8 +294,8 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     let dev = Device::Cpu;
     let clip = ClipBundle::load_default()?;
     let vae = VaeBundle::load_default()?.vae;
-    let unet = UNetBundle::load_default()?.unet;
-    let schedule = NoiseSchedule::new(ScheduleConfig::default())?; // Stable Diffusion's
+    let unet = UNetBundle::load_default()?;
+    let schedule = unet.schedule()?; // Stable Diffusion's (as the shipped UNet was trained)
     let mut rng = seeded_rng(args.seed + 20);
 
     // ---------------------------------------------------------------------------------------
@@ -308,12 +308,11 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     // ANCHOR: six_steps_images
     let pixels = images_tensor(&images, &dev)?; //                          (4, 3, 32, 32)
     let x0 = (vae.encode(&pixels)?.mode() * vae.config.scaling_factor)?; // 1. latents: (4, 4, 8, 8)
-    let context = clip.encoder_hidden_states(&captions)?; //                 1. the captions: (4, 16, 128)
+    let context = unet.encoder_hidden_states(&clip, &captions)?; //         1. the captions: (4, 16, 128)
     let t = [100usize, 400, 700, 950]; //                                   2. a timestep per image
     let eps = randn_tensor(x0.dims(), &mut rng, &dev)?; //                  2. noise: (4, 4, 8, 8)
     let x_t = add_noise_tensor(&schedule, &x0, &eps, &t)?; //               2. x_t: (4, 4, 8, 8)
-    let t_in = Tensor::new(&[100f32, 400.0, 700.0, 950.0], &dev)?;
-    let eps_hat = unet.forward(&x_t, &t_in, &context, None)?; //            3. predicted noise: (4, 4, 8, 8)
+    let eps_hat = unet.predict_noise(&x_t, &t, &context)?; //               3. predicted noise: (4, 4, 8, 8)
     let loss = (&eps_hat - &eps)?.sqr()?.mean_all()?; //                    4. MSE
                                                       // ANCHOR_END: six_steps_images
     let mut steps = Table::new(["step", "tensor", "shape | statistics"]);
@@ -489,8 +488,8 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Which noise levels are hard, and what the caption is worth");
-    let held = held_out_batch(&vae, &clip, 128)?;
-    let empty = clip.encoder_hidden_states(&vec![String::new(); 128])?;
+    let held = held_out_batch(&vae, &unet, &clip, 128)?;
+    let empty = unet.encoder_hidden_states(&clip, &vec![String::new(); 128])?;
     let shuffled = held.2.roll(1, 0)?; // every image gets another image's caption
     let mut table = Table::new([
         "t",
@@ -502,9 +501,8 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     for t in [50usize, 200, 400, 600, 800, 950] {
         let eps = randn_tensor(held.0.dims(), &mut rng, &dev)?;
         let x_t = add_noise_tensor(&schedule, &held.0, &eps, &vec![t; 128])?;
-        let t_in = Tensor::from_vec(vec![t as f32; 128], 128, &dev)?;
         let mse = |ctx: &Tensor| -> anyhow::Result<String> {
-            let e = unet.forward(&x_t, &t_in, ctx, None)?;
+            let e = unet.predict_noise(&x_t, &vec![t; 128], ctx)?;
             Ok(format!(
                 "{:.4}",
                 (e - &eps)?.sqr()?.mean_all()?.to_scalar::<f32>()?
@@ -533,12 +531,13 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
 /// `n` held-out images as (latents (n, 4, 8, 8), captions, text states (n, 16, 128)).
 fn held_out_batch(
     vae: &AutoencoderKL,
+    unet: &UNetBundle,
     clip: &ClipBundle,
     n: usize,
 ) -> anyhow::Result<(Tensor, Vec<String>, Tensor)> {
     let data =
         inkdrop::train::unet::latent_dataset(vae, inkdrop::vae::eval::HELD_OUT_SEED, n, None)?;
-    let context = clip.encoder_hidden_states(&data.captions)?;
+    let context = unet.encoder_hidden_states(clip, &data.captions)?;
     Ok((data.latents, data.captions, context))
 }
 

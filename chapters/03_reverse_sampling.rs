@@ -20,7 +20,7 @@ use clap::builder::TypedValueParser;
 use clap::Parser;
 use inkdrop::noising::randn_tensor;
 use inkdrop::pipeline::{GenerateRequest, Generation, TextToImage, Trace};
-use inkdrop::schedulers::{SamplerKind, SchedulerConfig, TimestepSpacing};
+use inkdrop::schedulers::{PredictionType, SamplerKind, SchedulerConfig, TimestepSpacing};
 use inkdrop::support::files::{chapter_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
 use inkdrop::support::image_io::{enlarge, save_png};
@@ -93,14 +93,16 @@ fn run(args: Args) -> anyhow::Result<()> {
          (chapter 7 takes that apart); here we look at the loop itself, DDIM with 10 steps.",
         args.prompt
     ));
-    let context = pipe
-        .clip
-        .encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
+    let context = pipe.encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
     let mut rng = seeded_rng(args.seed);
     let [c, h, w] = pipe.latent_shape();
     // ANCHOR: six_steps
     // 1. Choose the timesteps to visit.
-    let mut scheduler = SamplerKind::Ddim.build(SchedulerConfig::default(), 10)?;
+    let config = SchedulerConfig {
+        prediction_type: PredictionType::Epsilon, // we hand it noise estimates
+        ..pipe.scheduler_config()                 // the schedule the UNet was trained on
+    };
+    let mut scheduler = SamplerKind::Ddim.build(config, 10)?;
     // 2. Start from pure noise.
     let mut x = (randn_tensor(&[1, c, h, w], &mut rng, &dev)? * scheduler.init_noise_sigma())?; // (1, 4, 8, 8)
     let mut log = Vec::new();
@@ -108,9 +110,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         // 3. Ask the UNet which noise it sees (with and without the prompt).
         let input = scheduler.scale_model_input(&x, t)?;
         let both = Tensor::cat(&[&input, &input], 0)?; // (2, 4, 8, 8)
-        let ts = Tensor::new(&[t as f32, t as f32], &dev)?; // (2,)
-        let eps = pipe.unet.unet.forward(&both, &ts, &context, None)?.detach(); // (2, 4, 8, 8)
-                                                                                // 4. Guidance: push from the unconditional prediction toward the conditional one.
+        let eps = pipe.unet.predict_noise(&both, &[t as usize; 2], &context)?; // (2, 4, 8, 8)
+                                                                               // 4. Guidance: push from the unconditional prediction toward the conditional one.
         let (eps_uncond, eps_cond) = (eps.narrow(0, 0, 1)?, eps.narrow(0, 1, 1)?);
         let eps = (&eps_uncond + ((&eps_cond - &eps_uncond)? * 7.5)?)?; // (1, 4, 8, 8)
                                                                         // 5. Remove a little of it: the scheduler's step to the next, less noisy, timestep.

@@ -91,9 +91,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     nb.cell("From a sentence to a picture");
     // ANCHOR: pipeline
     let (ids, eot) = pipe.clip.tokenize(&[String::new(), args.prompt.clone()])?; // (2, 16)
-    let context = pipe
-        .clip
-        .encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
+    let context = pipe.encoder_hidden_states(&[String::new(), args.prompt.clone()])?; // (2, 16, 128)
     let generation = pipe.generate(&base)?; // DDIM, guidance 7.5
     let first = &generation.trace.steps[0];
     // ANCHOR_END: pipeline

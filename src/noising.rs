@@ -130,6 +130,20 @@ pub fn add_noise_tensor(
     Ok(x_t)
 }
 
+/// The velocity v_t = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022),
+/// what a `v_prediction` model learns to output; one timestep per sample, like
+/// [`add_noise_tensor`]. At the noisiest steps v is nearly -x_0, so the loss there asks for the
+/// picture itself, where eps-prediction asks for noise that x_t already almost is.
+pub fn velocity_tensor(
+    schedule: &NoiseSchedule,
+    x0: &Tensor,
+    noise: &Tensor,
+    timesteps: &[usize],
+) -> Result<Tensor> {
+    // add_noise_tensor with the roles swapped: sqrt(ab) eps + sqrt(1 - ab) (-x0).
+    add_noise_tensor(schedule, noise, &x0.neg()?, timesteps)
+}
+
 /// Draws eps ~ N(0, I) as a candle tensor from a seeded generator (candle's own `randn` cannot
 /// be seeded per call on CPU).
 pub fn randn_tensor(

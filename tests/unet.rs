@@ -439,6 +439,98 @@ mod training {
             "a run stopped early and resumed equals the uninterrupted run"
         );
     }
+
+    #[test]
+    fn a_fine_tuned_text_encoder_learns_ships_in_the_unet_file_and_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clip, vae) = (clip(), vae());
+        let data = latent_dataset(&vae, 0, 40, None).unwrap();
+        let model = UNetConfig {
+            cross_attention_dim: clip.model.config.text_width,
+            ..UNetConfig::test()
+        };
+        let cfg = UNetTrainConfig {
+            steps: 4,
+            batch_size: 4,
+            warmup: 1,
+            dataset_size: 40,
+            // No decay and no EMA: a tensor that moved was moved by its gradient.
+            weight_decay: 0.0,
+            ema_decay: 0.0,
+            caption_dropout: 0.0,
+            train_text_encoder: true,
+            ..UNetTrainConfig::default()
+        };
+        let out = dir.path().join("unet.safetensors");
+        let ckpt = dir.path().join("unet.ckpt");
+        train_unet(
+            &model,
+            &cfg,
+            &data,
+            &clip,
+            &vae,
+            &out,
+            &ckpt,
+            None,
+            false,
+            &mut |_| true,
+        )
+        .unwrap()
+        .unwrap();
+        let saved = inkdrop::weights::load(&out, &Device::Cpu).unwrap();
+        let clip_vars = clip.varmap.data().lock().unwrap().clone();
+        let mut text_tensors = 0;
+        for (name, clip_var) in &clip_vars {
+            let Some(rest) = name.strip_prefix("text_model.") else {
+                continue;
+            };
+            let tuned = &saved.tensors[&format!("text_encoder.{rest}")];
+            assert_ne!(
+                max_abs(&(tuned - clip_var.as_tensor()).unwrap()),
+                0.0,
+                "{name} did not move: the denoising loss's gradient does not reach it"
+            );
+            text_tensors += 1;
+        }
+        assert!(text_tensors > 10, "{text_tensors}");
+        // CLIP itself is untouched, and the UNet's file carries the tuned tower, which the
+        // bundle then conditions on.
+        let bundle = inkdrop::unet::bundle::UNetBundle::load(&out).unwrap();
+        assert!(bundle.text_encoder.is_some());
+        let texts = vec![
+            "a red circle above a blue square".to_string(),
+            String::new(),
+        ];
+        let own = bundle.encoder_hidden_states(&clip, &texts).unwrap();
+        let frozen = clip.encoder_hidden_states(&texts).unwrap();
+        assert_eq!(own.dims(), frozen.dims());
+        assert!(max_abs(&(own - frozen).unwrap()) > 0.0);
+        // Without the option the file has no tower and the bundle reads CLIP's.
+        let plain = UNetTrainConfig {
+            train_text_encoder: false,
+            ..cfg.clone()
+        };
+        let out2 = dir.path().join("plain.safetensors");
+        train_unet(
+            &model,
+            &plain,
+            &data,
+            &clip,
+            &vae,
+            &out2,
+            &ckpt,
+            None,
+            false,
+            &mut |_| true,
+        )
+        .unwrap()
+        .unwrap();
+        let bundle = inkdrop::unet::bundle::UNetBundle::load(&out2).unwrap();
+        assert!(bundle.text_encoder.is_none());
+        let same = bundle.encoder_hidden_states(&clip, &texts).unwrap();
+        let frozen = clip.encoder_hidden_states(&texts).unwrap();
+        assert_eq!(max_abs(&(same - frozen).unwrap()), 0.0);
+    }
 }
 
 #[test]

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::builder::TypedValueParser;
 use clap::Args;
 use inkdrop::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
-use inkdrop::schedule::{NoiseSchedule, ScheduleConfig};
 use inkdrop::unet::bundle::{default_unet_path, UNetBundle};
 use inkdrop::unet::eval::{check_attributes, check_prompts};
 use inkdrop::vae::bundle::{default_vae_path, VaeBundle};
@@ -37,11 +36,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let clip = ClipBundle::load(&default_clip_path(), &default_tokenizer_path())?;
     let vae = VaeBundle::load(&default_vae_path())?;
     let unet = UNetBundle::load(&args.unet.clone().unwrap_or_else(default_unet_path))?;
-    let schedule = NoiseSchedule::new(ScheduleConfig::default())?;
     let started = std::time::Instant::now();
     let (check, images) = check_attributes(
-        &unet.unet,
-        &schedule,
+        &unet,
         &clip,
         &vae.vae,
         args.per_prompt,

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use inkdrop::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
 use inkdrop::clip::ClipConfig;
+use inkdrop::schedulers::PredictionType;
 use inkdrop::shapes::{sample_at, WorldConfig};
 use inkdrop::support::files::default_out_dir;
 use inkdrop::text::{ClipTokenizer, CONTEXT_LENGTH};
@@ -90,6 +91,19 @@ pub struct UnetArgs {
     /// interrupted at a checkpoint.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Also fine-tune a copy of CLIP's text tower with the UNet (the denoising loss teaches it
+    /// what the UNet needs, e.g. which object a relation word puts on top); the tower is saved
+    /// in the UNet's file and used in its place from then on. CLIP itself is not changed.
+    #[arg(long)]
+    pub train_text_encoder: bool,
+    /// What the UNet learns to output: the noise (epsilon, Stable Diffusion 1.x) or the
+    /// velocity v = sqrt(ab) eps - sqrt(1 - ab) x0 (v_prediction, SD 2.x).
+    #[arg(long, value_enum, default_value_t = PredictionType::Epsilon)]
+    pub prediction_type: PredictionType,
+    /// Rescale the noise schedule so its last timestep is pure noise (zero terminal SNR, Lin et
+    /// al. 2024), as at the start of sampling; needs --prediction-type v_prediction.
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
     /// Use a very small UNet (for trying the command in seconds).
     #[arg(long)]
     pub tiny: bool,
@@ -468,6 +482,11 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         snr_gamma: (args.snr_gamma > 0.0).then_some(args.snr_gamma),
         init: args.init.clone(),
         stop_after: args.stop_after,
+        train_text_encoder: args.train_text_encoder,
+        parameterization: inkdrop::unet::Parameterization {
+            prediction_type: args.prediction_type,
+            rescale_betas_zero_snr: args.zero_terminal_snr,
+        },
         warmup: (args.steps / 20).clamp(1, UNetTrainConfig::default().warmup),
         checkpoint_every: UNetTrainConfig::default()
             .checkpoint_every
@@ -536,14 +555,11 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
     if report.resumed_from > 0 {
         println!("resumed from step {}", report.resumed_from);
     }
-    let schedule =
-        inkdrop::schedule::NoiseSchedule::new(inkdrop::schedule::ScheduleConfig::default())?;
     let trained = inkdrop::unet::bundle::UNetBundle::load(&out)?;
     // The tiny smoke-test model gets a token check (one image per prompt, 10 steps).
     let (per_prompt, sample_steps) = if args.tiny { (1, 10) } else { (4, 50) };
     let (check, images) = inkdrop::unet::eval::check_attributes(
-        &trained.unet,
-        &schedule,
+        &trained,
         &clip,
         &vae.vae,
         per_prompt,
@@ -717,6 +733,11 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
                 UNetTrainConfig::default().dataset_size
             },
             two_objects: UNetTrainConfig::default().p_two_objects,
+            train_text_encoder: UNetTrainConfig::default().train_text_encoder,
+            prediction_type: UNetTrainConfig::default().parameterization.prediction_type,
+            zero_terminal_snr: UNetTrainConfig::default()
+                .parameterization
+                .rescale_betas_zero_snr,
             seed: args.seed,
             out: Some(unet.clone()),
             clip: Some(clip.clone()),

@@ -28,7 +28,7 @@ pub use trace::{Trace, TraceStep};
 
 use crate::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
 use crate::noising::randn_tensor;
-use crate::schedulers::{SamplerKind, SchedulerConfig};
+use crate::schedulers::{PredictionType, SamplerKind, SchedulerConfig};
 use crate::unet::attention::{AttentionRecorder, Injection, Reweight};
 use crate::unet::bundle::{default_unet_path, UNetBundle};
 use crate::vae::bundle::{default_vae_path, VaeBundle};
@@ -230,6 +230,23 @@ impl TextToImage {
         })
     }
 
+    /// The text encoder's hidden states the UNet cross-attends to, (B, 16, 128): CLIP's text
+    /// tower, or the UNet's own fine-tuned copy when its file carries one.
+    pub fn encoder_hidden_states(&self, texts: &[String]) -> Result<Tensor> {
+        self.unet.encoder_hidden_states(&self.clip, texts)
+    }
+
+    /// The scheduler config that matches the UNet (its prediction type and training schedule)
+    /// with Stable Diffusion v1.5's other defaults.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        let param = self.unet.parameterization;
+        SchedulerConfig {
+            schedule: param.schedule(),
+            prediction_type: param.prediction_type,
+            ..SchedulerConfig::default()
+        }
+    }
+
     /// The latent shape of one image, (4, h, w).
     pub fn latent_shape(&self) -> [usize; 3] {
         let c = &self.unet.unet.config;
@@ -256,10 +273,17 @@ impl TextToImage {
         let texts: Vec<String> = std::iter::repeat_n(req.negative_prompt.clone(), b)
             .chain(std::iter::repeat_n(req.prompt.clone(), b))
             .collect();
-        let context = self.clip.encoder_hidden_states(&texts)?; // (2B, 16, 128): uncond then cond
+        let context = self.encoder_hidden_states(&texts)?; // (2B, 16, 128): uncond then cond
         let text_seconds = started.elapsed().as_secs_f64();
         // 2. The scheduler and the starting latents.
-        let mut scheduler = req.sampler.build(req.scheduler, req.steps)?;
+        // What the UNet outputs and the schedule it learned are the model's, not the request's.
+        let param = self.unet.parameterization;
+        let config = SchedulerConfig {
+            schedule: param.schedule(),
+            prediction_type: param.prediction_type,
+            ..req.scheduler
+        };
+        let mut scheduler = req.sampler.build(config, req.steps)?;
         let mut timesteps = scheduler.timesteps().to_vec();
         let [c, h, w] = self.latent_shape();
         let noise = (0..b)
@@ -346,6 +370,22 @@ impl TextToImage {
             };
             // ANCHOR_END: guidance
             let out = scheduler.step(&eps, t, &x, &mut step_rng)?;
+            // The trace keeps noise estimates: a v model's outputs become
+            // eps = sqrt(ab) v + sqrt(1 - ab) x_t (linear, so guidance commutes with it).
+            let ab = scheduler.alpha_bar(t);
+            let as_eps = |o: &Tensor| -> Result<Tensor> {
+                Ok(match param.prediction_type {
+                    PredictionType::Epsilon => o.clone(),
+                    PredictionType::VPrediction => {
+                        ((o * ab.sqrt())? + (&input * (1.0 - ab).sqrt())?)?
+                    }
+                })
+            };
+            let (eps_uncond, eps_cond, eps) = (
+                eps_uncond.as_ref().map(as_eps).transpose()?,
+                as_eps(&eps_cond)?,
+                as_eps(&eps)?,
+            );
             steps.push(TraceStep {
                 index: i,
                 t,

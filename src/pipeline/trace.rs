@@ -20,6 +20,8 @@ pub struct TraceStep {
     /// x_t as the UNet sees it, sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps: (B, 4, h, w).
     pub latents: Tensor,
     /// The UNet's noise prediction given the negative (empty) prompt; None without guidance.
+    /// (A `v_prediction` UNet's outputs are recorded as the noise they imply,
+    /// eps = sqrt(ab) v + sqrt(1 - ab) x_t.)
     pub eps_uncond: Option<Tensor>,
     /// The noise prediction given the prompt.
     pub eps_cond: Tensor,

@@ -5,8 +5,8 @@ use candle_core::Tensor;
 use rand::RngCore;
 
 use super::{
-    add_noise_vp, alpha_bar_at, check_steps, index_of, interp, linspace, train_sigmas,
-    PredictionType, Scheduler, SchedulerConfig, SchedulerOutput, TimestepSpacing,
+    add_noise_vp, alpha_bar_at, check_steps, index_of, interp, linspace, sigma_schedule,
+    train_sigmas, PredictionType, Scheduler, SchedulerConfig, SchedulerOutput, TimestepSpacing,
 };
 use crate::schedule::NoiseSchedule;
 use crate::Result;
@@ -27,7 +27,7 @@ pub struct DPMSolverMultistepScheduler {
 
 impl DPMSolverMultistepScheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
-        let schedule = NoiseSchedule::new(config.schedule)?;
+        let schedule = sigma_schedule(config.schedule)?;
         let mut s = DPMSolverMultistepScheduler {
             config,
             schedule,

@@ -5,8 +5,8 @@ use candle_core::Tensor;
 use rand::RngCore;
 
 use super::{
-    alpha_bar_at, check_steps, index_of, interp, linspace, spaced_timesteps, train_sigmas,
-    PredictionType, Scheduler, SchedulerConfig, SchedulerOutput, TimestepSpacing,
+    alpha_bar_at, check_steps, index_of, interp, linspace, sigma_schedule, spaced_timesteps,
+    train_sigmas, PredictionType, Scheduler, SchedulerConfig, SchedulerOutput, TimestepSpacing,
 };
 use crate::schedule::NoiseSchedule;
 use crate::Result;
@@ -101,7 +101,7 @@ pub struct EulerDiscreteScheduler {
 
 impl EulerDiscreteScheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self> {
-        let schedule = NoiseSchedule::new(config.schedule)?;
+        let schedule = sigma_schedule(config.schedule)?;
         let steps = SigmaSteps::new(&config, &schedule, schedule.num_train_timesteps())?;
         Ok(EulerDiscreteScheduler {
             config,

@@ -49,10 +49,21 @@ pub enum TimestepSpacing {
 }
 
 /// What the UNet was trained to predict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PredictionType {
     /// The noise eps (DDPM, Stable Diffusion v1): x_0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab).
+    #[default]
     Epsilon,
     /// v = sqrt(ab) eps - sqrt(1 - ab) x_0 (Salimans & Ho 2022, SD 2 at 768 px):
     /// x_0 = sqrt(ab) x_t - sqrt(1 - ab) v.
@@ -293,6 +304,19 @@ fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The schedule of a sampler that works with sigma = sqrt((1 - ab) / ab) (Euler, DPM-Solver).
+/// With zero terminal SNR, alpha_bar at the last timestep is 0 and its sigma infinite; as
+/// diffusers does, it becomes 2^-24 there (sigma about 4096): close to 0 without being 0.
+fn sigma_schedule(config: crate::schedule::ScheduleConfig) -> Result<NoiseSchedule> {
+    let mut schedule = NoiseSchedule::new(config)?;
+    if config.rescale_betas_zero_snr {
+        if let Some(last) = schedule.alphas_cumprod.last_mut() {
+            *last = 2f64.powi(-24);
+        }
+    }
+    Ok(schedule)
+}
+
 /// The schedule's sigmas sqrt((1 - ab) / ab), computed in f32 as diffusers does from its f32
 /// `alphas_cumprod`.
 fn train_sigmas(schedule: &NoiseSchedule) -> Vec<f64> {
@@ -339,7 +363,7 @@ fn index_of(timesteps: &[f64], t: f64) -> Result<usize> {
 /// epsilon:      x0 = (x_t - sqrt(1 - ab) out) / sqrt(ab)        eps = out
 /// v_prediction: x0 = sqrt(ab) x_t - sqrt(1 - ab) out            eps = sqrt(ab) out + sqrt(1 - ab) x_t
 /// ```
-fn predict_x0_eps(
+pub fn predict_x0_eps(
     prediction_type: PredictionType,
     model_output: &Tensor,
     sample: &Tensor,

@@ -25,11 +25,13 @@ use super::checkpoint;
 use super::optim::{clip_grad_norm, ema_update, lr_at, AdamW, AdamWConfig};
 use crate::clip::bundle::ClipBundle;
 use crate::clip::images_tensor;
-use crate::noising::{add_noise_tensor, randn_tensor};
-use crate::schedule::{NoiseSchedule, ScheduleConfig};
+use crate::noising::{add_noise_tensor, randn_tensor, velocity_tensor};
+use crate::schedule::NoiseSchedule;
+use crate::schedulers::PredictionType;
 use crate::shapes::{render, sample_at, WorldConfig};
 use crate::unet::sample::ddpm_sample;
-use crate::unet::{UNet2DConditionModel, UNetConfig};
+use crate::unet::text_encoder;
+use crate::unet::{Parameterization, UNet2DConditionModel, UNetConfig};
 use crate::vae::AutoencoderKL;
 use crate::{weights, Error, Result};
 
@@ -72,6 +74,19 @@ pub struct UNetTrainConfig {
     /// run's identity, so `--resume` continues either way.
     #[serde(skip)]
     pub stop_after: Option<usize>,
+    /// Fine-tune a copy of CLIP's text tower together with the UNet (the denoising loss's
+    /// gradient reaches the text), and ship it in the UNet's file ([`text_encoder`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub train_text_encoder: bool,
+    /// What the UNet learns to output (eps or v) and on which schedule (zero terminal SNR or
+    /// not); left out of the settings at Stable Diffusion v1's default, so older checkpoints
+    /// still resume.
+    #[serde(default, skip_serializing_if = "is_default_parameterization")]
+    pub parameterization: Parameterization,
+}
+
+fn is_default_parameterization(p: &Parameterization) -> bool {
+    *p == Parameterization::default()
 }
 
 impl Default for UNetTrainConfig {
@@ -92,6 +107,8 @@ impl Default for UNetTrainConfig {
             snr_gamma: Some(5.0),
             init: None,
             stop_after: None,
+            train_text_encoder: false,
+            parameterization: Parameterization::default(),
         }
     }
 }
@@ -251,7 +268,8 @@ impl Ema {
     }
 }
 
-/// Trains the UNet on `data` with the frozen text encoder of `clip`; writes the EMA weights to
+/// Trains the UNet on `data` with the text encoder of `clip` (frozen, or a copy trained along
+/// with the UNet when `cfg.train_text_encoder`); writes the EMA weights to
 /// `out` with the config and report, checkpoints (model, optimizer, EMA) to `checkpoint_path`,
 /// and a sample grid for a few prompts to `samples_dir` at every checkpoint.
 #[expect(
@@ -271,16 +289,34 @@ pub fn train_unet(
     on_step: &mut dyn FnMut(&UNetStepStats) -> bool,
 ) -> Result<Option<UNetTrainReport>> {
     let dev = Device::Cpu;
-    let schedule = NoiseSchedule::new(ScheduleConfig::default())?;
-    let varmap = VarMap::new();
-    let unet = UNet2DConditionModel::new(
-        model_config,
-        weights::seeded_var_builder(&varmap, cfg.seed, &dev),
-    )?;
-    if let Some(init) = &cfg.init {
-        let loaded = weights::load(init, &dev)?;
-        weights::load_into(&varmap, &loaded, init)?;
+    let param = cfg.parameterization;
+    if param.rescale_betas_zero_snr && param.prediction_type == PredictionType::Epsilon {
+        return Err(Error::InvalidSetting {
+            what: "zero terminal SNR with epsilon prediction".into(),
+            reason: "at alpha_bar = 0 the noise is x_t itself and says nothing about the picture; \
+                     use --prediction-type v_prediction"
+                .into(),
+        });
     }
+    let schedule = NoiseSchedule::new(param.schedule())?;
+    let varmap = VarMap::new();
+    let vb = weights::seeded_var_builder(&varmap, cfg.seed, &dev);
+    let unet = UNet2DConditionModel::new(model_config, vb.clone())?;
+    let own_text = if cfg.train_text_encoder {
+        Some(text_encoder::copy_of_clip_text_tower(clip, &varmap, vb)?)
+    } else {
+        None
+    };
+    if let Some(init) = &cfg.init {
+        // A file without a fine-tuned text tower leaves the copy of CLIP's in place.
+        let loaded = weights::load(init, &dev)?;
+        let prefix = format!("{}.", text_encoder::PREFIX);
+        weights::load_selected(&varmap, &loaded, init, &|n| {
+            !n.starts_with(&prefix) || loaded.tensors.contains_key(n)
+        })?;
+    }
+    let encode =
+        |texts: &[String]| text_encoder::encoder_hidden_states(clip, own_text.as_ref(), texts);
     let vars = weights::sorted_vars(&varmap);
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let adam = AdamWConfig {
@@ -341,8 +377,8 @@ pub fn train_unet(
                 }
             })
             .collect();
-        let context = clip.encoder_hidden_states(&captions)?; // (B, 16, 128), frozen
-                                                              // 2. A timestep per sample and the noise to add.
+        let context = encode(&captions)?; // (B, 16, 128): frozen, or trained with the UNet
+                                          // 2. A timestep per sample and the noise to add.
         let ts: Vec<usize> = (0..cfg.batch_size)
             .map(|_| rng.random_range(0..schedule.num_train_timesteps()))
             .collect();
@@ -353,16 +389,20 @@ pub fn train_unet(
             cfg.batch_size,
             &dev,
         )?;
-        // 3. Predict the noise.
-        let eps_hat = unet.forward(&x_t, &t, &context, None)?; // (B, 4, 8, 8)
-                                                               // 4. The gap, per sample (for the per-t statistics) and overall.
-        let per_sample = (&eps_hat - &eps)?.sqr()?.flatten_from(1)?.mean(1)?; // (B,)
+        // 3. Predict the noise (or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0).
+        let out = unet.forward(&x_t, &t, &context, None)?; // (B, 4, 8, 8)
+        let target = match param.prediction_type {
+            PredictionType::Epsilon => eps.clone(),
+            PredictionType::VPrediction => velocity_tensor(&schedule, &x0, &eps, &ts)?,
+        };
+        // 4. The gap, per sample (for the per-t statistics) and overall.
+        let per_sample = (&out - &target)?.sqr()?.flatten_from(1)?.mean(1)?; // (B,)
         let loss = per_sample.mean_all()?;
         let objective = match cfg.snr_gamma {
             Some(gamma) => {
                 let w: Vec<f32> = ts
                     .iter()
-                    .map(|&t| (schedule.snr(t).min(gamma) / schedule.snr(t)) as f32)
+                    .map(|&t| min_snr_weight(schedule.snr(t), gamma, param.prediction_type) as f32)
                     .collect();
                 (&per_sample * Tensor::from_vec(w, cfg.batch_size, &dev)?)?.mean_all()?
             }
@@ -394,7 +434,7 @@ pub fn train_unet(
             if step + 1 < end {
                 save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
                 if let Some(dir) = &samples_dir {
-                    let grid = sample_grid(&unet, &schedule, clip, vae, cfg.seed)?;
+                    let grid = sample_grid(&unet, &schedule, param, &encode, vae, cfg.seed)?;
                     crate::support::image_io::save_png(
                         &grid,
                         &dir.join(format!("samples_{:05}.png", step + 1)),
@@ -410,7 +450,7 @@ pub fn train_unet(
     for ((_, v), (_, e)) in vars.iter().zip(&ema.shadow) {
         v.set(e)?;
     }
-    let held_out_mse = held_out_loss(&unet, &schedule, clip, vae, cfg.seed)?;
+    let held_out_mse = held_out_loss(&unet, &schedule, param, &encode, vae, cfg.seed)?;
     let report = UNetTrainReport {
         steps: end,
         resumed_from: start_step,
@@ -424,7 +464,7 @@ pub fn train_unet(
             .collect(),
         held_out_mse,
     };
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         (
             "config".to_string(),
             serde_json::to_string(model_config).unwrap_or_default(),
@@ -438,6 +478,18 @@ pub fn train_unet(
             serde_json::to_string(&report).unwrap_or_default(),
         ),
     ]);
+    if param != Parameterization::default() {
+        metadata.insert(
+            Parameterization::KEY.to_string(),
+            serde_json::to_string(&param).unwrap_or_default(),
+        );
+    }
+    if own_text.is_some() {
+        metadata.insert(
+            text_encoder::CONFIG_KEY.to_string(),
+            serde_json::to_string(&clip.model.config).unwrap_or_default(),
+        );
+    }
     weights::save_varmap(out, &varmap, &metadata)?;
     Ok(Some(report))
 }
@@ -450,6 +502,20 @@ fn save_checkpoint(
     fingerprint: &str,
 ) -> Result<()> {
     checkpoint::save_with(path, varmap, opt, &ema.tensors(), fingerprint)
+}
+
+/// Min-SNR loss weighting (Hang et al. 2023) in the space the model predicts in. The eps-MSE is
+/// SNR times the x0-MSE, so `min(SNR, gamma) / SNR` turns it into min(SNR, gamma) x0-MSE. The
+/// v-MSE is (SNR + 1) times the x0-MSE (Salimans & Ho 2022's "SNR + 1" weighting), and
+/// `min(SNR + 1, gamma) / (SNR + 1)` keeps that weight where it is below gamma: the noisiest
+/// steps, where the layout is decided, count with weight 1 instead of ~SNR, and only the
+/// nearly clean steps are capped.
+pub fn min_snr_weight(snr: f64, gamma: f64, prediction_type: PredictionType) -> f64 {
+    let s = match prediction_type {
+        PredictionType::Epsilon => snr,
+        PredictionType::VPrediction => snr + 1.0,
+    };
+    s.min(gamma) / s
 }
 
 /// Prompts of the periodic sample grid.
@@ -468,15 +534,25 @@ pub const GRID_PROMPTS: [&str; 8] = [
 pub fn sample_grid(
     unet: &UNet2DConditionModel,
     schedule: &NoiseSchedule,
-    clip: &ClipBundle,
+    param: Parameterization,
+    encode: &dyn Fn(&[String]) -> Result<Tensor>,
     vae: &AutoencoderKL,
     seed: u64,
 ) -> Result<image::RgbImage> {
     let prompts: Vec<String> = GRID_PROMPTS.iter().map(|s| s.to_string()).collect();
-    let cond = clip.encoder_hidden_states(&prompts)?;
-    let uncond = clip.encoder_hidden_states(&vec![String::new(); prompts.len()])?;
+    let cond = encode(&prompts)?.detach();
+    let uncond = encode(&vec![String::new(); prompts.len()])?.detach();
     let mut rng = crate::support::seeded_rng(seed + 77);
-    let latents = ddpm_sample(unet, schedule, &cond, &uncond, 4.0, 50, &mut rng)?;
+    let latents = ddpm_sample(
+        unet,
+        schedule,
+        param.prediction_type,
+        &cond,
+        &uncond,
+        4.0,
+        50,
+        &mut rng,
+    )?;
     let images = super::vae::tensor_images(
         &vae.decode(&(latents / vae.config.scaling_factor)?)?
             .clamp(-1f32, 1f32)?,
@@ -488,7 +564,8 @@ pub fn sample_grid(
 pub fn held_out_loss(
     unet: &UNet2DConditionModel,
     schedule: &NoiseSchedule,
-    clip: &ClipBundle,
+    param: Parameterization,
+    encode: &dyn Fn(&[String]) -> Result<Tensor>,
     vae: &AutoencoderKL,
     seed: u64,
 ) -> Result<f64> {
@@ -497,7 +574,7 @@ pub fn held_out_loss(
     let (mut total, mut count) = (0f64, 0usize);
     for start in (0..256).step_by(64) {
         let x0 = data.latents.narrow(0, start, 64)?;
-        let context = clip.encoder_hidden_states(&data.captions[start..start + 64])?;
+        let context = encode(&data.captions[start..start + 64])?.detach();
         let ts: Vec<usize> = (0..64)
             .map(|_| rng.random_range(0..schedule.num_train_timesteps()))
             .collect();
@@ -508,7 +585,12 @@ pub fn held_out_loss(
             64,
             &Device::Cpu,
         )?;
-        let eps_hat = unet.forward(&x_t, &t, &context, None)?;
+        let out = unet.forward(&x_t, &t, &context, None)?;
+        // A v model's noise estimate: eps = sqrt(ab) v + sqrt(1 - ab) x_t.
+        let eps_hat = match param.prediction_type {
+            PredictionType::Epsilon => out,
+            PredictionType::VPrediction => add_noise_tensor(schedule, &out, &x_t, &ts)?,
+        };
         total += f64::from((eps_hat - eps)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
         count += x0.elem_count();
     }

@@ -4,10 +4,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
-use super::{UNet2DConditionModel, UNetConfig};
+use super::{text_encoder, Parameterization, UNet2DConditionModel, UNetConfig};
+use crate::clip::bundle::ClipBundle;
+use crate::clip::ClipTextTransformer;
+use crate::noising::add_noise_tensor;
+use crate::schedule::NoiseSchedule;
+use crate::schedulers::PredictionType;
 use crate::weights;
 use crate::{Error, Result};
 
@@ -20,6 +25,11 @@ pub fn default_unet_path() -> PathBuf {
 pub struct UNetBundle {
     pub unet: UNet2DConditionModel,
     pub varmap: VarMap,
+    /// The text tower fine-tuned with this UNet (`train unet --train-text-encoder`), if its file
+    /// has one; else the UNet reads CLIP's frozen text tower.
+    pub text_encoder: Option<ClipTextTransformer>,
+    /// What its output means and which schedule it was trained on; samplers must match.
+    pub parameterization: Parameterization,
     pub metadata: HashMap<String, String>,
 }
 
@@ -50,8 +60,44 @@ impl UNetBundle {
         Ok(Self {
             unet,
             varmap,
+            text_encoder: text_encoder::from_file(&loaded, path)?,
+            parameterization: match loaded.metadata.get(Parameterization::KEY) {
+                None => Parameterization::default(),
+                Some(json) => serde_json::from_str(json).map_err(|e| Error::Weights {
+                    path: path.to_path_buf(),
+                    reason: format!("its {} metadata is unreadable ({e})", Parameterization::KEY),
+                })?,
+            },
             metadata: loaded.metadata,
         })
+    }
+
+    /// The noise schedule this UNet was trained on.
+    pub fn schedule(&self) -> Result<NoiseSchedule> {
+        NoiseSchedule::new(self.parameterization.schedule())
+    }
+
+    /// The UNet's noise estimate eps_hat (B, 4, h, w) for `x_t` (B, 4, h, w) at timesteps `t`
+    /// (one per sample) and text states `context`: its output for an epsilon model; for a
+    /// v_prediction model, eps = sqrt(ab_t) v + sqrt(1 - ab_t) x_t. Detached (for inference).
+    pub fn predict_noise(&self, x_t: &Tensor, t: &[usize], context: &Tensor) -> Result<Tensor> {
+        let tt = Tensor::from_vec(
+            t.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            t.len(),
+            x_t.device(),
+        )?;
+        let out = self.unet.forward(x_t, &tt, context, None)?.detach(); // (B, 4, h, w)
+        Ok(match self.parameterization.prediction_type {
+            PredictionType::Epsilon => out,
+            // add_noise_tensor computes sqrt(ab) a + sqrt(1 - ab) b per sample.
+            PredictionType::VPrediction => add_noise_tensor(&self.schedule()?, &out, x_t, t)?,
+        })
+    }
+
+    /// What this UNet cross-attends to for `texts`: (B, context_length, text_width) hidden
+    /// states of its own fine-tuned text tower, or of `clip`'s when it has none.
+    pub fn encoder_hidden_states(&self, clip: &ClipBundle, texts: &[String]) -> Result<Tensor> {
+        Ok(text_encoder::encoder_hidden_states(clip, self.text_encoder.as_ref(), texts)?.detach())
     }
 
     /// The shipped UNet.

@@ -4,8 +4,8 @@
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use super::bundle::UNetBundle;
 use super::sample::ddpm_sample;
-use super::UNet2DConditionModel;
 use crate::clip::bundle::ClipBundle;
 use crate::schedule::NoiseSchedule;
 use crate::shapes::detect::detect;
@@ -45,8 +45,7 @@ pub struct AttributeCheck {
     reason = "the models, the sampler settings and the seed; each is used once"
 )]
 pub fn check_attributes(
-    unet: &UNet2DConditionModel,
-    schedule: &NoiseSchedule,
+    unet: &UNetBundle,
     clip: &ClipBundle,
     vae: &AutoencoderKL,
     per_prompt: usize,
@@ -54,6 +53,7 @@ pub fn check_attributes(
     steps: usize,
     seed: u64,
 ) -> Result<(AttributeCheck, Vec<RgbImage>)> {
+    let schedule = NoiseSchedule::new(unet.parameterization.schedule())?;
     let pairs = check_prompts();
     let prompts: Vec<String> = pairs
         .iter()
@@ -62,11 +62,12 @@ pub fn check_attributes(
     let mut rng = crate::support::seeded_rng(seed);
     let mut images = Vec::with_capacity(prompts.len());
     for chunk in prompts.chunks(64) {
-        let cond = clip.encoder_hidden_states(chunk)?;
-        let uncond = clip.encoder_hidden_states(&vec![String::new(); chunk.len()])?;
+        let cond = unet.encoder_hidden_states(clip, chunk)?;
+        let uncond = unet.encoder_hidden_states(clip, &vec![String::new(); chunk.len()])?;
         let latents = ddpm_sample(
-            unet,
-            schedule,
+            &unet.unet,
+            &schedule,
+            unet.parameterization.prediction_type,
             &cond,
             &uncond,
             guidance_scale,

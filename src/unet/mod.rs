@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod embeddings;
 pub mod eval;
 pub mod sample;
+pub mod text_encoder;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -43,6 +44,33 @@ pub struct UNetConfig {
     pub attention_heads: usize,
     pub norm_num_groups: usize,
     pub freq_shift: f64,
+}
+
+/// What a UNet's output means and which noise schedule it was trained on: the two fields of
+/// diffusers' `scheduler_config.json` that belong to the model rather than to the sampler, so
+/// every sampler that drives it must use the same. Stored in the UNet's file (metadata
+/// `parameterization`); files without it are Stable Diffusion v1's choice, the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parameterization {
+    /// eps (the noise) or v = sqrt(ab) eps - sqrt(1 - ab) x_0.
+    pub prediction_type: crate::schedulers::PredictionType,
+    /// Whether the betas were rescaled so that alpha_bar at the last timestep is exactly 0 (Lin
+    /// et al. 2024): the noisiest training input then holds nothing of the picture, as at the
+    /// start of sampling, and the layout must come from the text.
+    pub rescale_betas_zero_snr: bool,
+}
+
+impl Parameterization {
+    /// Metadata key in a UNet file.
+    pub const KEY: &'static str = "parameterization";
+
+    /// Stable Diffusion v1.5's schedule, rescaled to zero terminal SNR when the model was.
+    pub fn schedule(&self) -> crate::schedule::ScheduleConfig {
+        crate::schedule::ScheduleConfig {
+            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
+            ..crate::schedule::ScheduleConfig::default()
+        }
+    }
 }
 
 impl UNetConfig {

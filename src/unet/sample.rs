@@ -7,6 +7,7 @@ use rand::Rng;
 use super::UNet2DConditionModel;
 use crate::noising::randn_tensor;
 use crate::schedule::NoiseSchedule;
+use crate::schedulers::PredictionType;
 use crate::Result;
 
 /// The timesteps a strided DDPM visits, from high noise to low: `steps` of them, evenly
@@ -27,10 +28,16 @@ pub fn strided_timesteps(num_train_timesteps: usize, steps: usize) -> Vec<usize>
 ///
 /// with `a = ab_t / ab_prev`, `b = 1 - a`, `sigma^2 = (1 - ab_prev) / (1 - ab_t) * b` (the
 /// DDPM posterior q(x_prev | x_t, x0), Ho et al. 2020, eq. 6-7, across a stride). `cond` and
-/// `uncond` are text states (B, T, D); with `guidance_scale` = 1 only `cond` is used.
+/// `uncond` are text states (B, T, D); with `guidance_scale` = 1 only `cond` is used. A
+/// `v_prediction` model's guided output is turned into eps = sqrt(ab) v + sqrt(1 - ab) x_t first.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the model, what it predicts, the texts and the sampler settings"
+)]
 pub fn ddpm_sample(
     unet: &UNet2DConditionModel,
     schedule: &NoiseSchedule,
+    prediction_type: PredictionType,
     cond: &Tensor,
     uncond: &Tensor,
     guidance_scale: f64,
@@ -53,6 +60,10 @@ pub fn ddpm_sample(
             (&eps_u + ((eps_c - &eps_u)? * guidance_scale)?)?
         };
         let ab_t = schedule.alpha_bar(t);
+        let eps = match prediction_type {
+            PredictionType::Epsilon => eps,
+            PredictionType::VPrediction => ((&eps * ab_t.sqrt())? + (&x * (1.0 - ab_t).sqrt())?)?,
+        };
         let ab_prev = ts.get(i + 1).map_or(1.0, |&p| schedule.alpha_bar(p));
         let z = if i + 1 < ts.len() {
             Some(randn_tensor(x.dims(), rng, &dev)?)
