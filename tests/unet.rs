@@ -441,6 +441,94 @@ mod training {
     }
 
     #[test]
+    fn a_v_prediction_model_on_a_zero_snr_schedule_trains_and_says_so_in_its_file() {
+        use inkdrop::schedulers::PredictionType;
+        use inkdrop::train::unet::min_snr_weight;
+        use inkdrop::unet::Parameterization;
+        let dir = tempfile::tempdir().unwrap();
+        let (clip, vae) = (clip(), vae());
+        let data = latent_dataset(&vae, 0, 40, None).unwrap();
+        let model = UNetConfig {
+            cross_attention_dim: clip.model.config.text_width,
+            ..UNetConfig::test()
+        };
+        let v = Parameterization {
+            prediction_type: PredictionType::VPrediction,
+            rescale_betas_zero_snr: true,
+        };
+        let cfg = UNetTrainConfig {
+            steps: 3,
+            batch_size: 4,
+            warmup: 1,
+            dataset_size: 40,
+            parameterization: v,
+            ..UNetTrainConfig::default()
+        };
+        let out = dir.path().join("v.safetensors");
+        let ckpt = dir.path().join("v.ckpt");
+        let mut losses = Vec::new();
+        let report = train_unet(
+            &model,
+            &cfg,
+            &data,
+            &clip,
+            &vae,
+            &out,
+            &ckpt,
+            None,
+            false,
+            &mut |s| {
+                losses.push(s.loss);
+                true
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+        assert!(report.held_out_mse.is_finite());
+        let bundle = inkdrop::unet::bundle::UNetBundle::load(&out).unwrap();
+        assert_eq!(bundle.parameterization, v);
+        assert_eq!(bundle.schedule().unwrap().alpha_bar(999), 0.0);
+        // At alpha_bar = 0, x_t is the noise: a v model's noise estimate there is x_t itself.
+        let x_t = data.latents.narrow(0, 0, 2).unwrap();
+        let ctx = bundle
+            .encoder_hidden_states(&clip, &["a red circle".to_string(), String::new()])
+            .unwrap();
+        let eps = bundle.predict_noise(&x_t, &[999, 999], &ctx).unwrap();
+        assert!(max_abs(&(eps - &x_t).unwrap()) < 1e-6);
+        // Epsilon prediction cannot learn anything at alpha_bar = 0, so it is refused.
+        let eps_zero = UNetTrainConfig {
+            parameterization: Parameterization {
+                prediction_type: PredictionType::Epsilon,
+                rescale_betas_zero_snr: true,
+            },
+            ..cfg.clone()
+        };
+        let err = train_unet(
+            &model,
+            &eps_zero,
+            &data,
+            &clip,
+            &vae,
+            &out,
+            &ckpt,
+            None,
+            false,
+            &mut |_| true,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("v_prediction"), "{err}");
+        // Min-SNR: eps-MSE weights min(SNR, 5) / SNR; v-MSE min(SNR + 1, 5) / (SNR + 1), which
+        // keeps full weight at SNR = 0 and caps the clean end.
+        assert_eq!(min_snr_weight(0.01, 5.0, PredictionType::Epsilon), 1.0);
+        assert_eq!(min_snr_weight(0.0, 5.0, PredictionType::VPrediction), 1.0);
+        assert!((min_snr_weight(99.0, 5.0, PredictionType::VPrediction) - 0.05).abs() < 1e-12);
+        assert!((min_snr_weight(100.0, 5.0, PredictionType::Epsilon) - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
     fn a_fine_tuned_text_encoder_learns_ships_in_the_unet_file_and_is_used() {
         let dir = tempfile::tempdir().unwrap();
         let (clip, vae) = (clip(), vae());
