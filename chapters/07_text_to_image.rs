@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use inkdrop::pipeline::eval::{check_image, evaluate, reader_accuracy};
-use inkdrop::pipeline::{GenerateRequest, TextToImage};
+use inkdrop::pipeline::{GenerateRequest, Generation, TextToImage, Trace};
 use inkdrop::shapes::caption::{pair_prompt, parse_claim};
 use inkdrop::shapes::detect::detect;
 use inkdrop::shapes::scene::{Color, Shape};
@@ -73,6 +73,16 @@ fn pct(x: f64) -> String {
     } else {
         format!("{:.0}%", 100.0 * x)
     }
+}
+
+/// Mean |a - b| over every pixel and channel, in 0..255 units.
+fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| f64::from((i16::from(x) - i16::from(y)).unsigned_abs()))
+        .sum::<f64>()
+        / a.as_raw().len() as f64
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -383,6 +393,107 @@ fn run(args: Args) -> anyhow::Result<()> {
     )?;
 
     // ---------------------------------------------------------------------------------------
+    nb.cell("Where the layout comes from");
+    nb.say(
+        "Two prompts that differ only in where things go, drawn from the same four seeds, and \
+         for scale the same prompt from the next seed. If the words placed the objects, \
+         changing them would move the objects; if the starting noise placed them, the pictures \
+         of one seed would stay alike.",
+    );
+    let pairs = [
+        (
+            "a red circle at the top left",
+            "a red circle at the bottom right",
+        ),
+        (
+            "a red circle above a blue square",
+            "a red circle below a blue square",
+        ),
+    ];
+    let mut table = Table::new([
+        "prompt A",
+        "prompt B",
+        "A vs B, same seed",
+        "A vs A, next seed",
+        "relation right, A",
+        "relation right, B",
+        "first step's x0_hat, |A - B| / |A|",
+    ]);
+    let (mut tiles, mut first_tiles) = (Vec::new(), Vec::new());
+    for (a, b) in pairs {
+        let draw = |prompt: &str| {
+            pipe.generate(&GenerateRequest {
+                prompt: prompt.into(),
+                num_images: 4,
+                ..base.clone()
+            })
+        };
+        let (ga, gb) = (draw(a)?, draw(b)?);
+        let n = ga.images.len();
+        let words = (0..n)
+            .map(|k| mean_abs_diff(&ga.images[k], &gb.images[k]))
+            .sum::<f64>()
+            / n as f64;
+        let seeds = (0..n)
+            .map(|k| mean_abs_diff(&ga.images[k], &ga.images[(k + 1) % n]))
+            .sum::<f64>()
+            / n as f64;
+        let relation = |prompt: &str, g: &Generation| {
+            let claim = parse_claim(prompt).expect("a readable prompt");
+            let mut tally = inkdrop::pipeline::eval::Tally::default();
+            for img in &g.images {
+                tally.merge(check_image(&claim, img).relation);
+            }
+            pct(tally.rate())
+        };
+        // How much the words change the very first prediction of the picture (RMS ratio).
+        let (xa, xb) = (&ga.trace.steps[0].pred_x0, &gb.trace.steps[0].pred_x0);
+        let first = Trace::rms(&(xa - xb)?) / Trace::rms(xa);
+        table.row([
+            a.to_string(),
+            b.to_string(),
+            format!("{words:.1}"),
+            format!("{seeds:.1}"),
+            relation(a, &ga),
+            relation(b, &gb),
+            format!("{first:.2}"),
+        ]);
+        for (prompt, other, g) in [(a, b, &ga), (b, a, &gb)] {
+            // Label each row by the words its prompt has and the other lacks.
+            let short = prompt
+                .split(' ')
+                .filter(|w| !other.split(' ').any(|o| o == *w))
+                .collect::<Vec<_>>()
+                .join(" ");
+            // The first step's guess of the picture, seed 0, decoded.
+            let first_x0 = pipe.decode(&g.trace.steps[0].pred_x0.narrow(0, 0, 1)?)?;
+            first_tiles.push(tile(
+                &first_x0[0],
+                &[format!("\"{short}\""), "first step's x0_hat".into()],
+            ));
+            for (k, img) in g.images.iter().enumerate() {
+                tiles.push(tile(
+                    img,
+                    &[
+                        format!("\"{short}\""),
+                        format!("seed {}", args.seed + k as u64),
+                    ],
+                ));
+            }
+        }
+    }
+    println!("{table}\n(mean |pixel difference| in 0..255; relation: the reader's check, - where the prompt names none)\n");
+    write_md("layout.md", &table.to_markdown())?;
+    save_png(
+        &labelled_grid(&tiles, 4, Some("same seeds, different position words"))?,
+        &out.join("layout.png"),
+    )?;
+    save_png(
+        &labelled_grid(&first_tiles, first_tiles.len(), None)?,
+        &out.join("layout_first_x0.png"),
+    )?;
+
+    // ---------------------------------------------------------------------------------------
     nb.cell("img2img: where the two processes meet");
     let source = sample_at(&WorldConfig::default(), args.seed, 3);
     let source_img = render(&source.scene, 32);
@@ -405,13 +516,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ..base.clone()
         })?;
         // ANCHOR_END: img2img
-        let diff: f64 = g.images[0]
-            .as_raw()
-            .iter()
-            .zip(source_img.as_raw())
-            .map(|(&a, &b)| f64::from((i16::from(a) - i16::from(b)).unsigned_abs()))
-            .sum::<f64>()
-            / source_img.as_raw().len() as f64;
+        let diff = mean_abs_diff(&g.images[0], &source_img);
         table.row([
             format!("{strength}"),
             g.trace.steps.len().to_string(),

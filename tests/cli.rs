@@ -587,6 +587,14 @@ fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--two-objects", "many"]),
         "not a number",
+    ); // Zero terminal SNR needs a v model; said before any work starts.
+    assert_clear_error(
+        inkdrop().args(["train", "unet", "--tiny", "--zero-terminal-snr"]),
+        "--prediction-type v_prediction",
+    );
+    assert_clear_error(
+        inkdrop().args(["train", "unet", "--tiny", "--prediction-type", "x0"]),
+        "v_prediction",
     );
 }
 

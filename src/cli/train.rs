@@ -436,6 +436,12 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
 }
 
 fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
+    if args.zero_terminal_snr && args.prediction_type == PredictionType::Epsilon {
+        anyhow::bail!(
+            "--zero-terminal-snr needs --prediction-type v_prediction: at the last timestep x_t is \
+             pure noise, so predicting the noise there says nothing about the picture"
+        );
+    }
     let clip = ClipBundle::load(
         &args.clip.clone().unwrap_or_else(default_clip_path),
         &args

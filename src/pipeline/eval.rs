@@ -28,7 +28,8 @@ impl Tally {
         self.total += 1;
     }
 
-    fn merge(&mut self, other: Tally) {
+    /// Adds another tally's hits and attempts.
+    pub fn merge(&mut self, other: Tally) {
         self.hits += other.hits;
         self.total += other.total;
     }
