@@ -154,7 +154,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         "six_steps_check.md",
         &format!(
             "`TextToImage::generate` with the same prompt, seed, sampler and steps ends {} away \
-             (RMS over the latent), so the pipeline is exactly this loop.\n",
+             (RMS over the latent), so the pipeline is this loop (up to float rounding: the \
+             pipeline hands DDIM the UNet's own output, this loop the noise it implies).\n",
             if same == 0.0 {
                 "0.0".to_string()
             } else {
