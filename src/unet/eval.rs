@@ -39,11 +39,8 @@ pub struct AttributeCheck {
 
 /// Generates `per_prompt` images for each of [`check_prompts`] (DDPM, `steps` strided steps,
 /// classifier-free guidance `guidance_scale`) and checks the largest object of each. Returns
-/// the scores and the images, prompt by prompt.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the models, the sampler settings and the seed; each is used once"
-)]
+/// the scores and the images, prompt by prompt. The UNet's file says what it predicts and on
+/// which schedule; its text encoder (its own or CLIP's) encodes the prompts.
 pub fn check_attributes(
     unet: &UNetBundle,
     clip: &ClipBundle,
