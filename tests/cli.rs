@@ -575,6 +575,9 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
     assert_clear_error(
         inkdrop().args(["eval", "--models"]).arg(dir.path()),
         "tokenizer.json': not found",
+    );    assert_clear_error(
+        inkdrop().args(["eval", "--timestep-spacing", "sideways"]),
+        "leading, trailing, linspace",
     );
 }
 

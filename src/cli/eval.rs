@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use inkdrop::pipeline::eval::{default_prompts, evaluate, EvalReport};
 use inkdrop::pipeline::{GenerateRequest, TextToImage};
-use inkdrop::schedulers::{SamplerKind, SchedulerConfig};
+use inkdrop::schedulers::{SamplerKind, SchedulerConfig, TimestepSpacing};
 use inkdrop::support::grid::{labelled_grid, Tile};
 use inkdrop::support::image_io::{enlarge, save_png};
 use inkdrop::support::table::Table;
@@ -29,6 +29,10 @@ pub struct EvalArgs {
     /// Denoising steps.
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
+    /// How the steps are spread over the 1000 training timesteps (SD v1.5: leading; Lin et al.
+    /// recommend trailing for a UNet trained with zero terminal SNR).
+    #[arg(long, value_enum, default_value_t = TimestepSpacing::Leading)]
+    pub timestep_spacing: TimestepSpacing,
     /// Classifier-free guidance scale.
     #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
     pub guidance_scale: f64,
@@ -74,7 +78,10 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         steps: args.steps,
         guidance_scale: args.guidance_scale,
         sampler: args.sampler,
-        scheduler: SchedulerConfig::default(),
+        scheduler: SchedulerConfig {
+            timestep_spacing: args.timestep_spacing,
+            ..SchedulerConfig::default()
+        },
         seed: args.seed,
         num_images: args.per_prompt,
         ..GenerateRequest::default()
@@ -117,7 +124,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report, started.elapsed().as_secs_f64());
+        print_report(
+            &report,
+            started.elapsed().as_secs_f64(),
+            args.timestep_spacing,
+        );
         if let Some(out) = &args.out {
             println!("wrote {}", out.display());
         }
@@ -133,13 +144,14 @@ fn pct(x: f64) -> String {
     }
 }
 
-fn print_report(r: &EvalReport, seconds: f64) {
+fn print_report(r: &EvalReport, seconds: f64, spacing: TimestepSpacing) {
     println!(
-        "{} prompts x {} pictures ({} {} steps, guidance {}, seeds {}..{}) in {:.0} s\n",
+        "{} prompts x {} pictures ({} {} steps, {} spacing, guidance {}, seeds {}..{}) in {:.0} s\n",
         r.prompts.len(),
         r.per_prompt_images,
         r.sampler,
         r.steps,
+        format!("{spacing:?}").to_lowercase(),
         r.guidance_scale,
         r.seed,
         r.seed + r.per_prompt_images as u64 - 1,
