@@ -575,7 +575,12 @@ fn train_all_tiny_rebuilds_every_file_and_times_each_stage() {
     assert_clear_error(
         inkdrop().args(["eval", "--models"]).arg(dir.path()),
         "tokenizer.json': not found",
-    );    assert_clear_error(
+    );
+}
+
+#[test]
+fn eval_refuses_an_unknown_timestep_spacing_and_lists_the_valid_ones() {
+    assert_clear_error(
         inkdrop().args(["eval", "--timestep-spacing", "sideways"]),
         "leading, trailing, linspace",
     );
@@ -590,7 +595,8 @@ fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--two-objects", "many"]),
         "not a number",
-    ); // Zero terminal SNR needs a v model; said before any work starts.
+    );
+    // Zero terminal SNR needs a v model; said before any work starts.
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--zero-terminal-snr"]),
         "--prediction-type v_prediction",
@@ -598,6 +604,13 @@ fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--prediction-type", "x0"]),
         "v_prediction",
+    ); // Training on from the shipped UNet without its fine-tuned text tower would silently switch
+       // it to CLIP's frozen one: refused, with the flag that keeps it.
+    assert_clear_error(
+        inkdrop()
+            .args(["train", "unet", "--steps", "1", "--init"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/unet.safetensors")),
+        "add --train-text-encoder",
     );
 }
 

@@ -496,6 +496,20 @@ mod training {
             .unwrap();
         let eps = bundle.predict_noise(&x_t, &[999, 999], &ctx).unwrap();
         assert!(max_abs(&(eps - &x_t).unwrap()) < 1e-6);
+        // DDPM through every timestep, 999 included (alpha_bar = 0 there): finite throughout.
+        let mut rng = inkdrop::support::seeded_rng(1);
+        let latents = inkdrop::unet::sample::ddpm_sample(
+            &bundle.unet,
+            &bundle.schedule().unwrap(),
+            v.prediction_type,
+            &ctx.narrow(0, 0, 1).unwrap(),
+            &ctx.narrow(0, 1, 1).unwrap(),
+            4.0,
+            1000,
+            &mut rng,
+        )
+        .unwrap();
+        assert!(max_abs(&latents).is_finite());
         // Epsilon prediction cannot learn anything at alpha_bar = 0, so it is refused.
         let eps_zero = UNetTrainConfig {
             parameterization: Parameterization {

@@ -435,6 +435,56 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `--init FILE` was trained as, against this run's flags: dropping the file's fine-tuned
+/// text tower is refused (the result would condition on CLIP's frozen tower instead, silently);
+/// a change of parameterization is allowed (the shipped UNet went from eps to v that way) and
+/// said.
+fn check_init(init: &std::path::Path, args: &UnetArgs) -> anyhow::Result<()> {
+    let bundle = inkdrop::unet::bundle::UNetBundle::load(init)
+        .with_context(|| format!("--init {}", init.display()))?;
+    if bundle.text_encoder.is_some() && !args.train_text_encoder {
+        anyhow::bail!(
+            "--init {} carries a text encoder fine-tuned with it; add --train-text-encoder to \
+             keep training it (without it the new UNet would read CLIP's frozen text tower)",
+            init.display()
+        );
+    }
+    let was = bundle.parameterization;
+    let now = inkdrop::unet::Parameterization {
+        prediction_type: args.prediction_type,
+        rescale_betas_zero_snr: args.zero_terminal_snr,
+    };
+    if was != now {
+        let name = |p: PredictionType| match p {
+            PredictionType::Epsilon => "epsilon",
+            PredictionType::VPrediction => "v_prediction",
+        };
+        let schedule = |zero: bool| {
+            if zero {
+                "zero terminal SNR"
+            } else {
+                "SD's schedule"
+            }
+        };
+        eprintln!(
+            "note: --init {} was trained with {} on {}; this run trains it with {} on {} (to keep \
+             its own, pass --prediction-type {}{})",
+            init.display(),
+            name(was.prediction_type),
+            schedule(was.rescale_betas_zero_snr),
+            name(now.prediction_type),
+            schedule(now.rescale_betas_zero_snr),
+            name(was.prediction_type),
+            if was.rescale_betas_zero_snr {
+                " --zero-terminal-snr"
+            } else {
+                " and no --zero-terminal-snr"
+            },
+        );
+    }
+    Ok(())
+}
+
 fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
     if args.zero_terminal_snr && args.prediction_type == PredictionType::Epsilon {
         anyhow::bail!(
@@ -477,6 +527,9 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
             model_config.sample_size,
             model_config.sample_size
         );
+    }
+    if let Some(init) = &args.init {
+        check_init(init, args)?;
     }
     let cfg = UNetTrainConfig {
         steps: args.steps,

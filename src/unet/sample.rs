@@ -7,7 +7,7 @@ use rand::Rng;
 use super::UNet2DConditionModel;
 use crate::noising::randn_tensor;
 use crate::schedule::NoiseSchedule;
-use crate::schedulers::PredictionType;
+use crate::schedulers::{predict_x0_eps, PredictionType};
 use crate::Result;
 
 /// The timesteps a strided DDPM visits, from high noise to low: `steps` of them, evenly
@@ -29,7 +29,7 @@ pub fn strided_timesteps(num_train_timesteps: usize, steps: usize) -> Vec<usize>
 /// with `a = ab_t / ab_prev`, `b = 1 - a`, `sigma^2 = (1 - ab_prev) / (1 - ab_t) * b` (the
 /// DDPM posterior q(x_prev | x_t, x0), Ho et al. 2020, eq. 6-7, across a stride). `cond` and
 /// `uncond` are text states (B, T, D); with `guidance_scale` = 1 only `cond` is used. A
-/// `v_prediction` model's guided output is turned into eps = sqrt(ab) v + sqrt(1 - ab) x_t first.
+/// `v_prediction` model's guided output gives x0_hat = sqrt(ab) x_t - sqrt(1 - ab) v directly.
 #[expect(
     clippy::too_many_arguments,
     reason = "the model, what it predicts, the texts and the sampler settings"
@@ -60,10 +60,9 @@ pub fn ddpm_sample(
             (&eps_u + ((eps_c - &eps_u)? * guidance_scale)?)?
         };
         let ab_t = schedule.alpha_bar(t);
-        let eps = match prediction_type {
-            PredictionType::Epsilon => eps,
-            PredictionType::VPrediction => ((&eps * ab_t.sqrt())? + (&x * (1.0 - ab_t).sqrt())?)?,
-        };
+        // x0_hat from the (guided) output; for v straight from v, which stays finite at
+        // alpha_bar = 0, where going through eps would divide by zero.
+        let (x0, _) = predict_x0_eps(prediction_type, &eps, &x, ab_t)?;
         let ab_prev = ts.get(i + 1).map_or(1.0, |&p| schedule.alpha_bar(p));
         let z = if i + 1 < ts.len() {
             Some(randn_tensor(x.dims(), rng, &dev)?)
@@ -72,7 +71,7 @@ pub fn ddpm_sample(
         };
         // Detached: sampling needs no gradients, and without this every step's graph (all of
         // the UNet's activations) would stay alive through the next one.
-        x = ddpm_step(&x, &eps.detach(), ab_t, ab_prev, z.as_ref())?.detach();
+        x = ddpm_step_x0(&x, &x0.detach(), ab_t, ab_prev, z.as_ref())?.detach();
     }
     Ok(x)
 }
@@ -89,9 +88,20 @@ pub fn ddpm_step(
     ab_prev: f64,
     z: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let x0 = ((x_t - (eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
+    ddpm_step_x0(x_t, &x0, ab_t, ab_prev, z)
+}
+
+/// [`ddpm_step`] given x0_hat itself instead of the noise estimate.
+pub fn ddpm_step_x0(
+    x_t: &Tensor,
+    x0: &Tensor,
+    ab_t: f64,
+    ab_prev: f64,
+    z: Option<&Tensor>,
+) -> Result<Tensor> {
     let a = ab_t / ab_prev;
     let beta = 1.0 - a;
-    let x0 = ((x_t - (eps * (1.0 - ab_t).sqrt())?)? / ab_t.sqrt())?;
     let c0 = ab_prev.sqrt() * beta / (1.0 - ab_t);
     let ct = a.sqrt() * (1.0 - ab_prev) / (1.0 - ab_t);
     let mean = ((x0 * c0)? + (x_t * ct)?)?;
