@@ -113,7 +113,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         shape(&ids),
     ]);
     table.row([
-        "CLIP text encoder".to_string(),
+        "text encoder (CLIP's, tuned with the UNet)".to_string(),
         "one 128-wide vector per token".into(),
         shape(&context),
     ]);

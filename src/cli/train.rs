@@ -58,7 +58,8 @@ pub struct UnetArgs {
     /// Share of training images with two objects, 0 to 1 (Shapes World draws half).
     #[arg(long, default_value_t = UNetTrainConfig::default().p_two_objects, value_parser = probability)]
     pub two_objects: f64,
-    /// Min-SNR loss weighting: weight each sample by min(SNR, gamma) / SNR (0 = plain MSE).
+    /// Min-SNR loss weighting: weight each sample by min(SNR, gamma) / SNR, or for a v model
+    /// min(SNR + 1, gamma) / (SNR + 1) (0 = plain MSE).
     #[arg(long, default_value_t = 5.0)]
     pub snr_gamma: f64,
     /// Seed of the initial weights, the data and the noise.

@@ -79,6 +79,11 @@ pub struct GenerateRequest {
     /// model alone (no guidance), larger values push harder toward the prompt.
     pub guidance_scale: f64,
     pub sampler: SamplerKind,
+    /// Timestep spacing and offset. Its `schedule` and `prediction_type` are replaced by the
+    /// UNet's own ([`crate::unet::Parameterization`]): they belong to the model. The spacing
+    /// stays the caller's choice, `leading` (SD v1.5) by default even for a zero-terminal-SNR
+    /// UNet, which Lin et al. would start at `trailing` (for the shipped one `inkdrop eval`
+    /// scores the two alike).
     pub scheduler: SchedulerConfig,
     /// Image k starts from the noise of seed `seed + k`, so any one image can be redrawn alone.
     /// Stochastic samplers (ddpm, euler-a) draw their per-step noise from `seed` as well.

@@ -61,8 +61,9 @@ pub struct UNetTrainConfig {
     /// Checkpoint (and sample grid) every this many steps.
     pub checkpoint_every: usize,
     /// Min-SNR loss weighting (Hang et al. 2023): sample i's squared error is weighted by
-    /// `min(SNR(t_i), gamma) / SNR(t_i)`, so the nearly clean timesteps, whose noise is hardest
-    /// to see and matters least for the picture, stop dominating the gradient. None: plain MSE.
+    /// `min(SNR(t_i), gamma) / SNR(t_i)` (eps), `min(SNR + 1, gamma) / (SNR + 1)` (v; see
+    /// [`min_snr_weight`]), so the nearly clean timesteps, whose noise is hardest to see and
+    /// matters least for the picture, stop dominating the gradient. None: plain MSE.
     #[serde(default)]
     pub snr_gamma: Option<f64>,
     /// Start from these weights (a finished run's output) instead of random ones: training

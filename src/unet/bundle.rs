@@ -65,7 +65,12 @@ impl UNetBundle {
                 None => Parameterization::default(),
                 Some(json) => serde_json::from_str(json).map_err(|e| Error::Weights {
                     path: path.to_path_buf(),
-                    reason: format!("its {} metadata is unreadable ({e})", Parameterization::KEY),
+                    reason: format!(
+                        "its {} metadata is unreadable ({e}); it should read like \
+                         {{\"prediction_type\":\"v_prediction\",\"rescale_betas_zero_snr\":true}}: \
+                         retrain the UNet with `inkdrop train unet`",
+                        Parameterization::KEY
+                    ),
                 })?,
             },
             metadata: loaded.metadata,
