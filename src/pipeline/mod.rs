@@ -28,7 +28,7 @@ pub use trace::{Trace, TraceStep};
 
 use crate::clip::bundle::{default_clip_path, default_tokenizer_path, ClipBundle};
 use crate::noising::randn_tensor;
-use crate::schedulers::{PredictionType, SamplerKind, SchedulerConfig};
+use crate::schedulers::{predict_eps, SamplerKind, SchedulerConfig};
 use crate::unet::attention::{AttentionRecorder, Injection, Reweight};
 use crate::unet::bundle::{default_unet_path, UNetBundle};
 use crate::vae::bundle::{default_vae_path, VaeBundle};
@@ -378,14 +378,7 @@ impl TextToImage {
             // The trace keeps noise estimates: a v model's outputs become
             // eps = sqrt(ab) v + sqrt(1 - ab) x_t (linear, so guidance commutes with it).
             let ab = scheduler.alpha_bar(t);
-            let as_eps = |o: &Tensor| -> Result<Tensor> {
-                Ok(match param.prediction_type {
-                    PredictionType::Epsilon => o.clone(),
-                    PredictionType::VPrediction => {
-                        ((o * ab.sqrt())? + (&input * (1.0 - ab).sqrt())?)?
-                    }
-                })
-            };
+            let as_eps = |o: &Tensor| predict_eps(param.prediction_type, o, &input, ab);
             let (eps_uncond, eps_cond, eps) = (
                 eps_uncond.as_ref().map(as_eps).transpose()?,
                 as_eps(&eps_cond)?,

@@ -374,8 +374,24 @@ pub fn predict_x0_eps(
         PredictionType::Epsilon => (((sample - (model_output * b)?)? / a)?, model_output.clone()),
         PredictionType::VPrediction => (
             ((sample * a)? - (model_output * b)?)?,
-            ((model_output * a)? + (sample * b)?)?,
+            predict_eps(prediction_type, model_output, sample, ab)?,
         ),
+    })
+}
+
+/// The eps half of [`predict_x0_eps`], without computing x0: the model output itself for
+/// epsilon, `sqrt(ab) out + sqrt(1 - ab) x_t` for v_prediction.
+pub fn predict_eps(
+    prediction_type: PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    ab: f64,
+) -> Result<Tensor> {
+    Ok(match prediction_type {
+        PredictionType::Epsilon => model_output.clone(),
+        PredictionType::VPrediction => {
+            ((model_output * ab.sqrt())? + (sample * (1.0 - ab).sqrt())?)?
+        }
     })
 }
 
