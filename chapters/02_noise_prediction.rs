@@ -332,7 +332,7 @@ fn image_cells(nb: &mut Notebook, out: &std::path::Path, args: &Args) -> anyhow:
     // ---------------------------------------------------------------------------------------
     nb.cell("A live training run");
     nb.say(
-        "The shipped UNet took ten runs of 23 to 81 minutes to train. The same loop on a UNet a \
+        "The shipped UNet took several runs of 23 to 81 minutes to train. The same loop on a UNet a \
          quarter of its width, 2,048 pictures and batches of 32 runs in under a minute: enough \
          to watch the loss fall.",
     );

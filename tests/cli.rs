@@ -604,8 +604,9 @@ fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--prediction-type", "x0"]),
         "v_prediction",
-    ); // Training on from the shipped UNet without its fine-tuned text tower would silently switch
-       // it to CLIP's frozen one: refused, with the flag that keeps it.
+    );
+    // Training on from the shipped UNet without its fine-tuned text tower would silently switch
+    // it to CLIP's frozen one: refused, with the flag that keeps it.
     assert_clear_error(
         inkdrop()
             .args(["train", "unet", "--steps", "1", "--init"])

@@ -456,10 +456,7 @@ fn check_init(init: &std::path::Path, args: &UnetArgs) -> anyhow::Result<()> {
         rescale_betas_zero_snr: args.zero_terminal_snr,
     };
     if was != now {
-        let name = |p: PredictionType| match p {
-            PredictionType::Epsilon => "epsilon",
-            PredictionType::VPrediction => "v_prediction",
-        };
+        let name = super::cli_name::<PredictionType>;
         let schedule = |zero: bool| {
             if zero {
                 "zero terminal SNR"
