@@ -32,6 +32,15 @@ fn kind_of(name: &str) -> SamplerKind {
     }
 }
 
+/// The sampler, step count and config of one golden entry.
+fn sampler_of(entry: &Value) -> (SamplerKind, usize, SchedulerConfig) {
+    (
+        kind_of(entry["scheduler"].as_str().unwrap()),
+        entry["num_inference_steps"].as_u64().unwrap() as usize,
+        config_of(entry),
+    )
+}
+
 fn config_of(entry: &Value) -> SchedulerConfig {
     let c = &entry["config"];
     assert_eq!(c["beta_schedule"], "scaled_linear");
@@ -70,9 +79,7 @@ fn timesteps_sigmas_and_init_noise_sigma_match_diffusers() {
     let entries = g["timesteps"].as_array().unwrap();
     assert_eq!(entries.len(), 30);
     for e in entries {
-        let kind = kind_of(e["scheduler"].as_str().unwrap());
-        let n = e["num_inference_steps"].as_u64().unwrap() as usize;
-        let cfg = config_of(e);
+        let (kind, n, cfg) = sampler_of(e);
         let label = format!("{kind} {:?} {n}", cfg.timestep_spacing);
         let s = kind.build(cfg, n).unwrap();
         assert_eq!(s.timesteps(), floats(&e["timesteps"]).as_slice(), "{label}");
@@ -171,9 +178,7 @@ fn sampling_loops_match_diffusers_to_1e5() {
     let loops = g["loops"].as_array().unwrap();
     assert_eq!(loops.len(), 6);
     for e in loops {
-        let kind = kind_of(e["scheduler"].as_str().unwrap());
-        let n = e["num_inference_steps"].as_u64().unwrap() as usize;
-        let cfg = config_of(e);
+        let (kind, n, cfg) = sampler_of(e);
         if kind == SamplerKind::Ddim {
             assert_eq!(e["config"]["set_alpha_to_one"], false);
         }

@@ -296,6 +296,14 @@ mod training {
         AutoencoderKL::new(&VaeConfig::test(), seeded_var_builder(&vm, 0, &Device::Cpu)).unwrap()
     }
 
+    /// A test-size UNet that reads the test CLIP's text width.
+    fn model_for(clip: &ClipBundle) -> UNetConfig {
+        UNetConfig {
+            cross_attention_dim: clip.model.config.text_width,
+            ..UNetConfig::test()
+        }
+    }
+
     fn tensors(p: &std::path::Path) -> Vec<(String, Vec<f32>)> {
         let l = inkdrop::weights::load(p, &Device::Cpu).unwrap();
         let mut v: Vec<(String, Vec<f32>)> = l
@@ -328,10 +336,7 @@ mod training {
             let claim = inkdrop::shapes::caption::parse_claim(c).unwrap();
             assert_eq!(claim.objects.len(), 2, "{c}");
         }
-        let model = UNetConfig {
-            cross_attention_dim: clip.model.config.text_width,
-            ..UNetConfig::test()
-        };
+        let model = model_for(&clip);
         let cfg = UNetTrainConfig {
             steps: 8,
             batch_size: 4,
@@ -448,10 +453,7 @@ mod training {
         let dir = tempfile::tempdir().unwrap();
         let (clip, vae) = (clip(), vae());
         let data = latent_dataset(&vae, 0, 40, None).unwrap();
-        let model = UNetConfig {
-            cross_attention_dim: clip.model.config.text_width,
-            ..UNetConfig::test()
-        };
+        let model = model_for(&clip);
         let v = Parameterization {
             prediction_type: PredictionType::VPrediction,
             rescale_betas_zero_snr: true,
@@ -547,10 +549,7 @@ mod training {
         let dir = tempfile::tempdir().unwrap();
         let (clip, vae) = (clip(), vae());
         let data = latent_dataset(&vae, 0, 40, None).unwrap();
-        let model = UNetConfig {
-            cross_attention_dim: clip.model.config.text_width,
-            ..UNetConfig::test()
-        };
+        let model = model_for(&clip);
         let cfg = UNetTrainConfig {
             steps: 4,
             batch_size: 4,
