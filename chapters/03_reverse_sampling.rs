@@ -21,6 +21,7 @@ use clap::Parser;
 use inkdrop::noising::randn_tensor;
 use inkdrop::pipeline::{GenerateRequest, Generation, TextToImage, Trace};
 use inkdrop::schedulers::{PredictionType, SamplerKind, SchedulerConfig, TimestepSpacing};
+use inkdrop::support::cli_name;
 use inkdrop::support::files::{chapter_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
 use inkdrop::support::image_io::{enlarge, save_png};
@@ -249,7 +250,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let s = kind.build(SchedulerConfig::default(), 10)?;
         table.row([
             kind.name().to_string(),
-            "leading".into(),
+            cli_name(SchedulerConfig::default().timestep_spacing),
             fmt_ts(s.timesteps()),
         ]);
     }
@@ -259,11 +260,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ..SchedulerConfig::default()
         };
         let s = SamplerKind::Ddim.build(cfg, 10)?;
-        table.row([
-            "ddim".to_string(),
-            format!("{spacing:?}").to_lowercase(),
-            fmt_ts(s.timesteps()),
-        ]);
+        table.row(["ddim".to_string(), cli_name(spacing), fmt_ts(s.timesteps())]);
     }
     println!("{table}\n");
     write_md("timesteps.md", &table.to_markdown())?;

@@ -151,7 +151,7 @@ fn print_report(r: &EvalReport, seconds: f64, spacing: TimestepSpacing) {
         r.per_prompt_images,
         r.sampler,
         r.steps,
-        super::cli_name(spacing),
+        inkdrop::support::cli_name(spacing),
         r.guidance_scale,
         r.seed,
         r.seed + r.per_prompt_images as u64 - 1,

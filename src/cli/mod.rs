@@ -77,12 +77,3 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Explore(args) => explore::run(&args),
     }
 }
-
-/// The name a `clap::ValueEnum` value has on the command line (`v_prediction`, `leading`), so
-/// messages that tell the user which flag to pass spell it as clap parses it.
-fn cli_name<T: clap::ValueEnum>(value: T) -> String {
-    value
-        .to_possible_value()
-        .map(|v| v.get_name().to_owned())
-        .unwrap_or_default()
-}

@@ -52,7 +52,7 @@ pub fn run(args: &TimestepsArgs) -> anyhow::Result<()> {
         args.sampler,
         args.sampler.diffusers_class(),
         ts.len(),
-        format!("{:?}", args.timestep_spacing).to_lowercase(),
+        inkdrop::support::cli_name(args.timestep_spacing),
         s.init_noise_sigma()
     );
     let mut table = Table::new(["step", "t", "alpha_bar_t", "sigma_t", "SNR (dB)"]);

@@ -456,7 +456,7 @@ fn check_init(init: &std::path::Path, args: &UnetArgs) -> anyhow::Result<()> {
         rescale_betas_zero_snr: args.zero_terminal_snr,
     };
     if was != now {
-        let name = super::cli_name::<PredictionType>;
+        let name = inkdrop::support::cli_name::<PredictionType>;
         let schedule = |zero: bool| {
             if zero {
                 "zero terminal SNR"

@@ -21,6 +21,15 @@ use rand::SeedableRng;
 /// The seed every command uses unless told otherwise.
 pub const DEFAULT_SEED: u64 = 0;
 
+/// The name a `clap::ValueEnum` value has on the command line (`v_prediction`, `leading`), so
+/// messages and tables spell it the way the user types it.
+pub fn cli_name<T: clap::ValueEnum>(value: T) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 /// A seeded random number generator: the same seed gives the same numbers on every machine
 /// (`StdRng` is ChaCha12, which is portable and stable within a `rand` major version).
 pub fn seeded_rng(seed: u64) -> StdRng {
