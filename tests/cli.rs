@@ -596,6 +596,10 @@ fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
         inkdrop().args(["train", "unet", "--tiny", "--two-objects", "many"]),
         "not a number",
     );
+    assert_clear_error(
+        inkdrop().args(["train", "unet", "--tiny", "--grounding-weight", "-0.1"]),
+        "not a number >= 0",
+    );
     // Zero terminal SNR needs a v model; said before any work starts.
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--zero-terminal-snr"]),

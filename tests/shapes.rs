@@ -460,3 +460,53 @@ fn detector_reads_shapes_through_a_blur() {
         "small stars right in {star_right} of {stars}"
     );
 }
+
+#[test]
+fn object_coverage_measures_the_visible_area_per_cell() {
+    use inkdrop::shapes::render::object_coverage;
+    use inkdrop::shapes::scene::{place, Position, Scene, Size};
+    let mut rng = inkdrop::support::seeded_rng(4);
+    let circle = place(
+        Shape::Circle,
+        Color::Red,
+        Size::Large,
+        Position::Center,
+        &mut rng,
+    );
+    let alone = Scene {
+        background: Background::Black,
+        objects: vec![circle],
+    };
+    let c = object_coverage(&alone, 0, 8, 16);
+    assert!(c.iter().all(|v| (0.0..=1.0).contains(v)));
+    // The cells' coverage adds up to the disc's area (canvas units: each cell is 1/64).
+    let area: f32 = c.iter().sum::<f32>() / 64.0;
+    let disc = std::f32::consts::PI * circle.radius() * circle.radius();
+    assert!((area - disc).abs() < 0.02 * disc, "{area} vs {disc}");
+    // A square drawn on top hides part of the circle: the circle's cells lose what it covers.
+    let mut square = place(
+        Shape::Square,
+        Color::Blue,
+        Size::Small,
+        Position::Center,
+        &mut rng,
+    );
+    square.center = circle.center;
+    let both = Scene {
+        background: Background::Black,
+        objects: vec![circle, square],
+    };
+    let (under, over) = (
+        object_coverage(&both, 0, 8, 16),
+        object_coverage(&both, 1, 8, 16),
+    );
+    for i in 0..64 {
+        assert!(under[i] + over[i] <= 1.0 + 1e-6);
+        assert!(
+            (under[i] + over[i] - c[i]).abs() < 1e-6,
+            "the square lies inside the circle"
+        );
+    }
+    assert!(over.iter().sum::<f32>() > 1.0);
+    assert!(object_coverage(&both, 2, 8, 16).iter().all(|&v| v == 0.0));
+}

@@ -266,6 +266,71 @@ fn every_weight_receives_a_gradient() {
     }
 }
 
+#[test]
+fn maps_kept_with_their_graph_match_the_recorded_ones_and_train_queries_and_keys() {
+    let cfg = UNetConfig::test();
+    let (unet, vm) = model(&cfg, 7);
+    let x = rand(&[2, 4, 8, 8], 8);
+    let t = Tensor::new(&[50f32, 700.0], &Device::Cpu).unwrap();
+    let ctx = rand(&[2, 16, cfg.cross_attention_dim], 9);
+    let plain = AttentionRecorder::cross();
+    unet.forward(&x, &t, &ctx, Some(&plain)).unwrap();
+    let kept = AttentionRecorder::cross_with_graph();
+    let out = unet.forward(&x, &t, &ctx, Some(&kept)).unwrap();
+    // The output still comes from the fused kernel, bit for bit.
+    let fused = unet.forward(&x, &t, &ctx, None).unwrap();
+    assert_eq!(max_abs_diff(&out, &fused), 0.0);
+    let (plain, kept) = (plain.take(), kept.take());
+    assert_eq!(plain.len(), kept.len());
+    for (i, (a, b)) in plain.iter().zip(&kept).enumerate() {
+        assert_eq!((&a.name, a.height), (&b.name, b.height));
+        let d = max_abs_diff(&a.probs, &b.probs);
+        // The first layer sees the same input either way (only the softmax differs); after it,
+        // the recording path's unfused outputs round differently, a little more per layer.
+        let tol = if i == 0 { 1e-5 } else { 1e-4 };
+        assert!(d < tol, "{}: {d}", a.name);
+    }
+    // A loss on the kept maps reaches every cross-attention layer's queries and keys.
+    let loss = Tensor::stack(
+        &kept
+            .iter()
+            .map(|m| {
+                m.probs
+                    .narrow(3, 2, 1)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            })
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap()
+    .sum_all()
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let mut checked = 0;
+    for (name, var) in sorted_vars(&vm) {
+        if name.contains("attn2.to_q") || name.contains("attn2.to_k") {
+            let g = grads.get(var.as_tensor());
+            assert!(
+                g.is_some_and(|g| g
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0),
+                "{name}: no gradient from the maps"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * kept.len());
+}
+
 mod training {
     use super::*;
     use inkdrop::clip::bundle::ClipBundle;
@@ -294,6 +359,217 @@ mod training {
     fn vae() -> AutoencoderKL {
         let vm = VarMap::new();
         AutoencoderKL::new(&VaeConfig::test(), seeded_var_builder(&vm, 0, &Device::Cpu)).unwrap()
+    }
+
+    #[test]
+    fn object_tokens_point_at_each_objects_own_words() {
+        use inkdrop::train::grounding::object_tokens;
+        let tok = clip().tokenizer;
+        let caption = "a large red circle above a red square";
+        let enc = tok.encode(caption).unwrap();
+        let found = object_tokens(&tok, caption).unwrap();
+        let words: Vec<(usize, &str)> = found
+            .iter()
+            .map(|&(o, p)| (o, enc.tokens[p].trim_end_matches("</w>")))
+            .collect();
+        assert_eq!(
+            words,
+            [
+                (0, "large"),
+                (0, "red"),
+                (0, "circle"),
+                (1, "red"),
+                (1, "square")
+            ]
+        );
+        // The two "red"s are different tokens, one per object.
+        assert_ne!(found[1].1, found[3].1);
+        let shape_only = object_tokens(&tok, "an orange shape and a star").unwrap();
+        assert_eq!(
+            shape_only.iter().map(|f| f.0).collect::<Vec<_>>(),
+            [0, 0, 1]
+        );
+        assert!(object_tokens(&tok, "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_grounding_loss_is_small_on_the_object_and_large_off_it() {
+        use inkdrop::train::grounding::{grounding_targets, token_loss};
+        use inkdrop::unet::attention::AttentionMap;
+        let tok = clip().tokenizer;
+        let world = WorldConfig {
+            p_two_objects: 1.0,
+            ..WorldConfig::default()
+        };
+        let sample = sample_at(&world, 0, 3);
+        let dev = Device::Cpu;
+        let t = grounding_targets(
+            &tok,
+            std::slice::from_ref(&sample.caption),
+            &[&sample.scene],
+            &[8],
+            16,
+            &dev,
+        )
+        .unwrap()
+        .unwrap();
+        let m = &t.masks[&8]; // (1, 64, 16)
+        assert_eq!(m.dims(), &[1, 64, 16]);
+        // Attention that puts each token on its object's most covered cell (the rest of each
+        // position's attention on the start token): inside = that cell's coverage.
+        let mv: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap(); // (64 * 16)
+        let best: Vec<usize> = (0..16)
+            .map(|i| {
+                (0..64)
+                    .max_by(|&a, &b| mv[a * 16 + i].total_cmp(&mv[b * 16 + i]))
+                    .unwrap()
+            })
+            .collect();
+        let mut peaked = vec![0f32; 64 * 16];
+        for u in 0..64 {
+            peaked[u * 16] = 1.0;
+        }
+        for (i, &u) in best.iter().enumerate().skip(1) {
+            peaked[u * 16] -= 0.1;
+            peaked[u * 16 + i] = 0.1;
+        }
+        let map = |probs: Tensor| AttentionMap {
+            name: "down_blocks.0.attentions.0.transformer_blocks.0.attn2".into(),
+            height: 8,
+            width: 8,
+            probs,
+        };
+        let sel: Vec<f32> = t.selected.flatten_all().unwrap().to_vec1().unwrap();
+        let expect = |inside: &dyn Fn(usize) -> f32| {
+            (0..16)
+                .filter(|&i| sel[i] > 0.0)
+                .map(|i| (1.0 - inside(i)).powi(2))
+                .sum::<f32>()
+                / t.count as f32
+        };
+        let peaked = Tensor::from_vec(peaked, (1, 1, 64, 16), &dev).unwrap();
+        let on = token_loss(&[map(peaked)], &t)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let want = expect(&|i| mv[best[i] * 16 + i]);
+        assert!((on - want).abs() < 1e-5, "peaked: {on} vs {want}");
+        assert!(
+            on < 0.05,
+            "an object covers its best cell nearly fully: {on}"
+        );
+        // Uniform attention: each token's share inside is its object's share of the grid.
+        let uniform = Tensor::full(1f32 / 16.0, (1, 1, 64, 16), &dev).unwrap();
+        let l = token_loss(&[map(uniform)], &t)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let share: Vec<f32> = m.sum(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want = expect(&|i| share[i] / 64.0);
+        assert!((l - want).abs() < 1e-5, "uniform: {l} vs {want}");
+        assert!(
+            l > 0.5,
+            "small objects: most uniform attention is off them ({l})"
+        );
+        // No layer on a grid with targets is an error.
+        let four = AttentionMap {
+            height: 4,
+            width: 4,
+            ..map(Tensor::zeros((1, 1, 16, 16), candle_core::DType::F32, &dev).unwrap())
+        };
+        assert!(token_loss(&[four], &t).is_err());
+    }
+
+    #[test]
+    fn training_with_the_grounding_loss_moves_attention_onto_the_objects() {
+        use inkdrop::train::grounding::{grounding_targets, latent_grids, token_loss};
+        use inkdrop::train::optim::{AdamW, AdamWConfig};
+        let clip = clip();
+        let cfg = model_for(&clip);
+        let (unet, vm) = model(&cfg, 11);
+        let world = WorldConfig {
+            p_two_objects: 1.0,
+            ..WorldConfig::default()
+        };
+        let samples: Vec<_> = (0..6).map(|i| sample_at(&world, 1, i)).collect();
+        let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+        let scenes: Vec<_> = samples.iter().map(|s| &s.scene).collect();
+        let dev = Device::Cpu;
+        let ctx = clip.encoder_hidden_states(&captions).unwrap().detach(); // (6, 16, W)
+        let targets = grounding_targets(
+            &clip.tokenizer,
+            &captions,
+            &scenes,
+            &latent_grids(&cfg),
+            16,
+            &dev,
+        )
+        .unwrap()
+        .unwrap();
+        let x = rand(&[6, 4, 8, 8], 12);
+        let t = Tensor::new(&[100f32, 200.0, 300.0, 400.0, 500.0, 600.0], &dev).unwrap();
+        let mut opt = AdamW::new(
+            sorted_vars(&vm),
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+        )
+        .unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..15 {
+            let rec = AttentionRecorder::cross_with_graph();
+            unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
+            let loss = token_loss(&rec.take(), &targets).unwrap();
+            losses.push(loss.to_scalar::<f32>().unwrap());
+            opt.update(&loss.backward().unwrap(), 3e-3).unwrap();
+        }
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        assert!(
+            last < 0.7 * first,
+            "15 steps on the grounding loss alone: {first} -> {last}"
+        );
+    }
+
+    #[test]
+    fn the_loop_reports_the_grounding_loss_when_it_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (clip, vae) = (clip(), vae());
+        let data = latent_dataset(&vae, 0, 16, None).unwrap();
+        assert_eq!(data.scenes.len(), 16);
+        let cfg = UNetTrainConfig {
+            steps: 3,
+            batch_size: 4,
+            warmup: 1,
+            dataset_size: 16,
+            grounding_weight: Some(0.5),
+            ..UNetTrainConfig::default()
+        };
+        let mut seen = Vec::new();
+        train_unet(
+            &model_for(&clip),
+            &cfg,
+            &data,
+            &clip,
+            &vae,
+            &dir.path().join("g.safetensors"),
+            &dir.path().join("g.ckpt"),
+            None,
+            false,
+            &mut |s| {
+                seen.push(s.token_loss);
+                true
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            seen.iter().all(|g| g.is_some_and(|g| g > 0.0 && g <= 1.0)),
+            "{seen:?}"
+        );
     }
 
     /// A test-size UNet that reads the test CLIP's text width.

@@ -105,6 +105,11 @@ pub struct UnetArgs {
     /// al. 2024), as at the start of sampling; needs --prediction-type v_prediction.
     #[arg(long)]
     pub zero_terminal_snr: bool,
+    /// Weight of the grounding loss (TokenCompose): the words naming an object are trained to
+    /// attend to where Shapes World drew it, added to the denoising loss with this weight
+    /// (0 = off).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative, allow_hyphen_values = true)]
+    pub grounding_weight: f64,
     /// Use a very small UNet (for trying the command in seconds).
     #[arg(long)]
     pub tiny: bool,
@@ -540,6 +545,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         init: args.init.clone(),
         stop_after: args.stop_after,
         train_text_encoder: args.train_text_encoder,
+        grounding_weight: (args.grounding_weight > 0.0).then_some(args.grounding_weight),
         parameterization: inkdrop::unet::Parameterization {
             prediction_type: args.prediction_type,
             rescale_betas_zero_snr: args.zero_terminal_snr,
@@ -602,7 +608,10 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         args.resume,
         &mut |s| {
             bar.set_position(s.step as u64);
-            let msg = format!("loss {:.4}  lr {:.1e}", s.loss, s.lr);
+            let msg = match s.token_loss {
+                Some(g) => format!("loss {:.4}  grounding {g:.4}  lr {:.1e}", s.loss, s.lr),
+                None => format!("loss {:.4}  lr {:.1e}", s.loss, s.lr),
+            };
             show_step(&bar, s.step, cfg.steps, t0, msg);
             true
         },
@@ -790,6 +799,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
                 UNetTrainConfig::default().dataset_size
             },
             two_objects: UNetTrainConfig::default().p_two_objects,
+            grounding_weight: UNetTrainConfig::default().grounding_weight.unwrap_or(0.0),
             train_text_encoder: UNetTrainConfig::default().train_text_encoder,
             prediction_type: UNetTrainConfig::default().parameterization.prediction_type,
             zero_terminal_snr: UNetTrainConfig::default()
@@ -820,6 +830,13 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
 }
 
 /// Parses a probability (0 to 1) for a command-line option.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number >= 0 (0 turns it off)")),
+    }
+}
+
 fn probability(s: &str) -> Result<f64, String> {
     let p: f64 = s
         .parse()

@@ -78,6 +78,35 @@ impl Coverage {
     }
 }
 
+/// How much of each cell of a `grid` x `grid` partition of the canvas object `index` of `scene`
+/// visibly covers (objects drawn after it hide it, as in [`render`]), in [0, 1], row-major,
+/// from `sub` x `sub` sub-samples per cell. At the latent grid this is the region the object's
+/// words should attend to (`train::grounding`).
+pub fn object_coverage(scene: &Scene, index: usize, grid: usize, sub: usize) -> Vec<f32> {
+    let covers: Vec<Coverage> = scene.objects.iter().map(Coverage::new).collect();
+    let mut out = vec![0f32; grid * grid];
+    if index >= covers.len() || sub == 0 {
+        return out;
+    }
+    let step = 1.0 / (grid * sub) as f32;
+    for (cell, v) in out.iter_mut().enumerate() {
+        let (cx, cy) = (cell % grid, cell / grid);
+        let mut hits = 0u32;
+        for sy in 0..sub {
+            for sx in 0..sub {
+                let p = [
+                    ((cx * sub + sx) as f32 + 0.5) * step,
+                    ((cy * sub + sy) as f32 + 0.5) * step,
+                ];
+                let seen = covers.iter().rposition(|c| c.contains(p));
+                hits += u32::from(seen == Some(index));
+            }
+        }
+        *v = hits as f32 / (sub * sub) as f32;
+    }
+    out
+}
+
 /// The tight bounding box [x_min, y_min, x_max, y_max] of an object in canvas units.
 pub fn bounding_box(obj: &Object) -> [f32; 4] {
     match polygon(obj) {

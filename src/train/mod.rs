@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod grounding;
 pub mod optim;
 pub mod prefetch;
 pub mod unet;

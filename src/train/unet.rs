@@ -22,13 +22,16 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
+use super::grounding::{grounding_targets, latent_grids, token_loss};
 use super::optim::{clip_grad_norm, ema_update, lr_at, AdamW, AdamWConfig};
 use crate::clip::bundle::ClipBundle;
 use crate::clip::images_tensor;
 use crate::noising::{add_noise_tensor, randn_tensor, velocity_tensor};
 use crate::schedule::NoiseSchedule;
 use crate::schedulers::PredictionType;
+use crate::shapes::scene::Scene;
 use crate::shapes::{render, sample_at, WorldConfig};
+use crate::unet::attention::AttentionRecorder;
 use crate::unet::sample::ddpm_sample;
 use crate::unet::text_encoder;
 use crate::unet::{Parameterization, UNet2DConditionModel, UNetConfig};
@@ -84,6 +87,11 @@ pub struct UNetTrainConfig {
     /// still resume.
     #[serde(default, skip_serializing_if = "is_default_parameterization")]
     pub parameterization: Parameterization,
+    /// Weight of the grounding loss on the cross-attention maps (TokenCompose's token loss,
+    /// [`super::grounding`]): the words naming an object are asked to attend to where it is.
+    /// None: the denoising loss alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grounding_weight: Option<f64>,
 }
 
 fn is_default_parameterization(p: &Parameterization) -> bool {
@@ -110,6 +118,7 @@ impl Default for UNetTrainConfig {
             stop_after: None,
             train_text_encoder: false,
             parameterization: Parameterization::default(),
+            grounding_weight: None,
         }
     }
 }
@@ -147,6 +156,8 @@ pub struct UNetTrainReport {
 pub struct UNetStepStats {
     pub step: usize,
     pub loss: f64,
+    /// The grounding loss (before its weight), when it is on.
+    pub token_loss: Option<f64>,
     pub lr: f64,
 }
 
@@ -155,6 +166,8 @@ pub struct LatentDataset {
     /// (N, 4, h, w), already multiplied by the VAE's scaling factor.
     pub latents: Tensor,
     pub captions: Vec<String>,
+    /// The scenes the latents were drawn from (where each object is, for the grounding loss).
+    pub scenes: Vec<Scene>,
 }
 
 /// Encodes samples `0..n` of `seed` with the VAE (the mean of q(z | x), times the scaling
@@ -200,10 +213,17 @@ pub fn latent_dataset_of(
                 loaded.metadata.get("captions"),
             ) {
                 if let Ok(captions) = serde_json::from_str::<Vec<String>>(caps) {
-                    return Ok(LatentDataset {
-                        latents: latents.clone(),
-                        captions,
-                    });
+                    // Scenes are cheap to draw again (no rendering); the captions say whether
+                    // they are the same ones.
+                    let samples: Vec<_> =
+                        (0..n).map(|i| sample_at(world, seed, i as u64)).collect();
+                    if samples.iter().zip(&captions).all(|(s, c)| s.caption == *c) {
+                        return Ok(LatentDataset {
+                            latents: latents.clone(),
+                            captions,
+                            scenes: samples.into_iter().map(|s| s.scene).collect(),
+                        });
+                    }
                 }
             }
         }
@@ -211,6 +231,7 @@ pub fn latent_dataset_of(
     let size = vae.config.sample_size as u32;
     let mut parts = Vec::new();
     let mut captions = Vec::with_capacity(n);
+    let mut scenes = Vec::with_capacity(n);
     for start in (0..n).step_by(100) {
         let samples: Vec<_> = (start..(start + 100).min(n))
             .map(|i| sample_at(world, seed, i as u64))
@@ -218,7 +239,10 @@ pub fn latent_dataset_of(
         let images: Vec<_> = samples.iter().map(|s| render(&s.scene, size)).collect();
         let x = images_tensor(&images, &Device::Cpu)?;
         parts.push((vae.encode(&x)?.mode() * vae.config.scaling_factor)?.detach()); // (100, 4, h, w)
-        captions.extend(samples.into_iter().map(|s| s.caption));
+        for s in samples {
+            captions.push(s.caption);
+            scenes.push(s.scene);
+        }
     }
     let latents = Tensor::cat(&parts, 0)?;
     if let Some(path) = cache {
@@ -231,7 +255,11 @@ pub fn latent_dataset_of(
         ]);
         weights::save(path, &[("latents".to_string(), latents.clone())], &meta)?;
     }
-    Ok(LatentDataset { latents, captions })
+    Ok(LatentDataset {
+        latents,
+        captions,
+        scenes,
+    })
 }
 
 /// The EMA of every variable, in `sorted_vars` order.
@@ -354,6 +382,7 @@ pub fn train_unet(
     }
     let started = Instant::now();
     let mut last_loss = f64::NAN;
+    let mut last_token_loss = f64::NAN;
     let mut buckets = vec![(0f64, 0usize); T_BUCKETS];
     let mut recent = buckets.clone();
     let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
@@ -390,8 +419,27 @@ pub fn train_unet(
             cfg.batch_size,
             &dev,
         )?;
-        // 3. Predict the noise (or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0).
-        let out = unet.forward(&x_t, &t, &context, None)?; // (B, 4, 8, 8)
+        // 3. Predict the noise (or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0), keeping
+        // the cross-attention maps when the grounding loss needs them.
+        let grounding = match cfg.grounding_weight {
+            Some(w) if w > 0.0 => {
+                let scenes: Vec<&Scene> = idx.iter().map(|&i| &data.scenes[i as usize]).collect();
+                grounding_targets(
+                    &clip.tokenizer,
+                    &captions,
+                    &scenes,
+                    &latent_grids(model_config),
+                    context.dim(1)?,
+                    &dev,
+                )?
+                .map(|g| (w, g))
+            }
+            _ => None,
+        };
+        let rec = grounding
+            .as_ref()
+            .map(|_| AttentionRecorder::cross_with_graph());
+        let out = unet.forward(&x_t, &t, &context, rec.as_ref())?; // (B, 4, 8, 8)
         let target = match param.prediction_type {
             PredictionType::Epsilon => eps.clone(),
             PredictionType::VPrediction => velocity_tensor(&schedule, &x0, &eps, &ts)?,
@@ -409,6 +457,14 @@ pub fn train_unet(
             }
             None => loss.clone(),
         };
+        let objective = match (&grounding, &rec) {
+            (Some((w, targets)), Some(rec)) => {
+                let l = token_loss(&rec.take(), targets)?;
+                last_token_loss = f64::from(l.to_scalar::<f32>()?);
+                (objective + (l * *w)?)?
+            }
+            _ => objective,
+        };
         // 5. Update: gradients, clipping, AdamW, then the EMA.
         let mut grads = objective.backward()?;
         clip_grad_norm(&mut grads, &plain, cfg.max_grad_norm)?;
@@ -425,6 +481,7 @@ pub fn train_unet(
         if !on_step(&UNetStepStats {
             step: step + 1,
             loss: last_loss,
+            token_loss: grounding.is_some().then_some(last_token_loss),
             lr,
         }) {
             save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;

@@ -24,7 +24,8 @@ pub struct AttentionMap {
     /// Latent height and width of the queries (positions are row-major over them).
     pub height: usize,
     pub width: usize,
-    /// softmax(Q K^T / sqrt(d)): (B, heads, H*W, keys), detached from the graph.
+    /// softmax(Q K^T / sqrt(d)): (B, heads, H*W, keys), detached from the graph unless the
+    /// recorder keeps it (`keep_graph`).
     pub probs: Tensor,
 }
 
@@ -79,6 +80,11 @@ impl Injection {
 pub struct AttentionRecorder {
     pub record: bool,
     pub self_attention: bool,
+    /// Record the cross-attention probabilities *with* their graph, so a loss on them trains
+    /// `to_q`, `to_k` and everything below (the grounding loss, `train::grounding`); the layer's
+    /// output still comes from the fused kernel. Only with no edits (no re-weighting, no
+    /// injection).
+    pub keep_graph: bool,
     pub reweight: Option<Reweight>,
     pub inject: Option<Injection>,
     pub maps: RefCell<Vec<AttentionMap>>,
@@ -89,6 +95,7 @@ impl Default for AttentionRecorder {
         Self {
             record: true,
             self_attention: false,
+            keep_graph: false,
             reweight: None,
             inject: None,
             maps: RefCell::new(Vec::new()),
@@ -100,6 +107,14 @@ impl AttentionRecorder {
     /// A recorder for cross-attention maps.
     pub fn cross() -> Self {
         Self::default()
+    }
+
+    /// A recorder for cross-attention maps that keep their graph (see `keep_graph`).
+    pub fn cross_with_graph() -> Self {
+        Self {
+            keep_graph: true,
+            ..Self::default()
+        }
     }
 
     /// No recording, only the re-weighting.
@@ -164,24 +179,39 @@ impl Attention {
         let (b, n, c) = x.dims3()?;
         let d = c / self.heads;
         let kv_src = context.unwrap_or(x);
-        if rec.is_none() {
-            // Nothing to record or change in the maps: the fused kernel, which never
-            // materialises them (`nn::attention`). Same formula as below.
-            let out = fused_attention(
-                &self.to_q.forward(x)?,      // (B, N, C)
-                &self.to_k.forward(kv_src)?, // (B, T, C)
-                &self.to_v.forward(kv_src)?, // (B, T, C)
-                self.heads,
-                (d as f64).powf(-0.5),
-            )?; // (B, N, C)
-            return self.to_out.forward(&out);
-        }
         let t = kv_src.dim(1)?;
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
             y.reshape((b, len, self.heads, d))?
                 .transpose(1, 2)?
                 .contiguous() // (B, heads, len, d)
         };
+        let graph = rec.filter(|r| r.keep_graph && r.inject.is_none() && r.reweight.is_none());
+        if rec.is_none() || graph.is_some() {
+            // Nothing to change in the maps: the fused kernel, which never materialises them
+            // (`nn::attention`). Same formula as below.
+            let (q, k) = (self.to_q.forward(x)?, self.to_k.forward(kv_src)?); // (B, N, C), (B, T, C)
+            let out = fused_attention(
+                &q,
+                &k,
+                &self.to_v.forward(kv_src)?, // (B, T, C)
+                self.heads,
+                (d as f64).powf(-0.5),
+            )?; // (B, N, C)
+            if let (Some(rec), Some(_)) = (graph, context) {
+                // The same probabilities again, with differentiable ops (`ops::softmax` keeps
+                // the gradient; `softmax_last_dim` would cut it).
+                let q = split((q * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
+                let k = split(k, t)?; // (B, h, T, d)
+                let scores = q.matmul(&k.t()?.contiguous()?)?; // (B, h, N, T)
+                rec.maps.borrow_mut().push(AttentionMap {
+                    name: self.name.clone(),
+                    height: hw.0,
+                    width: hw.1,
+                    probs: candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?,
+                });
+            }
+            return self.to_out.forward(&out);
+        }
         let q = split((self.to_q.forward(x)? * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
         let k = split(self.to_k.forward(kv_src)?, t)?; // (B, h, T, d)
         let v = split(self.to_v.forward(kv_src)?, t)?; // (B, h, T, d)

@@ -1,0 +1,155 @@
+//! A grounding loss on the cross-attention maps, after TokenCompose (Wang et al. 2024,
+//! "TokenCompose: Text-to-Image Diffusion with Token-level Supervision"): the words that name
+//! an object ("large", "red", "circle") should look at that object. Shapes World knows where
+//! every object is, so each such token gets a target region, the object's visible coverage of
+//! every latent cell, and the loss asks for the token's attention to fall inside it:
+//!
+//! ```text
+//! A_l(u)  = mean over heads of P_l[u, token]        (P_l = softmax(Q K^T / sqrt(d)) of layer l)
+//! inside  = sum_u A_l(u) M(u) / sum_u A_l(u)        (M = the object's coverage at layer l's grid)
+//! L_token = mean over layers l and grounded tokens of (1 - inside)^2
+//! ```
+//!
+//! It is added to the denoising loss with a small weight. Without it the maps are only a side
+//! effect of denoising, and chapter 5 measures how often a colour word's map actually lands on
+//! its object.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+
+use crate::shapes::caption::parse_claim;
+use crate::shapes::render::object_coverage;
+use crate::shapes::scene::Scene;
+use crate::text::tokenizer::ClipTokenizer;
+use crate::unet::attention::AttentionMap;
+use crate::unet::UNetConfig;
+use crate::{Error, Result};
+
+/// For each object a caption names, the token positions of its words (size, colour, shape or
+/// "shape"), in the caption's CLIP encoding: `(object index, token index)`. The caption's
+/// objects are the scene's, in order ([`crate::shapes::caption::Claim::text`]); a word cut off
+/// by the context length is left out.
+pub fn object_tokens(tokenizer: &ClipTokenizer, caption: &str) -> Result<Vec<(usize, usize)>> {
+    let Some(claim) = parse_claim(caption) else {
+        return Ok(Vec::new());
+    };
+    let enc = tokenizer.encode(caption)?;
+    let mut cursor = 1; // after the start token
+    let mut found = Vec::new();
+    for (i, obj) in claim.objects.iter().enumerate() {
+        let words = [
+            obj.size.map(|s| s.word()),
+            obj.color.map(|c| c.word()),
+            Some(obj.shape.map_or("shape", |s| s.word())),
+        ];
+        for w in words.into_iter().flatten() {
+            let piece = format!("{w}</w>");
+            if let Some(p) = (cursor..enc.eot_index).find(|&p| enc.tokens[p] == piece) {
+                found.push((i, p));
+                cursor = p + 1;
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The targets of one batch: per latent grid side `g`, `masks[g]` (B, g*g, T) holds each
+/// grounded token's object coverage (zero elsewhere), and `selected` (B, T) is 1 where a token
+/// is grounded.
+pub struct GroundingTargets {
+    pub masks: HashMap<usize, Tensor>,
+    pub selected: Tensor,
+    pub count: usize,
+}
+
+/// Targets for a batch of `captions` describing `scenes` (an empty caption grounds nothing), at
+/// the latent grid sides `grids`, for `tokens` context positions. None when no token is
+/// grounded.
+pub fn grounding_targets(
+    tokenizer: &ClipTokenizer,
+    captions: &[String],
+    scenes: &[&Scene],
+    grids: &[usize],
+    tokens: usize,
+    dev: &Device,
+) -> Result<Option<GroundingTargets>> {
+    let b = captions.len();
+    let per_sample: Vec<Vec<(usize, usize)>> = captions
+        .iter()
+        .map(|c| object_tokens(tokenizer, c))
+        .collect::<Result<_>>()?;
+    let count: usize = per_sample.iter().map(Vec::len).sum();
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut selected = vec![0f32; b * tokens];
+    for (i, toks) in per_sample.iter().enumerate() {
+        for &(_, p) in toks {
+            selected[i * tokens + p] = 1.0;
+        }
+    }
+    let mut masks = HashMap::new();
+    for &g in grids {
+        let hw = g * g;
+        let mut m = vec![0f32; b * hw * tokens];
+        for (i, toks) in per_sample.iter().enumerate() {
+            let mut cover: HashMap<usize, Vec<f32>> = HashMap::new();
+            for &(obj, p) in toks {
+                // Sub-samples so that a cell is judged from about 64 x 64 points per canvas.
+                let c = cover
+                    .entry(obj)
+                    .or_insert_with(|| object_coverage(scenes[i], obj, g, (64 / g).max(1)));
+                for (u, &v) in c.iter().enumerate() {
+                    m[(i * hw + u) * tokens + p] = v;
+                }
+            }
+        }
+        masks.insert(g, Tensor::from_vec(m, (b, hw, tokens), dev)?);
+    }
+    Ok(Some(GroundingTargets {
+        masks,
+        selected: Tensor::from_vec(selected, (b, tokens), dev)?,
+        count,
+    }))
+}
+
+/// `L_token` (see the module docs) over the recorded cross-attention `maps` of a batch: the
+/// mean over layers and grounded tokens of `(1 - inside)^2`. Layers whose grid has no target
+/// are skipped.
+pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<Tensor> {
+    let mut per_layer = Vec::new();
+    for map in maps {
+        let Some(m) = targets
+            .masks
+            .get(&map.height)
+            .filter(|_| map.height == map.width)
+        else {
+            continue;
+        };
+        let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
+        let total = a.sum(1)?; // (B, T)
+        let inside = (a * m)?.sum(1)?.div(&(total + 1e-8)?)?; // (B, T)
+        let miss = (1.0 - inside)?.sqr()?; // (B, T)
+        per_layer.push(((miss * &targets.selected)?.sum_all()? / targets.count as f64)?);
+    }
+    if per_layer.is_empty() {
+        return Err(Error::InvalidSetting {
+            what: "grounding loss".into(),
+            reason: "no cross-attention map on a grid the grounding targets cover; \
+                     train a UNet with cross-attention"
+                .into(),
+        });
+    }
+    let n = per_layer.len() as f64;
+    Ok((Tensor::stack(&per_layer, 0)?.sum_all()? / n)?)
+}
+
+/// The side of the latent grid at each level of a UNet (`sample_size`, then halved per level):
+/// the grids its cross-attention layers see.
+pub fn latent_grids(cfg: &UNetConfig) -> Vec<usize> {
+    (0..cfg.block_out_channels.len())
+        .map(|level| cfg.sample_size >> level)
+        .filter(|&g| g > 0)
+        .collect()
+}
