@@ -16,19 +16,31 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+use candle_core::{Device, Tensor};
 use clap::Parser;
+use inkdrop::noising::{add_noise_tensor, randn_tensor};
 use inkdrop::pipeline::attention::{
     overlay, peak_on_color, token_heatmaps, word_swap, MapSelection,
 };
 use inkdrop::pipeline::eval::default_prompts;
 use inkdrop::pipeline::{GenerateRequest, Generation, TextToImage};
 use inkdrop::shapes::caption::parse_claim;
+use inkdrop::shapes::render::object_coverage;
+use inkdrop::shapes::scene::Scene;
+use inkdrop::shapes::{render, WorldConfig};
 use inkdrop::support::files::{chapter_out_dir, write_atomic};
 use inkdrop::support::grid::{labelled_grid, Tile};
 use inkdrop::support::image_io::{enlarge, save_png};
 use inkdrop::support::notebook::Notebook;
 use inkdrop::support::table::Table;
 use inkdrop::support::{run_main, DEFAULT_SEED};
+use inkdrop::train::grounding::{
+    grounding_targets, inside_shares, latent_grids, object_tokens, uniform_share,
+};
+use inkdrop::train::unet::latent_dataset_of;
+use inkdrop::unet::attention::AttentionRecorder;
+use inkdrop::vae::eval::HELD_OUT_SEED;
 use ndarray::{array, Array2, Axis};
 
 /// Chapter 5 of inkdrop: cross-attention, as a notebook in the terminal.
@@ -347,6 +359,87 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("{text}");
     write_md("localisation.md", &text)?;
+
+    // ---------------------------------------------------------------------------------------
+    nb.cell("Where each word should look, and where it does");
+    // 64 two-object pictures the UNet never trained on, their captions, and their scenes.
+    let world = WorldConfig {
+        p_two_objects: 1.0,
+        ..WorldConfig::default()
+    };
+    let data = latent_dataset_of(&pipe.vae.vae, &world, HELD_OUT_SEED, 64, None)?;
+    let scenes: Vec<&Scene> = data.scenes.iter().collect();
+    // ANCHOR: grounding
+    let grids = latent_grids(cfg); //                                        [8, 4]
+    let targets = grounding_targets(
+        &pipe.clip.tokenizer,
+        &data.captions,
+        &scenes,
+        &grids,
+        enc.ids.len(),
+        &Device::Cpu,
+    )?
+    .context("the held-out captions name no object")?; // masks[g]: (64, g*g, 16)
+    let context = pipe
+        .unet
+        .encoder_hidden_states(&pipe.clip, &data.captions)?; // (64, 16, W)
+    let schedule = pipe.unet.schedule()?;
+    let mut rng = inkdrop::support::seeded_rng(args.seed);
+    let noise = randn_tensor(data.latents.dims(), &mut rng, &Device::Cpu)?; // (64, 4, 8, 8)
+    let mut shares = Vec::new();
+    for t in [100usize, 500, 900] {
+        let x_t = add_noise_tensor(&schedule, &data.latents, &noise, &[t; 64])?; // (64, 4, 8, 8)
+        let rec = AttentionRecorder::cross();
+        let tt = Tensor::from_vec(vec![t as f32; 64], 64, &Device::Cpu)?;
+        pipe.unet.unet.forward(&x_t, &tt, &context, Some(&rec))?;
+        shares.push(inside_shares(&rec.take(), &targets)?); // per layer: mean share inside
+    }
+    // ANCHOR_END: grounding
+    let mut table = Table::new([
+        "cross-attention layer",
+        "grid",
+        "t = 100",
+        "t = 500",
+        "t = 900",
+        "spread evenly",
+    ]);
+    for (i, (name, g, _)) in shares[0].iter().enumerate() {
+        let mut row = vec![
+            name.trim_end_matches(".transformer_blocks.0.attn2")
+                .to_string(),
+            format!("{g}x{g}"),
+        ];
+        row.extend(shares.iter().map(|s| format!("{:.0}%", 100.0 * s[i].2)));
+        row.push(format!("{:.0}%", 100.0 * uniform_share(&targets, *g)?));
+        table.row(row);
+    }
+    println!("{table}\n");
+    write_md("grounding.md", &table.to_markdown())?;
+    // The targets of the first picture's words, drawn over it.
+    let first = &render(scenes[0], 32);
+    let e0 = pipe.clip.tokenizer.encode(&data.captions[0])?;
+    let mut tiles = Vec::new();
+    for (obj, tok) in object_tokens(&pipe.clip.tokenizer, &data.captions[0])? {
+        let word = e0.tokens[tok].trim_end_matches("</w>").to_string();
+        for &g in &grids {
+            let cover = object_coverage(scenes[0], obj, g, 64 / g);
+            let up: Vec<f32> = (0..32 * 32)
+                .map(|p| cover[(p / 32 * g / 32) * g + (p % 32) * g / 32])
+                .collect();
+            tiles.push(Tile {
+                image: overlay(first, &up, 32, 4),
+                caption: vec![format!("\"{word}\", {g}x{g}")],
+            });
+        }
+    }
+    save_png(
+        &labelled_grid(
+            &tiles,
+            2 * grids.len(),
+            Some(&format!("\"{}\"", data.captions[0])),
+        )?,
+        &out.join("grounding.png"),
+    )?;
 
     // ---------------------------------------------------------------------------------------
     nb.cell("Turning one word down and up");

@@ -394,7 +394,9 @@ mod training {
 
     #[test]
     fn the_grounding_loss_is_small_on_the_object_and_large_off_it() {
-        use inkdrop::train::grounding::{grounding_targets, token_loss};
+        use inkdrop::train::grounding::{
+            grounding_targets, inside_shares, token_loss, uniform_share,
+        };
         use inkdrop::unet::attention::AttentionMap;
         let tok = clip().tokenizer;
         let world = WorldConfig {
@@ -460,13 +462,21 @@ mod training {
         );
         // Uniform attention: each token's share inside is its object's share of the grid.
         let uniform = Tensor::full(1f32 / 16.0, (1, 1, 64, 16), &dev).unwrap();
-        let l = token_loss(&[map(uniform)], &t)
+        let l = token_loss(&[map(uniform.clone())], &t)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
         let share: Vec<f32> = m.sum(1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let want = expect(&|i| share[i] / 64.0);
         assert!((l - want).abs() < 1e-5, "uniform: {l} vs {want}");
+        // The share inside, per layer, is what the loss squares; spread evenly it is the
+        // objects' mean share of the grid.
+        let shares = inside_shares(&[map(uniform.clone())], &t).unwrap();
+        let even = uniform_share(&t, 8).unwrap();
+        assert_eq!(shares.len(), 1);
+        assert_eq!(shares[0].1, 8);
+        assert!((shares[0].2 - even).abs() < 1e-5, "{shares:?} vs {even}");
+        assert!(even > 0.0 && even < 0.5);
         assert!(
             l > 0.5,
             "small objects: most uniform attention is off them ({l})"

@@ -114,24 +114,31 @@ pub fn grounding_targets(
     }))
 }
 
+/// `inside` (B, T) for one recorded map: the share of each token's attention (mean over heads)
+/// that falls inside its target region; None when `targets` have no grid of the map's size.
+fn inside(map: &AttentionMap, targets: &GroundingTargets) -> Result<Option<Tensor>> {
+    let Some(m) = targets
+        .masks
+        .get(&map.height)
+        .filter(|_| map.height == map.width)
+    else {
+        return Ok(None);
+    };
+    let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
+    let total = a.sum(1)?; // (B, T)
+    Ok(Some((a * m)?.sum(1)?.div(&(total + 1e-8)?)?)) // (B, T)
+}
+
 /// `L_token` (see the module docs) over the recorded cross-attention `maps` of a batch: the
 /// mean over layers and grounded tokens of `(1 - inside)^2`. Layers whose grid has no target
 /// are skipped.
 pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<Tensor> {
     let mut per_layer = Vec::new();
     for map in maps {
-        let Some(m) = targets
-            .masks
-            .get(&map.height)
-            .filter(|_| map.height == map.width)
-        else {
-            continue;
-        };
-        let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
-        let total = a.sum(1)?; // (B, T)
-        let inside = (a * m)?.sum(1)?.div(&(total + 1e-8)?)?; // (B, T)
-        let miss = (1.0 - inside)?.sqr()?; // (B, T)
-        per_layer.push(((miss * &targets.selected)?.sum_all()? / targets.count as f64)?);
+        if let Some(inside) = inside(map, targets)? {
+            let miss = (1.0 - inside)?.sqr()?; // (B, T)
+            per_layer.push(((miss * &targets.selected)?.sum_all()? / targets.count as f64)?);
+        }
     }
     if per_layer.is_empty() {
         return Err(Error::InvalidSetting {
@@ -143,6 +150,39 @@ pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<T
     }
     let n = per_layer.len() as f64;
     Ok((Tensor::stack(&per_layer, 0)?.sum_all()? / n)?)
+}
+
+/// Per recorded layer (name, grid side, mean `inside` over the grounded tokens): how much of a
+/// word's attention lands on its own object, the number [`token_loss`] pushes toward 1.
+pub fn inside_shares(
+    maps: &[AttentionMap],
+    targets: &GroundingTargets,
+) -> Result<Vec<(String, usize, f64)>> {
+    let mut out = Vec::new();
+    for map in maps {
+        if let Some(inside) = inside(map, targets)? {
+            let sum = (inside * &targets.selected)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            out.push((
+                map.name.clone(),
+                map.height,
+                f64::from(sum) / targets.count as f64,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The `inside` that attention spread evenly over the grid would score at grid side `g`: the
+/// mean over grounded tokens of their object's share of the grid.
+pub fn uniform_share(targets: &GroundingTargets, g: usize) -> Result<f64> {
+    let Some(m) = targets.masks.get(&g) else {
+        return Ok(f64::NAN);
+    };
+    let area = (m.sum(1)? / (g * g) as f64)?; // (B, T)
+    let sum = (area * &targets.selected)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(f64::from(sum) / targets.count as f64)
 }
 
 /// The side of the latent grid at each level of a UNet (`sample_size`, then halved per level):
