@@ -376,7 +376,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         &data.captions,
         &scenes,
         &grids,
-        enc.ids.len(),
+        pipe.clip.tokenizer.context_length, //                                 16 tokens
         &Device::Cpu,
     )?
     .context("the held-out captions name no object")?; // masks[g]: (64, g*g, 16)
