@@ -422,12 +422,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     for (obj, tok) in object_tokens(&pipe.clip.tokenizer, &data.captions[0])? {
         let word = e0.tokens[tok].trim_end_matches("</w>").to_string();
         for &g in &grids {
-            let cover = object_coverage(scenes[0], obj, g, 64 / g);
-            let up: Vec<f32> = (0..32 * 32)
-                .map(|p| cover[(p / 32 * g / 32) * g + (p % 32) * g / 32])
-                .collect();
+            let cover = object_coverage(scenes[0], obj, g, 64 / g); // (g * g)
             tiles.push(Tile {
-                image: overlay(first, &up, 32, 4),
+                image: overlay(first, &cover, g, 4), // each cell drawn as a block
                 caption: vec![format!("\"{word}\", {g}x{g}")],
             });
         }

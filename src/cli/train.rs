@@ -829,7 +829,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses a probability (0 to 1) for a command-line option.
+/// Parses a weight (a finite number, 0 or more) for a command-line option.
 fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
@@ -837,6 +837,7 @@ fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Parses a probability (0 to 1) for a command-line option.
 fn probability(s: &str) -> Result<f64, String> {
     let p: f64 = s
         .parse()

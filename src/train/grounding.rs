@@ -148,8 +148,7 @@ pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<T
                 .into(),
         });
     }
-    let n = per_layer.len() as f64;
-    Ok((Tensor::stack(&per_layer, 0)?.sum_all()? / n)?)
+    Ok(Tensor::stack(&per_layer, 0)?.mean_all()?)
 }
 
 /// Per recorded layer (name, grid side, mean `inside` over the grounded tokens): how much of a

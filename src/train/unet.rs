@@ -382,7 +382,7 @@ pub fn train_unet(
     }
     let started = Instant::now();
     let mut last_loss = f64::NAN;
-    let mut last_token_loss = f64::NAN;
+    let grids = latent_grids(model_config);
     let mut buckets = vec![(0f64, 0usize); T_BUCKETS];
     let mut recent = buckets.clone();
     let end = cfg.stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
@@ -428,7 +428,7 @@ pub fn train_unet(
                     &clip.tokenizer,
                     &captions,
                     &scenes,
-                    &latent_grids(model_config),
+                    &grids,
                     context.dim(1)?,
                     &dev,
                 )?
@@ -457,13 +457,13 @@ pub fn train_unet(
             }
             None => loss.clone(),
         };
-        let objective = match (&grounding, &rec) {
+        let (objective, grounding_loss) = match (&grounding, &rec) {
             (Some((w, targets)), Some(rec)) => {
                 let l = token_loss(&rec.take(), targets)?;
-                last_token_loss = f64::from(l.to_scalar::<f32>()?);
-                (objective + (l * *w)?)?
+                let value = f64::from(l.to_scalar::<f32>()?);
+                ((objective + (l * *w)?)?, Some(value))
             }
-            _ => objective,
+            _ => (objective, None),
         };
         // 5. Update: gradients, clipping, AdamW, then the EMA.
         let mut grads = objective.backward()?;
@@ -481,7 +481,7 @@ pub fn train_unet(
         if !on_step(&UNetStepStats {
             step: step + 1,
             loss: last_loss,
-            token_loss: grounding.is_some().then_some(last_token_loss),
+            token_loss: grounding_loss,
             lr,
         }) {
             save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;

@@ -180,10 +180,21 @@ impl Attention {
         let d = c / self.heads;
         let kv_src = context.unwrap_or(x);
         let t = kv_src.dim(1)?;
+        let scale = (d as f64).powf(-0.5);
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
             y.reshape((b, len, self.heads, d))?
                 .transpose(1, 2)?
                 .contiguous() // (B, heads, len, d)
+        };
+        // Q K^T / sqrt(d) per head, from the projections q (B, N, C) and k (B, T, C).
+        let scores = |q: Tensor, k: Tensor| -> Result<Tensor> {
+            split((q * scale)?, n)?.matmul(&split(k, t)?.t()?.contiguous()?) // (B, h, N, T)
+        };
+        let map = |probs: Tensor| AttentionMap {
+            name: self.name.clone(),
+            height: hw.0,
+            width: hw.1,
+            probs,
         };
         let graph = rec.filter(|r| r.keep_graph && r.inject.is_none() && r.reweight.is_none());
         if rec.is_none() || graph.is_some() {
@@ -195,27 +206,19 @@ impl Attention {
                 &k,
                 &self.to_v.forward(kv_src)?, // (B, T, C)
                 self.heads,
-                (d as f64).powf(-0.5),
+                scale,
             )?; // (B, N, C)
             if let (Some(rec), Some(_)) = (graph, context) {
                 // The same probabilities again, with differentiable ops (`ops::softmax` keeps
                 // the gradient; `softmax_last_dim` would cut it).
-                let q = split((q * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
-                let k = split(k, t)?; // (B, h, T, d)
-                let scores = q.matmul(&k.t()?.contiguous()?)?; // (B, h, N, T)
-                rec.maps.borrow_mut().push(AttentionMap {
-                    name: self.name.clone(),
-                    height: hw.0,
-                    width: hw.1,
-                    probs: candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?,
-                });
+                let probs = candle_nn::ops::softmax(&scores(q, k)?, candle_core::D::Minus1)?;
+                rec.maps.borrow_mut().push(map(probs)); // (B, h, N, T)
             }
             return self.to_out.forward(&out);
         }
-        let q = split((self.to_q.forward(x)? * (d as f64).powf(-0.5))?, n)?; // (B, h, N, d)
-        let k = split(self.to_k.forward(kv_src)?, t)?; // (B, h, T, d)
         let v = split(self.to_v.forward(kv_src)?, t)?; // (B, h, T, d)
-        let mut probs = softmax_last_dim(&q.matmul(&k.t()?.contiguous()?)?)?; // (B, h, N, T)
+        let qk = scores(self.to_q.forward(x)?, self.to_k.forward(kv_src)?)?; // (B, h, N, T)
+        let mut probs = softmax_last_dim(&qk)?; // (B, h, N, T)
         if let (Some(inj), Some(_)) = (rec.and_then(|r| r.inject.as_ref()), context) {
             probs = replace_rows(&probs, inj.rows.0, inj.next_map(&self.name)?)?;
         }
@@ -224,12 +227,7 @@ impl Attention {
         }
         if let Some(rec) = rec.filter(|r| r.record) {
             if context.is_some() || rec.self_attention {
-                rec.maps.borrow_mut().push(AttentionMap {
-                    name: self.name.clone(),
-                    height: hw.0,
-                    width: hw.1,
-                    probs: probs.detach(),
-                });
+                rec.maps.borrow_mut().push(map(probs.detach()));
             }
         }
         let out = probs
