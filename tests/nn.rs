@@ -224,3 +224,61 @@ fn geglu_matches_the_composed_op_values_and_gradients() {
         );
     }
 }
+
+/// The kernels run compiled for AVX-512 or AVX2 where the CPU has them
+/// (`fastmath::wide_kernels`); the same seed must still give the same bytes on every machine.
+/// Plain loops in this test binary (compiled for baseline x86-64) with the same formulas must
+/// give exactly the same bits.
+#[test]
+fn wide_kernels_give_the_same_bits_as_plain_loops() {
+    use inkdrop::nn::fastmath::{exp, sigmoid, sum, sum_map};
+    // Softmax over rows of 37 (a tail after two blocks of 16 lanes).
+    let x = (rand(&[5, 37], 3) * 4.0).unwrap();
+    let ours: Vec<f32> = softmax_last_dim(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let rows: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+    let mut plain = Vec::new();
+    for row in rows.chunks(37) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut e: Vec<f32> = row.iter().map(|&v| exp(v - max)).collect();
+        let inv = 1.0 / sum(&e);
+        e.iter_mut().for_each(|v| *v *= inv);
+        plain.extend(e);
+    }
+    assert_eq!(ours, plain, "softmax");
+    // GroupNorm + SiLU: 2 samples, 6 channels in 3 groups, 5x7 pixels.
+    let x = (rand(&[2, 6, 5, 7], 4) * 2.0).unwrap();
+    let gamma = rand(&[6], 5);
+    let beta = rand(&[6], 6);
+    let ours: Vec<f32> = inkdrop::nn::group_norm(&x, &gamma, &beta, 3, 1e-5, true)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (xs, g, b): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+        x.flatten_all().unwrap().to_vec1().unwrap(),
+        gamma.to_vec1().unwrap(),
+        beta.to_vec1().unwrap(),
+    );
+    let mut plain = Vec::new();
+    for (i, seg) in xs.chunks(2 * 35).enumerate() {
+        let mean = sum(seg) / seg.len() as f32;
+        let var = sum_map(seg, |v| (v - mean) * (v - mean)) / seg.len() as f32;
+        let rstd = 1.0 / (var + 1e-5f32).sqrt();
+        for (j, xc) in seg.chunks(35).enumerate() {
+            let c = (i % 3) * 2 + j;
+            let scale = rstd * g[c];
+            let shift = b[c] - mean * scale;
+            plain.extend(xc.iter().map(|&v| {
+                let z = v * scale + shift;
+                z * sigmoid(z)
+            }));
+        }
+    }
+    assert_eq!(ours, plain, "group norm");
+}

@@ -14,7 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, T
 use rayon::prelude::*;
 
 use super::gemm::{sgemm_serial, MatRef};
-use super::ops::{contiguous_f32, softmax_row, softmax_row_backward};
+use super::ops::{contiguous_f32, softmax_rows, softmax_rows_backward};
 
 /// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`
 /// and must be positive (the row maximum is taken before scaling).
@@ -110,8 +110,7 @@ fn probs(q: &[f32], k: &[f32], dm: Dims, bi: usize, hi: usize, scale: f32, p: &m
     let qh = dm.head(q, dm.n, bi, hi); // (N, d)
     let kh = dm.head(k, dm.t, bi, hi); // (T, d)
     sgemm_serial(qh, kh.t(), p, false); // (N, T)
-    p.chunks_exact_mut(dm.t)
-        .for_each(|row| softmax_row(row, scale));
+    softmax_rows(p, dm.t, scale);
 }
 
 /// The f32 data of a contiguous CPU tensor's storage (backward-pass inputs, read in place).
@@ -203,9 +202,7 @@ impl CustomOp3 for FusedAttention {
                 let p_mat = MatRef::row_major(p, n, t);
                 sgemm_serial(p_mat.t(), gh, dv, false); // dV = P^T G: (T, d)
                 sgemm_serial(gh, dm.head(vd, t, bi, hi).t(), dp, false); // dP = G V^T: (N, T)
-                for (pr, dpr) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)) {
-                    softmax_row_backward(pr, dpr, self.scale); // scale * dS
-                }
+                softmax_rows_backward(p, dp, t, self.scale); // scale * dS
                 let ds = MatRef::row_major(dp, n, t);
                 sgemm_serial(ds, dm.head(kd, t, bi, hi), dq, false); // dQ: (N, d)
                 sgemm_serial(ds.t(), dm.head(qd, n, bi, hi), dk, false); // dK: (T, d)

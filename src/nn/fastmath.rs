@@ -97,6 +97,29 @@ pub fn max(xs: &[f32]) -> f32 {
     acc.iter().copied().fold(tail, f32::max)
 }
 
+/// Compiles each function inside for AVX-512 and for AVX2 besides baseline x86-64, and picks
+/// the widest the CPU has on each call (the `multiversion` crate; a cached feature test).
+///
+/// The crate is built for baseline x86-64 (SSE2: 4 lanes of f32), so that one build runs on any
+/// x86-64 machine; the matrix products already choose their kernels at run time (the `gemm`
+/// crate). Our element-wise loops get the same here, with 16 lanes (or 8) instead of 4. The
+/// arithmetic is the same operations in the same order (Rust never fuses a multiply and an add
+/// on its own, and the reductions above keep 16 fixed partial sums), so every path gives the
+/// same bits. Functions called from a kernel should be `#[inline(always)]`, so that they are
+/// compiled into each version.
+macro_rules! wide_kernels {
+    ($($item:item)*) => {
+        $(
+            #[multiversion::multiversion(targets(
+                "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma",
+                "x86_64+avx2+fma",
+            ))]
+            $item
+        )*
+    };
+}
+pub(crate) use wide_kernels;
+
 #[cfg(test)]
 mod tests {
     #[test]

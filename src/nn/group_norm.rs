@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::ops::contiguous_f32;
 
-use super::fastmath::{sigmoid, sum, sum_map, sum_zip};
+use super::fastmath::{sigmoid, sum, sum_map, sum_zip, wide_kernels};
 
 /// Sizes of a (N, C, ...) input split into `groups` groups of channels.
 #[derive(Clone, Copy)]
@@ -47,11 +47,81 @@ impl Groups {
 }
 
 /// Mean and `1 / sqrt(var + eps)` of one group (two passes, for accuracy).
+#[inline(always)]
 fn stats(seg: &[f32], eps: f32) -> (f32, f32) {
     let m = seg.len() as f32;
     let mean = sum(seg) / m;
     let var = sum_map(seg, |v| (v - mean) * (v - mean)) / m;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+wide_kernels! {
+    /// The forward pass over one group of one sample: `xs` holds its `gamma.len()` channels one
+    /// after another, `ys` receives `act((x - mean) * rstd * gamma_c + beta_c)`.
+    fn forward_group(ys: &mut [f32], xs: &[f32], gamma: &[f32], beta: &[f32], eps: f32, silu: bool) {
+        let (mean, rstd) = stats(xs, eps);
+        let s = xs.len() / gamma.len();
+        for (j, (yc, xc)) in ys.chunks_mut(s).zip(xs.chunks(s)).enumerate() {
+            let scale = rstd * gamma[j];
+            let shift = beta[j] - mean * scale;
+            // Two loops, not one with a branch inside: a branch keeps the loop scalar.
+            let affine = yc
+                .iter_mut()
+                .zip(xc)
+                .map(|(yv, &xv)| (yv, xv * scale + shift));
+            if silu {
+                affine.for_each(|(yv, z)| *yv = z * sigmoid(z));
+            } else {
+                affine.for_each(|(yv, z)| *yv = z);
+            }
+        }
+    }
+
+    /// The backward pass over one group of one sample (see [`GroupNormBackward`]): writes `dx`
+    /// into `dxs` and returns each channel's `(dgamma, dbeta)`.
+    fn backward_group(
+        dxs: &mut [f32],
+        xs: &[f32],
+        dys: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        silu: bool,
+    ) -> Vec<(f32, f32)> {
+        let (mean, rstd) = stats(xs, eps);
+        let cpg = gamma.len();
+        let s = xs.len() / cpg;
+        // Pass 1: dz = dy * act'(z) into dxs, and per channel sum(dz), sum(dz * xhat).
+        let mut sums = vec![(0f32, 0f32); cpg];
+        for j in 0..cpg {
+            let (ga, be) = (gamma[j], beta[j]);
+            let range = j * s..(j + 1) * s;
+            let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range]);
+            if silu {
+                for ((dz, &xv), &g) in dzs.iter_mut().zip(xc).zip(gc) {
+                    let z = (xv - mean) * rstd * ga + be;
+                    let sg = sigmoid(z);
+                    *dz = g * sg * (1.0 + z * (1.0 - sg));
+                }
+            } else {
+                dzs.copy_from_slice(gc);
+            }
+            let sum_dz = sum(dzs);
+            let sum_dz_xhat = sum_zip(dzs, xc, |dz, xv| dz * (xv - mean) * rstd);
+            sums[j] = (sum_dz_xhat, sum_dz);
+        }
+        // Pass 2: with h = dz * gamma, dx = rstd * (h - mean(h) - xhat * mean(h xhat)).
+        let m = xs.len() as f32;
+        let mean_h = (0..cpg).map(|j| gamma[j] * sums[j].1).sum::<f32>() / m;
+        let mean_hx = (0..cpg).map(|j| gamma[j] * sums[j].0).sum::<f32>() / m;
+        for ((dc, xc), &ga) in dxs.chunks_mut(s).zip(xs.chunks(s)).zip(gamma) {
+            for (d, &xv) in dc.iter_mut().zip(xc) {
+                let xhat = (xv - mean) * rstd;
+                *d = rstd * (*d * ga - mean_h - xhat * mean_hx);
+            }
+        }
+        sums
+    }
 }
 
 /// `y = act((x - mean_g) / sqrt(var_g + eps) * gamma_c + beta_c)`, statistics over each group
@@ -85,22 +155,16 @@ impl CustomOp3 for GroupNormOp {
             .zip(x.par_chunks(gs.segment()))
             .enumerate()
             .for_each(|(i, (ys, xs))| {
-                let (mean, rstd) = stats(xs, self.eps);
                 let c0 = (i % gs.groups) * gs.channels_per_group();
-                for (j, (yc, xc)) in ys.chunks_mut(gs.s).zip(xs.chunks(gs.s)).enumerate() {
-                    let scale = rstd * gamma[c0 + j];
-                    let shift = beta[c0 + j] - mean * scale;
-                    // Two loops, not one with a branch inside: a branch keeps the loop scalar.
-                    let affine = yc
-                        .iter_mut()
-                        .zip(xc)
-                        .map(|(yv, &xv)| (yv, xv * scale + shift));
-                    if self.silu {
-                        affine.for_each(|(yv, z)| *yv = z * sigmoid(z));
-                    } else {
-                        affine.for_each(|(yv, z)| *yv = z);
-                    }
-                }
+                let channels = c0..c0 + gs.channels_per_group();
+                forward_group(
+                    ys,
+                    xs,
+                    &gamma[channels.clone()],
+                    &beta[channels],
+                    self.eps,
+                    self.silu,
+                );
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -167,40 +231,17 @@ impl CustomOp3 for GroupNormBackward {
             .zip(x.par_chunks(gs.segment()).zip(dy.par_chunks(gs.segment())))
             .enumerate()
             .map(|(i, (dxs, (xs, dys)))| {
-                let (mean, rstd) = stats(xs, self.eps);
                 let c0 = (i % gs.groups) * cpg;
-                // Pass 1: dz = dy * act'(z) into dxs, and per channel sum(dz), sum(dz * xhat).
-                let mut sums = vec![(0f32, 0f32); cpg];
-                for j in 0..cpg {
-                    let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
-                    let range = j * gs.s..(j + 1) * gs.s;
-                    let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range]);
-                    if self.silu {
-                        for ((dz, &xv), &g) in dzs.iter_mut().zip(xc).zip(gc) {
-                            let z = (xv - mean) * rstd * ga + be;
-                            let s = sigmoid(z);
-                            *dz = g * s * (1.0 + z * (1.0 - s));
-                        }
-                    } else {
-                        dzs.copy_from_slice(gc);
-                    }
-                    let sum_dz = sum(dzs);
-                    let sum_dz_xhat = sum_zip(dzs, xc, |dz, xv| dz * (xv - mean) * rstd);
-                    sums[j] = (sum_dz_xhat, sum_dz);
-                }
-                // Pass 2: with h = dz * gamma, dx = rstd * (h - mean(h) - xhat * mean(h xhat)).
-                let m = xs.len() as f32;
-                let mean_h = (0..cpg).map(|j| gamma[c0 + j] * sums[j].1).sum::<f32>() / m;
-                let mean_hx = (0..cpg).map(|j| gamma[c0 + j] * sums[j].0).sum::<f32>() / m;
-                for j in 0..cpg {
-                    let ga = gamma[c0 + j];
-                    let range = j * gs.s..(j + 1) * gs.s;
-                    for (d, &xv) in dxs[range.clone()].iter_mut().zip(&xs[range]) {
-                        let xhat = (xv - mean) * rstd;
-                        *d = rstd * (*d * ga - mean_h - xhat * mean_hx);
-                    }
-                }
-                sums
+                let channels = c0..c0 + cpg;
+                backward_group(
+                    dxs,
+                    xs,
+                    dys,
+                    &gamma[channels.clone()],
+                    &beta[channels],
+                    self.eps,
+                    self.silu,
+                )
             })
             .collect();
         for (i, sums) in partial.iter().enumerate() {

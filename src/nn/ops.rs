@@ -7,7 +7,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::{self, sigmoid};
+use super::fastmath::{self, sigmoid, wide_kernels};
 
 /// The f32 data of a contiguous tensor, or an error naming `op` (every fused op here needs one).
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -30,7 +30,8 @@ fn rows_per_task(n: usize) -> usize {
 
 /// One row's softmax in place, `p_j = exp(s (x_j - max x)) / sum_k exp(s (x_k - max x))` with
 /// `s = scale > 0`; masked entries (-inf) give exactly 0, as libm's exp does.
-pub(crate) fn softmax_row(row: &mut [f32], scale: f32) {
+#[inline(always)]
+fn softmax_row(row: &mut [f32], scale: f32) {
     let max = fastmath::max(row);
     for v in row.iter_mut() {
         let d = scale * (*v - max);
@@ -42,10 +43,25 @@ pub(crate) fn softmax_row(row: &mut [f32], scale: f32) {
 
 /// One row's softmax Jacobian-vector product in place: `g_j <- s p_j (g_j - sum_k g_k p_k)`
 /// (`s = scale`, the factor of the scores before the softmax).
-pub(crate) fn softmax_row_backward(p: &[f32], g: &mut [f32], scale: f32) {
+#[inline(always)]
+fn softmax_row_backward(p: &[f32], g: &mut [f32], scale: f32) {
     let dot = fastmath::sum_zip(p, g, |a, b| a * b);
     for (gi, &pi) in g.iter_mut().zip(p) {
         *gi = scale * pi * (*gi - dot);
+    }
+}
+
+wide_kernels! {
+    /// [`softmax_row`] on each row of length `n` of `rows`.
+    pub(crate) fn softmax_rows(rows: &mut [f32], n: usize, scale: f32) {
+        rows.chunks_exact_mut(n).for_each(|row| softmax_row(row, scale));
+    }
+
+    /// [`softmax_row_backward`] on each row of length `n` of `p` and `g`.
+    pub(crate) fn softmax_rows_backward(p: &[f32], g: &mut [f32], n: usize, scale: f32) {
+        for (pr, gr) in p.chunks_exact(n).zip(g.chunks_exact_mut(n)) {
+            softmax_row_backward(pr, gr, scale);
+        }
     }
 }
 
@@ -62,7 +78,7 @@ impl CustomOp1 for Softmax {
         let n = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = x.to_vec();
         out.par_chunks_mut(rows_per_task(n) * n)
-            .for_each(|o| o.chunks_exact_mut(n).for_each(|row| softmax_row(row, 1.0)));
+            .for_each(|o| softmax_rows(o, n, 1.0));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -96,11 +112,7 @@ impl CustomOp2 for SoftmaxBackward {
         let rows = rows_per_task(n);
         out.par_chunks_mut(rows * n)
             .zip(p.par_chunks(rows * n))
-            .for_each(|(o, p)| {
-                for (pr, o) in p.chunks_exact(n).zip(o.chunks_exact_mut(n)) {
-                    softmax_row_backward(pr, o, 1.0);
-                }
-            });
+            .for_each(|(o, p)| softmax_rows_backward(p, o, n, 1.0));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -131,9 +143,7 @@ impl CustomOp2 for BiasAdd {
             bail!("bias of {} for a last axis of {:?}", b.len(), l1.dims());
         }
         let mut out = x.to_vec();
-        for row in out.chunks_exact_mut(b.len()) {
-            row.iter_mut().zip(b).for_each(|(o, bi)| *o += bi);
-        }
+        add_to_rows(&mut out, b);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -161,9 +171,7 @@ impl CustomOp1 for SumRows {
         let x = contiguous_f32(s, l, self.name())?;
         let w = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; w];
-        for row in x.chunks_exact(w) {
-            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
-        }
+        sum_rows_into(&mut out, x);
         Ok((CpuStorage::F32(out), Shape::from(w)))
     }
 }
@@ -182,6 +190,7 @@ struct LayerNormOp {
 }
 
 /// Mean and 1 / std of one row.
+#[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = row.iter().sum::<f32>() / n;
@@ -211,12 +220,7 @@ impl candle_core::CustomOp3 for LayerNormOp {
             bail!("layer norm of width {n} for a last axis of {:?}", l1.dims());
         }
         let mut out = vec![0f32; x.len()];
-        for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let (mean, rstd) = row_stats(row, self.eps);
-            for i in 0..n {
-                o[i] = (row[i] - mean) * rstd * w[i] + b[i];
-            }
-        }
+        layer_norm_rows(&mut out, x, w, b, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -268,28 +272,8 @@ impl candle_core::CustomOp3 for LayerNormBackward {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let g = contiguous_f32(s3, l3, self.name())?;
-        let n = w.len();
         let mut out = vec![0f32; x.len()];
-        let mut h = vec![0f32; n];
-        for ((row, gr), o) in x
-            .chunks_exact(n)
-            .zip(g.chunks_exact(n))
-            .zip(out.chunks_exact_mut(n))
-        {
-            let (mean, rstd) = row_stats(row, self.eps);
-            let (mut mean_h, mut mean_hx) = (0f32, 0f32);
-            for i in 0..n {
-                h[i] = gr[i] * w[i];
-                mean_h += h[i];
-                mean_hx += h[i] * (row[i] - mean) * rstd;
-            }
-            mean_h /= n as f32;
-            mean_hx /= n as f32;
-            for i in 0..n {
-                let xhat = (row[i] - mean) * rstd;
-                o[i] = rstd * (h[i] - mean_h - xhat * mean_hx);
-            }
-        }
+        layer_norm_rows_backward(&mut out, x, g, w, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -317,11 +301,7 @@ impl CustomOp1 for QuickGelu {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(ELEMENTWISE_CHUNK)
             .zip(x.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = v * sigmoid(1.702 * v);
-                }
-            });
+            .for_each(|(o, x)| quick_gelu_chunk(o, x));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -355,12 +335,7 @@ impl CustomOp2 for QuickGeluBackward {
                 x.par_chunks(ELEMENTWISE_CHUNK)
                     .zip(g.par_chunks(ELEMENTWISE_CHUNK)),
             )
-            .for_each(|(o, (x, g))| {
-                for (o, (&v, &gi)) in o.iter_mut().zip(x.iter().zip(g)) {
-                    let s = sigmoid(1.702 * v);
-                    *o = gi * (s + 1.702 * v * s * (1.0 - s));
-                }
-            });
+            .for_each(|(o, (x, g))| quick_gelu_backward_chunk(o, x, g));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -409,12 +384,7 @@ impl CustomOp1 for Geglu {
         let mut out = vec![0f32; x.len() / 2];
         out.par_chunks_exact_mut(half)
             .zip(x.par_chunks_exact(w))
-            .for_each(|(o, row)| {
-                let (h, g) = row.split_at(half);
-                for ((oi, &hi), &gi) in o.iter_mut().zip(h).zip(g) {
-                    *oi = hi * gi * normal_cdf(gi);
-                }
-            });
+            .for_each(|(o, row)| geglu_row(o, row));
         let mut dims = l.dims().to_vec();
         if let Some(d) = dims.last_mut() {
             *d = half;
@@ -452,15 +422,7 @@ impl CustomOp2 for GegluBackward {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_exact_mut(w)
             .zip(x.par_chunks_exact(w).zip(dy.par_chunks_exact(half)))
-            .for_each(|(o, (row, d))| {
-                let (h, g) = row.split_at(half);
-                let (dh, dg) = o.split_at_mut(half);
-                for i in 0..half {
-                    let (cdf, pdf) = (normal_cdf(g[i]), normal_pdf(g[i]));
-                    dh[i] = d[i] * g[i] * cdf;
-                    dg[i] = d[i] * h[i] * (cdf + g[i] * pdf);
-                }
-            });
+            .for_each(|(o, (row, d))| geglu_row_backward(o, row, d));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -469,4 +431,91 @@ impl CustomOp2 for GegluBackward {
 /// `x` (..., 2n) = [h, gate] -> `h * gelu(gate)` (..., n), fused, with a fused backward (f32).
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Geglu)
+}
+
+wide_kernels! {
+    /// `row += b` for each row (of `b.len()`) of `out`.
+    fn add_to_rows(out: &mut [f32], b: &[f32]) {
+        for row in out.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(o, bi)| *o += bi);
+        }
+    }
+
+    /// `out += row` for each row (of `out.len()`) of `x`: column sums.
+    fn sum_rows_into(out: &mut [f32], x: &[f32]) {
+        for row in x.chunks_exact(out.len()) {
+            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+    }
+
+    /// [`LayerNormOp`] on each row (of `w.len()`) of `x`.
+    fn layer_norm_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = w.len();
+        for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let (mean, rstd) = row_stats(row, eps);
+            for i in 0..n {
+                o[i] = (row[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    }
+
+    /// [`LayerNormBackward`] on each row (of `w.len()`) of `x` and its gradient `g`.
+    fn layer_norm_rows_backward(out: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+        let n = w.len();
+        let mut h = vec![0f32; n];
+        for ((row, gr), o) in x
+            .chunks_exact(n)
+            .zip(g.chunks_exact(n))
+            .zip(out.chunks_exact_mut(n))
+        {
+            let (mean, rstd) = row_stats(row, eps);
+            let (mut mean_h, mut mean_hx) = (0f32, 0f32);
+            for i in 0..n {
+                h[i] = gr[i] * w[i];
+                mean_h += h[i];
+                mean_hx += h[i] * (row[i] - mean) * rstd;
+            }
+            mean_h /= n as f32;
+            mean_hx /= n as f32;
+            for i in 0..n {
+                let xhat = (row[i] - mean) * rstd;
+                o[i] = rstd * (h[i] - mean_h - xhat * mean_hx);
+            }
+        }
+    }
+
+    /// [`QuickGelu`] on one chunk.
+    fn quick_gelu_chunk(out: &mut [f32], x: &[f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v * sigmoid(1.702 * v);
+        }
+    }
+
+    /// [`QuickGeluBackward`] on one chunk: `out = g * (s + 1.702 x s (1 - s))`.
+    fn quick_gelu_backward_chunk(out: &mut [f32], x: &[f32], g: &[f32]) {
+        for (o, (&v, &gi)) in out.iter_mut().zip(x.iter().zip(g)) {
+            let s = sigmoid(1.702 * v);
+            *o = gi * (s + 1.702 * v * s * (1.0 - s));
+        }
+    }
+
+    /// [`Geglu`] on one row `[h, gate]` into `out` (half its length).
+    fn geglu_row(out: &mut [f32], row: &[f32]) {
+        let (h, g) = row.split_at(out.len());
+        for ((oi, &hi), &gi) in out.iter_mut().zip(h).zip(g) {
+            *oi = hi * gi * normal_cdf(gi);
+        }
+    }
+
+    /// [`GegluBackward`] on one row: `out = [dh, dgate]` from the row `[h, gate]` and `d = dy`.
+    fn geglu_row_backward(out: &mut [f32], row: &[f32], d: &[f32]) {
+        let half = d.len();
+        let (h, g) = row.split_at(half);
+        let (dh, dg) = out.split_at_mut(half);
+        for i in 0..half {
+            let (cdf, pdf) = (normal_cdf(g[i]), normal_pdf(g[i]));
+            dh[i] = d[i] * g[i] * cdf;
+            dg[i] = d[i] * h[i] * (cdf + g[i] * pdf);
+        }
+    }
 }

@@ -8,6 +8,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
+use crate::nn::fastmath::wide_kernels;
+
 /// AdamW hyper-parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
@@ -227,19 +229,7 @@ impl InplaceOp2 for AdamWStep<'_> {
             .zip(grad.par_chunks(UPDATE_CHUNK))
             .zip(m.par_chunks_mut(UPDATE_CHUNK))
             .zip(v.par_chunks_mut(UPDATE_CHUNK))
-            .for_each(|(((theta, grad), m), v)| {
-                for (((w, &g), m), v) in theta.iter_mut().zip(grad).zip(m).zip(v) {
-                    *m = *m * self.beta1 + g * self.one_minus_beta1;
-                    *v = *v * self.beta2 + g * g * self.one_minus_beta2;
-                    let m_hat = *m * self.inv_bc1;
-                    let v_hat = *v * self.inv_bc2;
-                    let mut step = m_hat / (v_hat.sqrt() + self.eps);
-                    if let Some(wd) = self.weight_decay {
-                        step += *w * wd;
-                    }
-                    *w -= step * self.lr;
-                }
-            });
+            .for_each(|(((theta, grad), m), v)| adamw_chunk(theta, grad, m, v, self));
         Ok(())
     }
 }
@@ -277,12 +267,38 @@ impl InplaceOp2 for EmaStep {
         let (ema, w) = inplace_slices(s1, l1, s2, l2, self.name())?;
         ema.par_chunks_mut(UPDATE_CHUNK)
             .zip(w.par_chunks(UPDATE_CHUNK))
-            .for_each(|(ema, w)| {
-                for (e, &w) in ema.iter_mut().zip(w) {
-                    *e = *e * self.decay + w * self.one_minus_decay;
-                }
-            });
+            .for_each(|(ema, w)| ema_chunk(ema, w, self.decay, self.one_minus_decay));
         Ok(())
+    }
+}
+
+wide_kernels! {
+    /// [`AdamWStep`] on one chunk of a variable `theta`, its gradient and its moments.
+    fn adamw_chunk<'a>(
+        theta: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        op: &AdamWStep<'a>,
+    ) {
+        for (((w, &g), m), v) in theta.iter_mut().zip(grad).zip(m).zip(v) {
+            *m = *m * op.beta1 + g * op.one_minus_beta1;
+            *v = *v * op.beta2 + g * g * op.one_minus_beta2;
+            let m_hat = *m * op.inv_bc1;
+            let v_hat = *v * op.inv_bc2;
+            let mut step = m_hat / (v_hat.sqrt() + op.eps);
+            if let Some(wd) = op.weight_decay {
+                step += *w * wd;
+            }
+            *w -= step * op.lr;
+        }
+    }
+
+    /// [`EmaStep`] on one chunk: `ema = decay * ema + one_minus_decay * w`.
+    fn ema_chunk(ema: &mut [f32], w: &[f32], decay: f32, one_minus_decay: f32) {
+        for (e, &w) in ema.iter_mut().zip(w) {
+            *e = *e * decay + w * one_minus_decay;
+        }
     }
 }
 
