@@ -281,7 +281,7 @@ impl CustomOp3 for Conv2d {
                 y_chunk.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
                     let (b, co) = (i / g.c_out, i % g.c_out);
                     let src = &y_cols[(co * nbc + b) * p..][..p];
-                    dst.iter_mut().zip(src).for_each(|(d, s)| *d = s + bias[co]);
+                    super::fastmath::add_scalar(dst, src, bias[co]);
                 }); // (nb, C_out, P)
             }
         });
@@ -377,7 +377,7 @@ impl CustomOp3 for Conv2dBackward {
                     dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
                 }); // (C_out, nb*P)
                 for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
-                    db[co] += super::fastmath::sum(row);
+                    db[co] += super::fastmath::sum_wide(row);
                 }
                 let col = &mut col[..k * nbc * p];
                 im2col(&g, &x[b0 * g.c_in * g.h * g.w..], nbc, col);

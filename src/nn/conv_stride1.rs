@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 use super::conv::Geometry;
+use super::fastmath::{add_assign, add_scalar, sum_wide};
 use super::gemm::{sgemm_serial, MatRef};
 
 /// The padded, channel-major layout and its blocking.
@@ -136,7 +137,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
             let j = n * e.plane + oy * e.wp;
             let (block, jj) = (j / e.cw, j % e.cw);
             let src = &y_ext[(block * g.c_out + co) * e.cw + jj..][..g.w_out];
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d = s + bias[co]);
+            add_scalar(dst, src, bias[co]);
         }
     });
     y
@@ -197,7 +198,7 @@ pub(super) fn backward(
                 let dy_block = &dy_ext[block * g.c_out * e.cw..][..g.c_out * e.cw];
                 let dy_mat = MatRef::row_major(dy_block, g.c_out, e.cw);
                 for (co, row) in dy_block.chunks_exact(e.cw).enumerate() {
-                    part.db[co] += super::fastmath::sum(row);
+                    part.db[co] += sum_wide(row);
                 }
                 block_columns(g, &e, &x_pad, j0, &mut col);
                 sgemm_serial(
@@ -216,8 +217,7 @@ pub(super) fn backward(
                     for (r, src) in col.chunks_exact(e.cw).enumerate() {
                         let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
                         let at = c * e.lbuf + j0 + ky * e.wp + kx;
-                        let dst = &mut part.dx_pad[at..at + e.cw];
-                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                        add_assign(&mut part.dx_pad[at..at + e.cw], src);
                     }
                 }
             }
@@ -239,9 +239,7 @@ pub(super) fn backward(
             for (iy, dst) in plane.chunks_exact_mut(g.w).enumerate() {
                 let at = c * e.lbuf + n * e.plane + (iy + g.pad.top) * e.wp + g.pad.left;
                 for part in &partials {
-                    dst.iter_mut()
-                        .zip(&part.dx_pad[at..at + g.w])
-                        .for_each(|(d, s)| *d += s);
+                    add_assign(dst, &part.dx_pad[at..at + g.w]);
                 }
             }
         });

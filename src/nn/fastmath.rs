@@ -120,6 +120,23 @@ macro_rules! wide_kernels {
 }
 pub(crate) use wide_kernels;
 
+wide_kernels! {
+    /// `dst += src`, element by element.
+    pub fn add_assign(dst: &mut [f32], src: &[f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+    }
+
+    /// `dst = src + b`, element by element.
+    pub fn add_scalar(dst: &mut [f32], src: &[f32], b: f32) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s + b);
+    }
+
+    /// [`sum`], compiled wide.
+    pub fn sum_wide(xs: &[f32]) -> f32 {
+        sum(xs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
