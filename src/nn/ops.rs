@@ -143,7 +143,9 @@ impl CustomOp2 for BiasAdd {
             bail!("bias of {} for a last axis of {:?}", b.len(), l1.dims());
         }
         let mut out = x.to_vec();
-        add_to_rows(&mut out, b);
+        for row in out.chunks_exact_mut(b.len()) {
+            fastmath::add_assign(row, b);
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -171,7 +173,9 @@ impl CustomOp1 for SumRows {
         let x = contiguous_f32(s, l, self.name())?;
         let w = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; w];
-        sum_rows_into(&mut out, x);
+        for row in x.chunks_exact(w) {
+            fastmath::add_assign(&mut out, row);
+        }
         Ok((CpuStorage::F32(out), Shape::from(w)))
     }
 }
@@ -434,20 +438,6 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
 }
 
 wide_kernels! {
-    /// `row += b` for each row (of `b.len()`) of `out`.
-    fn add_to_rows(out: &mut [f32], b: &[f32]) {
-        for row in out.chunks_exact_mut(b.len()) {
-            row.iter_mut().zip(b).for_each(|(o, bi)| *o += bi);
-        }
-    }
-
-    /// `out += row` for each row (of `out.len()`) of `x`: column sums.
-    fn sum_rows_into(out: &mut [f32], x: &[f32]) {
-        for row in x.chunks_exact(out.len()) {
-            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
-        }
-    }
-
     /// [`LayerNormOp`] on each row (of `w.len()`) of `x`.
     fn layer_norm_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
         let n = w.len();
