@@ -1,7 +1,7 @@
 //! Image files, grids and figures: round trips, clear errors, and the same bytes from the same seed.
 
 use inkdrop::support::files::{prepare_out_dir, write_atomic};
-use inkdrop::support::grid::{labelled_grid, Tile};
+use inkdrop::support::grid::{labelled_grid, spread_words, Tile};
 use inkdrop::support::image_io::{
     astronaut, center_square, from_chw, load_image, save_png, to_chw,
 };
@@ -117,4 +117,27 @@ fn tables_render_as_text_and_markdown() {
         t.to_markdown(),
         "|   t | alpha_bar |\n| --: | --------: |\n|   0 |    0.9991 |\n| 999 |    0.0047 |\n"
     );
+}
+
+#[test]
+fn a_long_caption_is_spread_over_its_tiles_word_by_word() {
+    let lines = spread_words("a white square above a purple circle", 8, 9);
+    assert_eq!(
+        lines,
+        ["a white", "square", "above a", "purple", "circle", "", "", ""]
+    );
+    // Read back in order, nothing is lost or cut inside a word.
+    assert_eq!(
+        lines
+            .join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        "a white square above a purple circle"
+    );
+    // Too long for the tiles: the last one says so.
+    assert_eq!(spread_words("one two three", 2, 3), ["one", "two ..."]);
+    // A word wider than a tile still gets one of its own.
+    assert_eq!(spread_words("a triangle", 2, 3), ["a", "triangle"]);
+    assert_eq!(spread_words("", 0, 5), [""]);
 }

@@ -491,12 +491,113 @@ mod training {
     }
 
     #[test]
-    fn training_with_the_grounding_loss_moves_attention_onto_the_objects() {
-        use inkdrop::train::grounding::{grounding_targets, latent_grids, token_loss};
+    fn the_binding_loss_is_zero_when_each_object_reads_its_own_words() {
+        use inkdrop::train::grounding::{binding_loss, grounding_targets};
+        use inkdrop::unet::attention::AttentionMap;
+        let tok = clip().tokenizer;
+        let dev = Device::Cpu;
+        let two = WorldConfig {
+            p_two_objects: 1.0,
+            ..WorldConfig::default()
+        };
+        let sample = sample_at(&two, 0, 3);
+        let t = grounding_targets(
+            &tok,
+            std::slice::from_ref(&sample.caption),
+            &[&sample.scene],
+            &[8],
+            16,
+            &dev,
+        )
+        .unwrap()
+        .unwrap();
+        let mv: Vec<f32> = t.masks[&8].flatten_all().unwrap().to_vec1().unwrap(); // (64 * 16)
+        let map = |probs: Vec<f32>| AttentionMap {
+            name: "down_blocks.0.attentions.0.transformer_blocks.0.attn2".into(),
+            height: 8,
+            width: 8,
+            probs: Tensor::from_vec(probs, (1, 1, 64, 16), &dev).unwrap(),
+        };
+        let loss = |probs: Vec<f32>| {
+            binding_loss(&[map(probs)], &t)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        // Each cell puts its word attention on the tokens of the object covering it most
+        // (or, `swapped`, on every other grounded token), the rest on the start token.
+        let attend = |swapped: bool| {
+            let mut p = vec![0f32; 64 * 16];
+            for u in 0..64 {
+                let row = &mv[u * 16..(u + 1) * 16];
+                let top = row.iter().cloned().fold(0f32, f32::max);
+                let chosen: Vec<usize> = (0..16)
+                    .filter(|&i| row[i] > 0.0 && (row[i] == top) != swapped)
+                    .collect();
+                p[u * 16] = 1.0;
+                for &i in &chosen {
+                    p[u * 16 + i] = 0.1 / chosen.len() as f32;
+                    p[u * 16] -= 0.1 / chosen.len() as f32;
+                }
+            }
+            p
+        };
+        let bound = loss(attend(false));
+        assert!(bound.abs() < 1e-6, "own words only: {bound}");
+        // The other object's words: own / words = 0 where one object covers the cell alone,
+        // so the loss is sum cover^3 / sum cover over those cells.
+        let swapped = loss(attend(true));
+        let (mut num, mut den) = (0f32, 0f32);
+        for u in 0..64 {
+            let row = &mv[u * 16..(u + 1) * 16];
+            let top = row.iter().cloned().fold(0f32, f32::max);
+            let objects = row.iter().filter(|&&v| v > 0.0).map(|v| v.to_bits());
+            let single = objects.collect::<std::collections::HashSet<_>>().len() == 1;
+            if single {
+                num += top.powi(3);
+            }
+            den += top;
+        }
+        assert!(swapped > 0.3, "the other object's words: {swapped}");
+        assert!(swapped >= num / den - 1e-5, "{swapped} vs {}", num / den);
+        // One object: every word names it, so attention cannot bind wrongly.
+        let one = WorldConfig {
+            p_two_objects: 0.0,
+            ..WorldConfig::default()
+        };
+        let single = sample_at(&one, 0, 3);
+        let t1 = grounding_targets(
+            &tok,
+            std::slice::from_ref(&single.caption),
+            &[&single.scene],
+            &[8],
+            16,
+            &dev,
+        )
+        .unwrap()
+        .unwrap();
+        let uniform = Tensor::full(1f32 / 16.0, (1, 1, 64, 16), &dev).unwrap();
+        let l1 = binding_loss(
+            &[AttentionMap {
+                probs: uniform,
+                ..map(vec![0f32; 64 * 16])
+            }],
+            &t1,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!(l1.abs() < 1e-6, "one object: {l1}");
+    }
+
+    #[test]
+    fn training_with_the_grounding_or_binding_loss_moves_attention_onto_the_objects() {
+        use inkdrop::train::grounding::{
+            binding_loss, grounding_targets, latent_grids, token_loss,
+        };
         use inkdrop::train::optim::{AdamW, AdamWConfig};
         let clip = clip();
         let cfg = model_for(&clip);
-        let (unet, vm) = model(&cfg, 11);
         let world = WorldConfig {
             p_two_objects: 1.0,
             ..WorldConfig::default()
@@ -518,33 +619,41 @@ mod training {
         .unwrap();
         let x = rand(&[6, 4, 8, 8], 12);
         let t = Tensor::new(&[100f32, 200.0, 300.0, 400.0, 500.0, 600.0], &dev).unwrap();
-        let mut opt = AdamW::new(
-            sorted_vars(&vm),
-            AdamWConfig {
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.0,
-            },
-        )
-        .unwrap();
-        let mut losses = Vec::new();
-        for _ in 0..15 {
-            let rec = AttentionRecorder::cross_with_graph();
-            unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
-            let loss = token_loss(&rec.take(), &targets).unwrap();
-            losses.push(loss.to_scalar::<f32>().unwrap());
-            opt.update(&loss.backward().unwrap(), 3e-3).unwrap();
+        for binding in [false, true] {
+            let (unet, vm) = model(&cfg, 11);
+            let mut opt = AdamW::new(
+                sorted_vars(&vm),
+                AdamWConfig {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                },
+            )
+            .unwrap();
+            let mut losses = Vec::new();
+            for _ in 0..15 {
+                let rec = AttentionRecorder::cross_with_graph();
+                unet.forward(&x, &t, &ctx, Some(&rec)).unwrap();
+                let loss = if binding {
+                    binding_loss(&rec.take(), &targets).unwrap()
+                } else {
+                    token_loss(&rec.take(), &targets).unwrap()
+                };
+                losses.push(loss.to_scalar::<f32>().unwrap());
+                opt.update(&loss.backward().unwrap(), 3e-3).unwrap();
+            }
+            let (first, last) = (losses[0], *losses.last().unwrap());
+            assert!(
+                last < 0.7 * first,
+                "15 steps on the {} loss alone: {first} -> {last}",
+                if binding { "binding" } else { "grounding" }
+            );
         }
-        let (first, last) = (losses[0], *losses.last().unwrap());
-        assert!(
-            last < 0.7 * first,
-            "15 steps on the grounding loss alone: {first} -> {last}"
-        );
     }
 
     #[test]
-    fn the_loop_reports_the_grounding_loss_when_it_is_on() {
+    fn the_loop_reports_the_grounding_and_binding_losses_when_they_are_on() {
         let dir = tempfile::tempdir().unwrap();
         let (clip, vae) = (clip(), vae());
         let data = latent_dataset(&vae, 0, 16, None).unwrap();
@@ -578,6 +687,36 @@ mod training {
         assert_eq!(seen.len(), 3);
         assert!(
             seen.iter().all(|g| g.is_some_and(|g| g > 0.0 && g <= 1.0)),
+            "{seen:?}"
+        );
+        // The binding loss alone: reported on its own, the grounding loss not.
+        let binding = UNetTrainConfig {
+            grounding_weight: None,
+            binding_weight: Some(0.5),
+            p_two_objects: 1.0,
+            ..cfg
+        };
+        let mut seen = Vec::new();
+        train_unet(
+            &model_for(&clip),
+            &binding,
+            &data,
+            &clip,
+            &vae,
+            &dir.path().join("b.safetensors"),
+            &dir.path().join("b.ckpt"),
+            None,
+            false,
+            &mut |s| {
+                seen.push((s.token_loss, s.binding_loss));
+                true
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            seen.iter()
+                .all(|&(g, b)| g.is_none() && b.is_some_and(|b| (0.0..=1.0).contains(&b))),
             "{seen:?}"
         );
     }
@@ -831,7 +970,7 @@ mod training {
     }
 
     #[test]
-    fn a_fine_tuned_text_encoder_learns_ships_in_the_unet_file_and_is_used() {
+    fn a_fine_tuned_text_encoder_learns_ships_in_the_unet_file_and_is_used_with_its_padding() {
         let dir = tempfile::tempdir().unwrap();
         let (clip, vae) = (clip(), vae());
         let data = latent_dataset(&vae, 0, 40, None).unwrap();
@@ -916,7 +1055,51 @@ mod training {
         assert!(bundle.text_encoder.is_none());
         let same = bundle.encoder_hidden_states(&clip, &texts).unwrap();
         let frozen = clip.encoder_hidden_states(&texts).unwrap();
-        assert_eq!(max_abs(&(same - frozen).unwrap()), 0.0);
+        assert_eq!(max_abs(&(same - frozen.clone()).unwrap()), 0.0);
+        // With zeroed padding the file says so, and the bundle reads CLIP's states up to each
+        // text's <|endoftext|> and zeros after it.
+        let zeroed = UNetTrainConfig {
+            context_padding: inkdrop::unet::text_encoder::ContextPadding::Zeroed,
+            ..plain.clone()
+        };
+        let out3 = dir.path().join("zeroed.safetensors");
+        train_unet(
+            &model,
+            &zeroed,
+            &data,
+            &clip,
+            &vae,
+            &out3,
+            &dir.path().join("zeroed_ckpt.safetensors"),
+            None,
+            false,
+            &mut |_| true,
+        )
+        .unwrap()
+        .unwrap();
+        let bundle = inkdrop::unet::bundle::UNetBundle::load(&out3).unwrap();
+        assert_eq!(
+            bundle.context_padding,
+            inkdrop::unet::text_encoder::ContextPadding::Zeroed
+        );
+        let ctx = bundle.encoder_hidden_states(&clip, &texts).unwrap(); // (2, 16, W)
+        for (row, text) in texts.iter().enumerate() {
+            let eot = clip.tokenizer.encode(text).unwrap().eot_index;
+            let kept = ctx.get(row).unwrap().narrow(0, 0, eot + 1).unwrap();
+            let want = frozen.get(row).unwrap().narrow(0, 0, eot + 1).unwrap();
+            assert_eq!(max_abs(&(kept - want).unwrap()), 0.0, "{text:?}");
+            let pad = ctx.get(row).unwrap().narrow(0, eot + 1, 15 - eot).unwrap();
+            assert_eq!(max_abs(&pad), 0.0, "{text:?}: padding not zeroed");
+            assert!(
+                max_abs(
+                    &frozen
+                        .get(row)
+                        .unwrap()
+                        .narrow(0, eot + 1, 15 - eot)
+                        .unwrap()
+                ) > 0.0
+            );
+        }
     }
 }
 

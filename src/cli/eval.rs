@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use inkdrop::pipeline::eval::{default_prompts, evaluate, EvalReport};
 use inkdrop::pipeline::{GenerateRequest, TextToImage};
 use inkdrop::schedulers::{SamplerKind, SchedulerConfig, TimestepSpacing};
-use inkdrop::support::grid::{labelled_grid, Tile};
+use inkdrop::support::grid::{labelled_grid, spread_words, Tile};
 use inkdrop::support::image_io::{enlarge, save_png};
 use inkdrop::support::table::Table;
 use inkdrop::unet::bundle::default_unet_path;
@@ -102,14 +102,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         bar.set_message(score.prompt.clone());
         bar.inc(1);
         if args.out.is_some() {
-            for (k, img) in images.iter().enumerate() {
+            // The prompt reads left to right under its pictures, a few words under each.
+            let words = spread_words(&score.prompt, images.len(), 9);
+            for (img, caption) in images.iter().zip(words) {
                 rows.push(Tile {
                     image: enlarge(img, 2),
-                    caption: if k == 0 {
-                        vec![score.prompt.chars().take(24).collect()]
-                    } else {
-                        vec![String::new()]
-                    },
+                    caption: vec![caption],
                 });
             }
         }

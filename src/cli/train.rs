@@ -16,6 +16,7 @@ use inkdrop::text::{ClipTokenizer, CONTEXT_LENGTH};
 use inkdrop::train::clip::{train_clip, ClipTrainConfig};
 use inkdrop::train::unet::{latent_dataset_of, train_unet, UNetTrainConfig};
 use inkdrop::train::vae::{train_vae, VaeTrainConfig};
+use inkdrop::unet::text_encoder::ContextPadding;
 use inkdrop::unet::UNetConfig;
 use inkdrop::vae::bundle::{default_vae_path, VaeBundle};
 use inkdrop::vae::VaeConfig;
@@ -110,6 +111,16 @@ pub struct UnetArgs {
     /// (0 = off).
     #[arg(long, default_value_t = 0.0, value_parser = non_negative, allow_hyphen_values = true)]
     pub grounding_weight: f64,
+    /// Weight of the binding loss: where an object is drawn, the attention its cells give to
+    /// object words is asked to go to its own words, not the other object's (against one
+    /// object's colour leaking into the other); 0 = off.
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative, allow_hyphen_values = true)]
+    pub binding_weight: f64,
+    /// Zero the text states after `<|endoftext|>`, so the picture reads the prompt only through
+    /// its own words (each padding state of a causal text tower summarises the whole prompt, a
+    /// path for one object's colour to leak into the other). Stored in the UNet's file.
+    #[arg(long)]
+    pub zero_padding: bool,
     /// Use a very small UNet (for trying the command in seconds).
     #[arg(long)]
     pub tiny: bool,
@@ -455,6 +466,13 @@ fn check_init(init: &std::path::Path, args: &UnetArgs) -> anyhow::Result<()> {
             init.display()
         );
     }
+    if bundle.context_padding == ContextPadding::Zeroed && !args.zero_padding {
+        anyhow::bail!(
+            "--init {} was trained with its text states zeroed after <|endoftext|>; add \
+             --zero-padding to keep reading them that way",
+            init.display()
+        );
+    }
     let was = bundle.parameterization;
     let now = inkdrop::unet::Parameterization {
         prediction_type: args.prediction_type,
@@ -546,6 +564,12 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         stop_after: args.stop_after,
         train_text_encoder: args.train_text_encoder,
         grounding_weight: (args.grounding_weight > 0.0).then_some(args.grounding_weight),
+        binding_weight: (args.binding_weight > 0.0).then_some(args.binding_weight),
+        context_padding: if args.zero_padding {
+            ContextPadding::Zeroed
+        } else {
+            ContextPadding::Kept
+        },
         parameterization: inkdrop::unet::Parameterization {
             prediction_type: args.prediction_type,
             rescale_betas_zero_snr: args.zero_terminal_snr,
@@ -608,10 +632,14 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         args.resume,
         &mut |s| {
             bar.set_position(s.step as u64);
-            let msg = match s.token_loss {
-                Some(g) => format!("loss {:.4}  grounding {g:.4}  lr {:.1e}", s.loss, s.lr),
-                None => format!("loss {:.4}  lr {:.1e}", s.loss, s.lr),
-            };
+            let mut msg = format!("loss {:.4}", s.loss);
+            if let Some(g) = s.token_loss {
+                msg.push_str(&format!("  grounding {g:.4}"));
+            }
+            if let Some(b) = s.binding_loss {
+                msg.push_str(&format!("  binding {b:.4}"));
+            }
+            msg.push_str(&format!("  lr {:.1e}", s.lr));
             show_step(&bar, s.step, cfg.steps, t0, msg);
             true
         },
@@ -800,7 +828,9 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             },
             two_objects: UNetTrainConfig::default().p_two_objects,
             grounding_weight: UNetTrainConfig::default().grounding_weight.unwrap_or(0.0),
+            binding_weight: UNetTrainConfig::default().binding_weight.unwrap_or(0.0),
             train_text_encoder: UNetTrainConfig::default().train_text_encoder,
+            zero_padding: UNetTrainConfig::default().context_padding == ContextPadding::Zeroed,
             prediction_type: UNetTrainConfig::default().parameterization.prediction_type,
             zero_terminal_snr: UNetTrainConfig::default()
                 .parameterization

@@ -65,6 +65,30 @@ pub fn labelled_grid(tiles: &[Tile], cols: usize, title: Option<&str>) -> Result
     Ok(canvas)
 }
 
+/// `text` spread word by word over the captions of `tiles` neighbouring tiles, at most
+/// `width` characters under each, so that a sentence longer than one tile reads left to right
+/// under its row instead of being cut (a word longer than `width` gets a tile of its own;
+/// what does not fit under the last tile ends in "...").
+pub fn spread_words(text: &str, tiles: usize, width: usize) -> Vec<String> {
+    let mut out = vec![String::new(); tiles.max(1)];
+    let mut i = 0;
+    for word in text.split_whitespace() {
+        let full = !out[i].is_empty() && out[i].chars().count() + 1 + word.chars().count() > width;
+        if full && i + 1 == out.len() {
+            out[i].push_str(" ...");
+            break;
+        }
+        if full {
+            i += 1;
+        }
+        if !out[i].is_empty() {
+            out[i].push(' ');
+        }
+        out[i].push_str(word);
+    }
+    out
+}
+
 /// Images side by side with no labels or padding (for terminal previews).
 pub fn plain_strip(images: &[RgbImage]) -> RgbImage {
     let w: u32 = images.iter().map(|i| i.width()).sum();

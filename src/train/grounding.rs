@@ -151,6 +151,52 @@ pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<T
     Ok(Tensor::stack(&per_layer, 0)?.mean_all()?)
 }
 
+/// The binding loss, the pixels' side of grounding: where an object is drawn, the attention
+/// its cells give to the words naming objects should go to that object's words, not the other
+/// object's ("a white square above a purple circle": the square's cells should read "white",
+/// not "purple"). With `A_l(u, t)` as above and `M(u, t)` the coverage of token t's object at
+/// cell u (0 for words that name no object):
+///
+/// ```text
+/// words(u) = sum_t A_l(u, t) [t grounded]
+/// own(u)   = sum_t A_l(u, t) M(u, t)                  (the words of the objects covering u)
+/// cover(u) = max_t M(u, t)
+/// L_bind   = sum_u cover(u) (cover(u) - own(u) / words(u))^2 / sum_u cover(u)   (mean over layers)
+/// ```
+///
+/// A cell wholly inside one object scores 0 when all its word attention is on that object's
+/// words. With one object in the picture `own / words = cover` whatever the attention, so only
+/// pictures of two objects teach it anything.
+pub fn binding_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<Tensor> {
+    let mut per_layer = Vec::new();
+    for map in maps {
+        let Some(m) = targets
+            .masks
+            .get(&map.height)
+            .filter(|_| map.height == map.width)
+        else {
+            continue;
+        };
+        let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
+        let selected = targets.selected.unsqueeze(1)?; // (B, 1, T)
+        let words = a.broadcast_mul(&selected)?.sum(2)?; // (B, HW)
+        let own = (&a * m)?.sum(2)?; // (B, HW)
+        let cover = m.max(2)?; // (B, HW), a constant
+        let miss = (&cover - own.div(&(words + 1e-8)?)?)?.sqr()?; // (B, HW)
+        let weighted = (miss * &cover)?.sum_all()?;
+        per_layer.push((weighted / (f64::from(cover.sum_all()?.to_scalar::<f32>()?) + 1e-8))?);
+    }
+    if per_layer.is_empty() {
+        return Err(Error::InvalidSetting {
+            what: "binding loss".into(),
+            reason: "no cross-attention map on a grid the grounding targets cover; \
+                     train a UNet with cross-attention"
+                .into(),
+        });
+    }
+    Ok(Tensor::stack(&per_layer, 0)?.mean_all()?)
+}
+
 /// Per recorded layer (name, grid side, mean `inside` over the grounded tokens): how much of a
 /// word's attention lands on its own object, the number [`token_loss`] pushes toward 1.
 pub fn inside_shares(

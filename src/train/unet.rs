@@ -22,7 +22,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
-use super::grounding::{grounding_targets, latent_grids, token_loss};
+use super::grounding::{binding_loss, grounding_targets, latent_grids, token_loss};
 use super::optim::{clip_grad_norm, ema_update, lr_at, AdamW, AdamWConfig};
 use crate::clip::bundle::ClipBundle;
 use crate::clip::images_tensor;
@@ -33,7 +33,7 @@ use crate::shapes::scene::Scene;
 use crate::shapes::{render, sample_at, WorldConfig};
 use crate::unet::attention::AttentionRecorder;
 use crate::unet::sample::ddpm_sample;
-use crate::unet::text_encoder;
+use crate::unet::text_encoder::{self, ContextPadding};
 use crate::unet::{Parameterization, UNet2DConditionModel, UNetConfig};
 use crate::vae::AutoencoderKL;
 use crate::{weights, Error, Result};
@@ -92,6 +92,19 @@ pub struct UNetTrainConfig {
     /// None: the denoising loss alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grounding_weight: Option<f64>,
+    /// Weight of the binding loss ([`super::grounding::binding_loss`]): where an object is
+    /// drawn, its cells are asked to read its own words rather than the other object's. None:
+    /// off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_weight: Option<f64>,
+    /// What the context holds after `<|endoftext|>` ([`ContextPadding`]); stored in the UNet's
+    /// file, which is then always read the same way.
+    #[serde(default, skip_serializing_if = "is_kept")]
+    pub context_padding: ContextPadding,
+}
+
+fn is_kept(p: &ContextPadding) -> bool {
+    *p == ContextPadding::Kept
 }
 
 fn is_default_parameterization(p: &Parameterization) -> bool {
@@ -119,6 +132,8 @@ impl Default for UNetTrainConfig {
             train_text_encoder: false,
             parameterization: Parameterization::default(),
             grounding_weight: None,
+            binding_weight: None,
+            context_padding: ContextPadding::Kept,
         }
     }
 }
@@ -158,6 +173,8 @@ pub struct UNetStepStats {
     pub loss: f64,
     /// The grounding loss (before its weight), when it is on.
     pub token_loss: Option<f64>,
+    /// The binding loss (before its weight), when it is on.
+    pub binding_loss: Option<f64>,
     pub lr: f64,
 }
 
@@ -344,8 +361,9 @@ pub fn train_unet(
             !n.starts_with(&prefix) || loaded.tensors.contains_key(n)
         })?;
     }
-    let encode =
-        |texts: &[String]| text_encoder::encoder_hidden_states(clip, own_text.as_ref(), texts);
+    let encode = |texts: &[String]| {
+        text_encoder::encoder_hidden_states(clip, own_text.as_ref(), texts, cfg.context_padding)
+    };
     let vars = weights::sorted_vars(&varmap);
     let plain: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
     let adam = AdamWConfig {
@@ -421,20 +439,22 @@ pub fn train_unet(
         )?;
         // 3. Predict the noise (or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0), keeping
         // the cross-attention maps when the grounding loss needs them.
-        let grounding = match cfg.grounding_weight {
-            Some(w) if w > 0.0 => {
-                let scenes: Vec<&Scene> = idx.iter().map(|&i| &data.scenes[i as usize]).collect();
-                grounding_targets(
-                    &clip.tokenizer,
-                    &captions,
-                    &scenes,
-                    &grids,
-                    context.dim(1)?,
-                    &dev,
-                )?
-                .map(|g| (w, g))
-            }
-            _ => None,
+        let weights = (
+            cfg.grounding_weight.unwrap_or(0.0),
+            cfg.binding_weight.unwrap_or(0.0),
+        );
+        let grounding = if weights.0 > 0.0 || weights.1 > 0.0 {
+            let scenes: Vec<&Scene> = idx.iter().map(|&i| &data.scenes[i as usize]).collect();
+            grounding_targets(
+                &clip.tokenizer,
+                &captions,
+                &scenes,
+                &grids,
+                context.dim(1)?,
+                &dev,
+            )?
+        } else {
+            None
         };
         let rec = grounding
             .as_ref()
@@ -457,14 +477,20 @@ pub fn train_unet(
             }
             None => loss.clone(),
         };
-        let (objective, grounding_loss) = match (&grounding, &rec) {
-            (Some((w, targets)), Some(rec)) => {
-                let l = token_loss(&rec.take(), targets)?;
-                let value = f64::from(l.to_scalar::<f32>()?);
-                ((objective + (l * *w)?)?, Some(value))
+        let (mut objective, mut grounding_loss, mut bind_loss) = (objective, None, None);
+        if let (Some(targets), Some(rec)) = (&grounding, &rec) {
+            let maps = rec.take();
+            if weights.0 > 0.0 {
+                let l = token_loss(&maps, targets)?;
+                grounding_loss = Some(f64::from(l.to_scalar::<f32>()?));
+                objective = (objective + (l * weights.0)?)?;
             }
-            _ => (objective, None),
-        };
+            if weights.1 > 0.0 {
+                let l = binding_loss(&maps, targets)?;
+                bind_loss = Some(f64::from(l.to_scalar::<f32>()?));
+                objective = (objective + (l * weights.1)?)?;
+            }
+        }
         // 5. Update: gradients, clipping, AdamW, then the EMA.
         let mut grads = objective.backward()?;
         clip_grad_norm(&mut grads, &plain, cfg.max_grad_norm)?;
@@ -482,6 +508,7 @@ pub fn train_unet(
             step: step + 1,
             loss: last_loss,
             token_loss: grounding_loss,
+            binding_loss: bind_loss,
             lr,
         }) {
             save_checkpoint(checkpoint_path, &varmap, &opt, &ema, &fingerprint)?;
@@ -540,6 +567,12 @@ pub fn train_unet(
         metadata.insert(
             Parameterization::KEY.to_string(),
             serde_json::to_string(&param).unwrap_or_default(),
+        );
+    }
+    if cfg.context_padding != ContextPadding::Kept {
+        metadata.insert(
+            text_encoder::PADDING_KEY.to_string(),
+            cfg.context_padding.name().to_string(),
         );
     }
     if own_text.is_some() {

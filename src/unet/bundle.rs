@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 
-use super::{text_encoder, Parameterization, UNet2DConditionModel, UNetConfig};
+use super::text_encoder::{self, ContextPadding};
+use super::{Parameterization, UNet2DConditionModel, UNetConfig};
 use crate::clip::bundle::ClipBundle;
 use crate::clip::ClipTextTransformer;
 use crate::noising::add_noise_tensor;
@@ -30,6 +31,8 @@ pub struct UNetBundle {
     pub text_encoder: Option<ClipTextTransformer>,
     /// What its output means and which schedule it was trained on; samplers must match.
     pub parameterization: Parameterization,
+    /// What its context holds after `<|endoftext|>` (as it was trained).
+    pub context_padding: ContextPadding,
     pub metadata: HashMap<String, String>,
 }
 
@@ -73,6 +76,7 @@ impl UNetBundle {
                     ),
                 })?,
             },
+            context_padding: ContextPadding::from_metadata(&loaded.metadata, path)?,
             metadata: loaded.metadata,
         })
     }
@@ -102,7 +106,13 @@ impl UNetBundle {
     /// What this UNet cross-attends to for `texts`: (B, context_length, text_width) hidden
     /// states of its own fine-tuned text tower, or of `clip`'s when it has none.
     pub fn encoder_hidden_states(&self, clip: &ClipBundle, texts: &[String]) -> Result<Tensor> {
-        Ok(text_encoder::encoder_hidden_states(clip, self.text_encoder.as_ref(), texts)?.detach())
+        Ok(text_encoder::encoder_hidden_states(
+            clip,
+            self.text_encoder.as_ref(),
+            texts,
+            self.context_padding,
+        )?
+        .detach())
     }
 
     /// The shipped UNet.

@@ -10,6 +10,7 @@
 
 use candle_core::{Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
 
 use crate::clip::bundle::ClipBundle;
 use crate::clip::{ClipConfig, ClipTextTransformer};
@@ -58,20 +59,89 @@ pub fn copy_of_clip_text_tower(
     Ok(tower)
 }
 
+/// Metadata key in a UNet file: what its context holds after `<|endoftext|>` (absent: CLIP's
+/// padding states, as in Stable Diffusion).
+pub const PADDING_KEY: &str = "context_padding";
+
+/// What the UNet's context holds at the padding positions after `<|endoftext|>`.
+///
+/// CLIP pads with `<|endoftext|>` and Stable Diffusion cross-attends to all 77 positions. In a
+/// causal text tower every padding state has read the whole prompt, so each is a summary of
+/// every word at once: a picture's pixels that attend to one read every colour the prompt
+/// names, and a colour can leak from one object to the other ("a white square above a purple
+/// circle" drawn with a lilac square). Zeroed padding carries no words (zero keys give a
+/// logit of 0, zero values add nothing): the prompt reaches the picture only through its own
+/// tokens and the one `<|endoftext|>` state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextPadding {
+    /// The text tower's states at every position (Stable Diffusion's choice).
+    #[default]
+    Kept,
+    /// Zeros after the first `<|endoftext|>`.
+    Zeroed,
+}
+
+impl ContextPadding {
+    /// The policy a UNet file's metadata names (absent: [`ContextPadding::Kept`]).
+    pub fn from_metadata(
+        metadata: &std::collections::HashMap<String, String>,
+        path: &std::path::Path,
+    ) -> Result<Self> {
+        match metadata.get(PADDING_KEY).map(String::as_str) {
+            None | Some("kept") => Ok(Self::Kept),
+            Some("zeroed") => Ok(Self::Zeroed),
+            Some(other) => Err(Error::Weights {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "its {PADDING_KEY} metadata is {other:?}, expected \"kept\" or \"zeroed\"; \
+                     retrain the UNet with `inkdrop train unet`"
+                ),
+            }),
+        }
+    }
+
+    /// The name stored under [`PADDING_KEY`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kept => "kept",
+            Self::Zeroed => "zeroed",
+        }
+    }
+}
+
 /// The UNet's conditioning `encoder_hidden_states` (B, context_length, text_width) for
 /// `texts`: from `own` (a fine-tuned tower) when there is one, else from CLIP's frozen text
-/// tower. `clip` tokenizes either way. The result keeps its graph when `own` is trained.
+/// tower. `clip` tokenizes either way. With [`ContextPadding::Zeroed`] the positions after each
+/// text's `<|endoftext|>` are zero:
+///
+/// ```text
+/// context[b, p] = hidden[b, p] * [p <= eot_b]
+/// ```
+///
+/// The result keeps its graph when `own` is trained.
 pub fn encoder_hidden_states(
     clip: &ClipBundle,
     own: Option<&ClipTextTransformer>,
     texts: &[String],
+    padding: ContextPadding,
 ) -> Result<Tensor> {
-    match own {
-        Some(tower) => {
-            let (ids, eot) = clip.tokenize(texts)?; // (B, T)
-            Ok(tower.forward(&ids, &eot)?.0) // (B, T, W)
+    let (ids, eot) = clip.tokenize(texts)?; // (B, T)
+    let hidden = match own {
+        Some(tower) => tower.forward(&ids, &eot)?.0, // (B, T, W)
+        None => clip.model.text_model.forward(&ids, &eot)?.0.detach(), // (B, T, W)
+    };
+    match padding {
+        ContextPadding::Kept => Ok(hidden),
+        ContextPadding::Zeroed => {
+            let t = hidden.dim(1)?;
+            let keep: Vec<f32> = eot
+                .iter()
+                .flat_map(|&e| (0..t).map(move |p| if p <= e { 1.0 } else { 0.0 }))
+                .collect();
+            let keep = Tensor::from_vec(keep, (texts.len(), t, 1), hidden.device())?; // (B, T, 1)
+            Ok(hidden.broadcast_mul(&keep)?) // (B, T, W)
         }
-        None => clip.encoder_hidden_states(texts),
     }
 }
 
