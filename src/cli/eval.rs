@@ -102,12 +102,19 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         bar.set_message(score.prompt.clone());
         bar.inc(1);
         if args.out.is_some() {
-            // The prompt reads left to right under its pictures, a few words under each.
-            let words = spread_words(&score.prompt, images.len(), 9);
-            for (img, caption) in images.iter().zip(words) {
+            // The prompt reads left to right under its pictures, a few words under each, on a
+            // second line across them when one is not enough.
+            let n = images.len();
+            let words = spread_words(&score.prompt, 2 * n, 9);
+            let two_lines = words[n..].iter().any(|w| !w.is_empty());
+            for (k, img) in images.iter().enumerate() {
+                let mut caption = vec![words[k].clone()];
+                if two_lines {
+                    caption.push(words[n + k].clone());
+                }
                 rows.push(Tile {
                     image: enlarge(img, 2),
-                    caption: vec![caption],
+                    caption,
                 });
             }
         }
