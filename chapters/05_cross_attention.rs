@@ -36,10 +36,10 @@ use inkdrop::support::notebook::Notebook;
 use inkdrop::support::table::Table;
 use inkdrop::support::{run_main, DEFAULT_SEED};
 use inkdrop::train::grounding::{
-    grounding_targets, inside_shares, latent_grids, object_tokens, uniform_share,
+    bound_shares, grounding_targets, inside_shares, latent_grids, object_tokens, uniform_share,
 };
 use inkdrop::train::unet::latent_dataset_of;
-use inkdrop::unet::attention::AttentionRecorder;
+use inkdrop::unet::attention::{AttentionMap, AttentionRecorder};
 use inkdrop::vae::eval::HELD_OUT_SEED;
 use ndarray::{array, Array2, Axis};
 
@@ -386,13 +386,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     let schedule = pipe.unet.schedule()?;
     let mut rng = inkdrop::support::seeded_rng(args.seed);
     let noise = randn_tensor(data.latents.dims(), &mut rng, &Device::Cpu)?; // (64, 4, 8, 8)
-    let mut shares = Vec::new();
+    let (mut shares, mut bound) = (Vec::new(), Vec::new());
     for t in [100usize, 500, 900] {
         let x_t = add_noise_tensor(&schedule, &data.latents, &noise, &[t; 64])?; // (64, 4, 8, 8)
         let rec = AttentionRecorder::cross();
         let tt = Tensor::from_vec(vec![t as f32; 64], 64, &Device::Cpu)?;
         pipe.unet.unet.forward(&x_t, &tt, &context, Some(&rec))?;
-        shares.push(inside_shares(&rec.take(), &targets)?); // per layer: mean share inside
+        let maps = rec.take();
+        shares.push(inside_shares(&maps, &targets)?); // per layer: mean share inside
+        bound.push(bound_shares(&maps, &targets)?); // per layer: own words' share where objects lie
     }
     // ANCHOR_END: grounding
     let mut table = Table::new([
@@ -415,6 +417,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{table}\n");
     write_md("grounding.md", &table.to_markdown())?;
+    // The pixels' side: where an object lies, how much of the attention to object words goes
+    // to that object's own words; "words alike" spreads each cell's attention evenly.
+    let mut table = Table::new([
+        "cross-attention layer",
+        "grid",
+        "t = 100",
+        "t = 500",
+        "t = 900",
+        "words alike",
+    ]);
+    for (i, (name, g, _)) in bound[0].iter().enumerate() {
+        let hw = g * g;
+        let alike = AttentionMap {
+            name: name.clone(),
+            height: *g,
+            width: *g,
+            probs: Tensor::full(1f32 / 16.0, (64, 1, hw, 16), &Device::Cpu)?,
+        };
+        let even = bound_shares(&[alike], &targets)?[0].2;
+        let mut row = vec![
+            name.trim_end_matches(".transformer_blocks.0.attn2")
+                .to_string(),
+            format!("{g}x{g}"),
+        ];
+        row.extend(bound.iter().map(|s| format!("{:.0}%", 100.0 * s[i].2)));
+        row.push(format!("{:.0}%", 100.0 * even));
+        table.row(row);
+    }
+    println!("{table}\n");
+    write_md("binding.md", &table.to_markdown())?;
     // The targets of the first picture's words, drawn over it.
     let first = &render(scenes[0], 32);
     let e0 = pipe.clip.tokenizer.encode(&data.captions[0])?;

@@ -170,21 +170,12 @@ pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<T
 pub fn binding_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<Tensor> {
     let mut per_layer = Vec::new();
     for map in maps {
-        let Some(m) = targets
-            .masks
-            .get(&map.height)
-            .filter(|_| map.height == map.width)
-        else {
-            continue;
-        };
-        let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
-        let selected = targets.selected.unsqueeze(1)?; // (B, 1, T)
-        let words = a.broadcast_mul(&selected)?.sum(2)?; // (B, HW)
-        let own = (&a * m)?.sum(2)?; // (B, HW)
-        let cover = m.max(2)?; // (B, HW), a constant
-        let miss = (&cover - own.div(&(words + 1e-8)?)?)?.sqr()?; // (B, HW)
-        let weighted = (miss * &cover)?.sum_all()?;
-        per_layer.push((weighted / (f64::from(cover.sum_all()?.to_scalar::<f32>()?) + 1e-8))?);
+        if let Some((bound, cover)) = bound_share(map, targets)? {
+            let miss = (&cover - bound)?.sqr()?; // (B, HW)
+            let weighted = (miss * &cover)?.sum_all()?;
+            let total = f64::from(cover.sum_all()?.to_scalar::<f32>()?);
+            per_layer.push((weighted / (total + 1e-8))?);
+        }
     }
     if per_layer.is_empty() {
         return Err(Error::InvalidSetting {
@@ -195,6 +186,44 @@ pub fn binding_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result
         });
     }
     Ok(Tensor::stack(&per_layer, 0)?.mean_all()?)
+}
+
+/// `(own / words, cover)`, both (B, HW), for one recorded map (see [`binding_loss`]); None when
+/// `targets` have no grid of the map's size.
+fn bound_share(map: &AttentionMap, targets: &GroundingTargets) -> Result<Option<(Tensor, Tensor)>> {
+    let Some(m) = targets
+        .masks
+        .get(&map.height)
+        .filter(|_| map.height == map.width)
+    else {
+        return Ok(None);
+    };
+    let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
+    let selected = targets.selected.unsqueeze(1)?; // (B, 1, T)
+    let words = a.broadcast_mul(&selected)?.sum(2)?; // (B, HW)
+    let own = (&a * m)?.sum(2)?; // (B, HW)
+    let cover = m.max(2)?; // (B, HW), a constant
+    Ok(Some((own.div(&(words + 1e-8)?)?, cover)))
+}
+
+/// Per recorded layer (name, grid side, bound share): where objects lie, the share of the
+/// attention to object words that goes to the words of the object there,
+/// `sum_u cover(u) own(u) / words(u) / sum_u cover(u)^2` over the batch: 1 when every cell reads
+/// only its own object's words, about one half for two objects when a cell's word attention is
+/// spread over both objects' words alike. Only pictures of two objects tell anything.
+pub fn bound_shares(
+    maps: &[AttentionMap],
+    targets: &GroundingTargets,
+) -> Result<Vec<(String, usize, f64)>> {
+    let mut out = Vec::new();
+    for map in maps {
+        if let Some((bound, cover)) = bound_share(map, targets)? {
+            let num = (bound * &cover)?.sum_all()?.to_scalar::<f32>()?;
+            let den = cover.sqr()?.sum_all()?.to_scalar::<f32>()?;
+            out.push((map.name.clone(), map.height, f64::from(num / den.max(1e-8))));
+        }
+    }
+    Ok(out)
 }
 
 /// Per recorded layer (name, grid side, mean `inside` over the grounded tokens): how much of a
