@@ -397,54 +397,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         bound.push(bound_shares(&maps, &targets)?); // per layer: own words' share where objects lie
     }
     // ANCHOR_END: grounding
-    let mut table = Table::new([
-        "cross-attention layer",
-        "grid",
-        "t = 100",
-        "t = 500",
-        "t = 900",
-        "spread evenly",
-    ]);
-    for (i, (name, g, _)) in shares[0].iter().enumerate() {
-        let mut row = vec![
-            name.trim_end_matches(".transformer_blocks.0.attn2")
-                .to_string(),
-            format!("{g}x{g}"),
-        ];
-        row.extend(shares.iter().map(|s| format!("{:.0}%", 100.0 * s[i].2)));
-        row.push(format!("{:.0}%", 100.0 * uniform_share(&targets, *g)?));
-        table.row(row);
-    }
+    let table = per_layer_table(&shares, "spread evenly", &|_, g| {
+        Ok(uniform_share(&targets, g)?)
+    })?;
     println!("{table}\n");
     write_md("grounding.md", &table.to_markdown())?;
     // The pixels' side: where an object lies, how much of the attention to object words goes
     // to that object's own words; "words alike" spreads each cell's attention evenly.
-    let mut table = Table::new([
-        "cross-attention layer",
-        "grid",
-        "t = 100",
-        "t = 500",
-        "t = 900",
-        "words alike",
-    ]);
-    for (i, (name, g, _)) in bound[0].iter().enumerate() {
-        let hw = g * g;
+    let table = per_layer_table(&bound, "words alike", &|name, g| {
         let alike = AttentionMap {
-            name: name.clone(),
-            height: *g,
-            width: *g,
-            probs: Tensor::full(1f32 / 16.0, (64, 1, hw, 16), &Device::Cpu)?,
+            name: name.to_string(),
+            height: g,
+            width: g,
+            probs: Tensor::full(1f32 / 16.0, (64, 1, g * g, 16), &Device::Cpu)?,
         };
-        let even = bound_shares(&[alike], &targets)?[0].2;
-        let mut row = vec![
-            name.trim_end_matches(".transformer_blocks.0.attn2")
-                .to_string(),
-            format!("{g}x{g}"),
-        ];
-        row.extend(bound.iter().map(|s| format!("{:.0}%", 100.0 * s[i].2)));
-        row.push(format!("{:.0}%", 100.0 * even));
-        table.row(row);
-    }
+        Ok(bound_shares(&[alike], &targets)?[0].2)
+    })?;
     println!("{table}\n");
     write_md("binding.md", &table.to_markdown())?;
     // The targets of the first picture's words, drawn over it.
@@ -619,4 +587,32 @@ fn channels_of(name: &str, channels: &[usize]) -> usize {
     } else {
         channels[channels.len() - 1]
     }
+}
+
+/// One row per cross-attention layer: its grid, the share measured at each timestep of
+/// `per_t` (per layer: name, grid side, share), and `baseline(name, grid)` in a last column.
+fn per_layer_table(
+    per_t: &[Vec<(String, usize, f64)>],
+    baseline_name: &str,
+    baseline: &dyn Fn(&str, usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<Table> {
+    let mut table = Table::new([
+        "cross-attention layer",
+        "grid",
+        "t = 100",
+        "t = 500",
+        "t = 900",
+        baseline_name,
+    ]);
+    for (i, (name, g, _)) in per_t[0].iter().enumerate() {
+        let mut row = vec![
+            name.trim_end_matches(".transformer_blocks.0.attn2")
+                .to_string(),
+            format!("{g}x{g}"),
+        ];
+        row.extend(per_t.iter().map(|s| format!("{:.0}%", 100.0 * s[i].2)));
+        row.push(format!("{:.0}%", 100.0 * baseline(name, *g)?));
+        table.row(row);
+    }
+    Ok(table)
 }

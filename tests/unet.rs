@@ -394,27 +394,10 @@ mod training {
 
     #[test]
     fn the_grounding_loss_is_small_on_the_object_and_large_off_it() {
-        use inkdrop::train::grounding::{
-            grounding_targets, inside_shares, token_loss, uniform_share,
-        };
+        use inkdrop::train::grounding::{inside_shares, token_loss, uniform_share};
         use inkdrop::unet::attention::AttentionMap;
-        let tok = clip().tokenizer;
-        let world = WorldConfig {
-            p_two_objects: 1.0,
-            ..WorldConfig::default()
-        };
-        let sample = sample_at(&world, 0, 3);
         let dev = Device::Cpu;
-        let t = grounding_targets(
-            &tok,
-            std::slice::from_ref(&sample.caption),
-            &[&sample.scene],
-            &[8],
-            16,
-            &dev,
-        )
-        .unwrap()
-        .unwrap();
+        let t = targets_on_8x8(1.0);
         let m = &t.masks[&8]; // (1, 64, 16)
         assert_eq!(m.dims(), &[1, 64, 16]);
         // Attention that puts each token on its object's most covered cell (the rest of each
@@ -492,25 +475,10 @@ mod training {
 
     #[test]
     fn the_binding_loss_is_zero_when_each_object_reads_its_own_words() {
-        use inkdrop::train::grounding::{binding_loss, grounding_targets};
+        use inkdrop::train::grounding::binding_loss;
         use inkdrop::unet::attention::AttentionMap;
-        let tok = clip().tokenizer;
         let dev = Device::Cpu;
-        let two = WorldConfig {
-            p_two_objects: 1.0,
-            ..WorldConfig::default()
-        };
-        let sample = sample_at(&two, 0, 3);
-        let t = grounding_targets(
-            &tok,
-            std::slice::from_ref(&sample.caption),
-            &[&sample.scene],
-            &[8],
-            16,
-            &dev,
-        )
-        .unwrap()
-        .unwrap();
+        let t = targets_on_8x8(1.0);
         let mv: Vec<f32> = t.masks[&8].flatten_all().unwrap().to_vec1().unwrap(); // (64 * 16)
         let map = |probs: Vec<f32>| AttentionMap {
             name: "down_blocks.0.attentions.0.transformer_blocks.0.attn2".into(),
@@ -551,9 +519,8 @@ mod training {
         for u in 0..64 {
             let row = &mv[u * 16..(u + 1) * 16];
             let top = row.iter().cloned().fold(0f32, f32::max);
-            let objects = row.iter().filter(|&&v| v > 0.0).map(|v| v.to_bits());
-            let single = objects.collect::<std::collections::HashSet<_>>().len() == 1;
-            if single {
+            // Covered by one object only: every grounded token there has the same coverage.
+            if row.iter().all(|&v| v == 0.0 || v == top) {
                 num += top.powi(3);
             }
             den += top;
@@ -561,21 +528,7 @@ mod training {
         assert!(swapped > 0.3, "the other object's words: {swapped}");
         assert!(swapped >= num / den - 1e-5, "{swapped} vs {}", num / den);
         // One object: every word names it, so attention cannot bind wrongly.
-        let one = WorldConfig {
-            p_two_objects: 0.0,
-            ..WorldConfig::default()
-        };
-        let single = sample_at(&one, 0, 3);
-        let t1 = grounding_targets(
-            &tok,
-            std::slice::from_ref(&single.caption),
-            &[&single.scene],
-            &[8],
-            16,
-            &dev,
-        )
-        .unwrap()
-        .unwrap();
+        let t1 = targets_on_8x8(0.0);
         let uniform = Tensor::full(1f32 / 16.0, (1, 1, 64, 16), &dev).unwrap();
         let l1 = binding_loss(
             &[AttentionMap {
@@ -666,27 +619,33 @@ mod training {
             grounding_weight: Some(0.5),
             ..UNetTrainConfig::default()
         };
-        let mut seen = Vec::new();
-        train_unet(
-            &model_for(&clip),
-            &cfg,
-            &data,
-            &clip,
-            &vae,
-            &dir.path().join("g.safetensors"),
-            &dir.path().join("g.ckpt"),
-            None,
-            false,
-            &mut |s| {
-                seen.push(s.token_loss);
-                true
-            },
-        )
-        .unwrap()
-        .unwrap();
+        // (grounding, binding) as each step reports them.
+        let reported = |cfg: &UNetTrainConfig, name: &str| {
+            let mut seen = Vec::new();
+            train_unet(
+                &model_for(&clip),
+                cfg,
+                &data,
+                &clip,
+                &vae,
+                &dir.path().join(format!("{name}.safetensors")),
+                &dir.path().join(format!("{name}.ckpt")),
+                None,
+                false,
+                &mut |s| {
+                    seen.push((s.token_loss, s.binding_loss));
+                    true
+                },
+            )
+            .unwrap()
+            .unwrap();
+            seen
+        };
+        let seen = reported(&cfg, "g");
         assert_eq!(seen.len(), 3);
         assert!(
-            seen.iter().all(|g| g.is_some_and(|g| g > 0.0 && g <= 1.0)),
+            seen.iter()
+                .all(|&(g, b)| g.is_some_and(|g| g > 0.0 && g <= 1.0) && b.is_none()),
             "{seen:?}"
         );
         // The binding loss alone: reported on its own, the grounding loss not.
@@ -696,29 +655,32 @@ mod training {
             p_two_objects: 1.0,
             ..cfg
         };
-        let mut seen = Vec::new();
-        train_unet(
-            &model_for(&clip),
-            &binding,
-            &data,
-            &clip,
-            &vae,
-            &dir.path().join("b.safetensors"),
-            &dir.path().join("b.ckpt"),
-            None,
-            false,
-            &mut |s| {
-                seen.push((s.token_loss, s.binding_loss));
-                true
-            },
-        )
-        .unwrap()
-        .unwrap();
+        let seen = reported(&binding, "b");
         assert!(
             seen.iter()
                 .all(|&(g, b)| g.is_none() && b.is_some_and(|b| (0.0..=1.0).contains(&b))),
             "{seen:?}"
         );
+    }
+
+    /// Grounding targets on the 8x8 grid for one Shapes World picture, of two objects when
+    /// `p_two_objects` is 1 and of one when it is 0.
+    fn targets_on_8x8(p_two_objects: f64) -> inkdrop::train::grounding::GroundingTargets {
+        let world = WorldConfig {
+            p_two_objects,
+            ..WorldConfig::default()
+        };
+        let sample = sample_at(&world, 0, 3);
+        inkdrop::train::grounding::grounding_targets(
+            &clip().tokenizer,
+            std::slice::from_ref(&sample.caption),
+            &[&sample.scene],
+            &[8],
+            16,
+            &Device::Cpu,
+        )
+        .unwrap()
+        .unwrap()
     }
 
     /// A test-size UNet that reads the test CLIP's text width.

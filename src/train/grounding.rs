@@ -114,14 +114,31 @@ pub fn grounding_targets(
     }))
 }
 
-/// `inside` (B, T) for one recorded map: the share of each token's attention (mean over heads)
-/// that falls inside its target region; None when `targets` have no grid of the map's size.
-fn inside(map: &AttentionMap, targets: &GroundingTargets) -> Result<Option<Tensor>> {
-    let Some(m) = targets
+/// The targets' coverage masks (B, HW, T) at the grid of a recorded map, if they have it.
+fn layer_mask<'a>(map: &AttentionMap, targets: &'a GroundingTargets) -> Option<&'a Tensor> {
+    targets
         .masks
         .get(&map.height)
         .filter(|_| map.height == map.width)
-    else {
+}
+
+/// The mean of per-layer losses; an error naming `what` when no layer had targets.
+fn mean_over_layers(per_layer: &[Tensor], what: &str) -> Result<Tensor> {
+    if per_layer.is_empty() {
+        return Err(Error::InvalidSetting {
+            what: what.into(),
+            reason: "no cross-attention map on a grid the grounding targets cover; \
+                     train a UNet with cross-attention"
+                .into(),
+        });
+    }
+    Ok(Tensor::stack(per_layer, 0)?.mean_all()?)
+}
+
+/// `inside` (B, T) for one recorded map: the share of each token's attention (mean over heads)
+/// that falls inside its target region; None when `targets` have no grid of the map's size.
+fn inside(map: &AttentionMap, targets: &GroundingTargets) -> Result<Option<Tensor>> {
+    let Some(m) = layer_mask(map, targets) else {
         return Ok(None);
     };
     let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
@@ -140,15 +157,7 @@ pub fn token_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result<T
             per_layer.push(((miss * &targets.selected)?.sum_all()? / targets.count as f64)?);
         }
     }
-    if per_layer.is_empty() {
-        return Err(Error::InvalidSetting {
-            what: "grounding loss".into(),
-            reason: "no cross-attention map on a grid the grounding targets cover; \
-                     train a UNet with cross-attention"
-                .into(),
-        });
-    }
-    Ok(Tensor::stack(&per_layer, 0)?.mean_all()?)
+    mean_over_layers(&per_layer, "grounding loss")
 }
 
 /// The binding loss, the pixels' side of grounding: where an object is drawn, the attention
@@ -177,25 +186,13 @@ pub fn binding_loss(maps: &[AttentionMap], targets: &GroundingTargets) -> Result
             per_layer.push((weighted / (total + 1e-8))?);
         }
     }
-    if per_layer.is_empty() {
-        return Err(Error::InvalidSetting {
-            what: "binding loss".into(),
-            reason: "no cross-attention map on a grid the grounding targets cover; \
-                     train a UNet with cross-attention"
-                .into(),
-        });
-    }
-    Ok(Tensor::stack(&per_layer, 0)?.mean_all()?)
+    mean_over_layers(&per_layer, "binding loss")
 }
 
 /// `(own / words, cover)`, both (B, HW), for one recorded map (see [`binding_loss`]); None when
 /// `targets` have no grid of the map's size.
 fn bound_share(map: &AttentionMap, targets: &GroundingTargets) -> Result<Option<(Tensor, Tensor)>> {
-    let Some(m) = targets
-        .masks
-        .get(&map.height)
-        .filter(|_| map.height == map.width)
-    else {
+    let Some(m) = layer_mask(map, targets) else {
         return Ok(None);
     };
     let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
