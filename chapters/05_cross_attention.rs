@@ -36,10 +36,11 @@ use inkdrop::support::notebook::Notebook;
 use inkdrop::support::table::Table;
 use inkdrop::support::{run_main, DEFAULT_SEED};
 use inkdrop::train::grounding::{
-    bound_shares, grounding_targets, inside_shares, latent_grids, object_tokens, uniform_share,
+    bound_shares, even_bound_share, grounding_targets, inside_shares, latent_grids, object_tokens,
+    uniform_share,
 };
 use inkdrop::train::unet::latent_dataset_of;
-use inkdrop::unet::attention::{AttentionMap, AttentionRecorder};
+use inkdrop::unet::attention::AttentionRecorder;
 use inkdrop::vae::eval::HELD_OUT_SEED;
 use ndarray::{array, Array2, Axis};
 
@@ -404,14 +405,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     write_md("grounding.md", &table.to_markdown())?;
     // The pixels' side: where an object lies, how much of the attention to object words goes
     // to that object's own words; "words alike" spreads each cell's attention evenly.
-    let table = per_layer_table(&bound, "words alike", &|name, g| {
-        let alike = AttentionMap {
-            name: name.to_string(),
-            height: g,
-            width: g,
-            probs: Tensor::full(1f32 / 16.0, (64, 1, g * g, 16), &Device::Cpu)?,
-        };
-        Ok(bound_shares(&[alike], &targets)?[0].2)
+    let table = per_layer_table(&bound, "words alike", &|_, g| {
+        Ok(even_bound_share(&targets, g)?)
     })?;
     println!("{table}\n");
     write_md("binding.md", &table.to_markdown())?;

@@ -256,6 +256,25 @@ pub fn uniform_share(targets: &GroundingTargets, g: usize) -> Result<f64> {
     Ok(f64::from(sum) / targets.count as f64)
 }
 
+/// The bound share ([`bound_shares`]) that attention spread evenly over every token would score
+/// at grid side `g`: each cell's word attention then splits over the objects' words by their
+/// number.
+pub fn even_bound_share(targets: &GroundingTargets, g: usize) -> Result<f64> {
+    let Some(m) = targets.masks.get(&g) else {
+        return Ok(f64::NAN);
+    };
+    let (b, hw, t) = m.dims3()?;
+    let even = AttentionMap {
+        name: String::new(),
+        height: g,
+        width: g,
+        probs: Tensor::full(1f32 / t as f32, (b, 1, hw, t), m.device())?, // (B, 1, HW, T)
+    };
+    Ok(bound_shares(&[even], targets)?
+        .first()
+        .map_or(f64::NAN, |s| s.2))
+}
+
 /// The side of the latent grid at each level of a UNet (`sample_size`, then halved per level):
 /// the grids its cross-attention layers see.
 pub fn latent_grids(cfg: &UNetConfig) -> Vec<usize> {

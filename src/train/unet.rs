@@ -439,11 +439,11 @@ pub fn train_unet(
         )?;
         // 3. Predict the noise (or the velocity v = sqrt(ab) eps - sqrt(1 - ab) x0), keeping
         // the cross-attention maps when the grounding loss needs them.
-        let weights = (
+        let (token_weight, binding_weight) = (
             cfg.grounding_weight.unwrap_or(0.0),
             cfg.binding_weight.unwrap_or(0.0),
         );
-        let grounding = if weights.0 > 0.0 || weights.1 > 0.0 {
+        let grounding = if token_weight > 0.0 || binding_weight > 0.0 {
             let scenes: Vec<&Scene> = idx.iter().map(|&i| &data.scenes[i as usize]).collect();
             grounding_targets(
                 &clip.tokenizer,
@@ -480,15 +480,15 @@ pub fn train_unet(
         let (mut objective, mut grounding_loss, mut bind_loss) = (objective, None, None);
         if let (Some(targets), Some(rec)) = (&grounding, &rec) {
             let maps = rec.take();
-            if weights.0 > 0.0 {
+            if token_weight > 0.0 {
                 let l = token_loss(&maps, targets)?;
                 grounding_loss = Some(f64::from(l.to_scalar::<f32>()?));
-                objective = (objective + (l * weights.0)?)?;
+                objective = (objective + (l * token_weight)?)?;
             }
-            if weights.1 > 0.0 {
+            if binding_weight > 0.0 {
                 let l = binding_loss(&maps, targets)?;
                 bind_loss = Some(f64::from(l.to_scalar::<f32>()?));
-                objective = (objective + (l * weights.1)?)?;
+                objective = (objective + (l * binding_weight)?)?;
             }
         }
         // 5. Update: gradients, clipping, AdamW, then the EMA.

@@ -88,17 +88,19 @@ impl ContextPadding {
         metadata: &std::collections::HashMap<String, String>,
         path: &std::path::Path,
     ) -> Result<Self> {
-        match metadata.get(PADDING_KEY).map(String::as_str) {
-            None | Some("kept") => Ok(Self::Kept),
-            Some("zeroed") => Ok(Self::Zeroed),
-            Some(other) => Err(Error::Weights {
+        let Some(stored) = metadata.get(PADDING_KEY) else {
+            return Ok(Self::Kept);
+        };
+        [Self::Kept, Self::Zeroed]
+            .into_iter()
+            .find(|p| p.name() == stored)
+            .ok_or_else(|| Error::Weights {
                 path: path.to_path_buf(),
                 reason: format!(
-                    "its {PADDING_KEY} metadata is {other:?}, expected \"kept\" or \"zeroed\"; \
+                    "its {PADDING_KEY} metadata is {stored:?}, expected \"kept\" or \"zeroed\"; \
                      retrain the UNet with `inkdrop train unet`"
                 ),
-            }),
-        }
+            })
     }
 
     /// The name stored under [`PADDING_KEY`].
