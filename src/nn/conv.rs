@@ -114,94 +114,110 @@ impl Geometry {
     fn chunk(&self) -> usize {
         ((1 << 20) / (self.k() * self.p()).max(1)).clamp(1, self.n.max(1))
     }
+}
 
-    /// Output positions `o` whose input `o * stride + k - pad` lands inside `0..len`.
-    fn valid(&self, k: usize, pad: usize, len: usize, out: usize) -> (usize, usize) {
-        let s = self.stride;
-        let lo = if k >= pad { 0 } else { (pad - k).div_ceil(s) };
-        let hi = if len + pad <= k {
-            0
-        } else {
-            ((len - 1 + pad - k) / s + 1).min(out)
-        };
-        (lo.min(hi), hi)
+/// The padded plane of one image channel: (H + pad_top + pad_bottom) rows of
+/// (W + pad_left + pad_right), zero around the image.
+struct PaddedPlane {
+    wp: usize,
+    buf: Vec<f32>,
+}
+
+impl PaddedPlane {
+    /// An all-zero plane for `g`'s padding.
+    fn new(g: &Geometry) -> Self {
+        let wp = g.w + g.pad.left + g.pad.right;
+        let hp = g.h + g.pad.top + g.pad.bottom;
+        Self {
+            wp,
+            buf: vec![0f32; hp * wp],
+        }
     }
 
-    /// The input row read by output row `oy` at kernel row `ky`, if inside the image.
-    fn input_row(&self, oy: usize, ky: usize) -> Option<usize> {
-        (oy * self.stride + ky)
-            .checked_sub(self.pad.top)
-            .filter(|&iy| iy < self.h)
+    /// Where input pixel (iy, 0) lives.
+    fn row(&self, g: &Geometry, iy: usize) -> usize {
+        (iy + g.pad.top) * self.wp + g.pad.left
+    }
+
+    /// Where kernel tap (ky, kx) reads (or writes) for output row `oy`.
+    fn tap_row(&self, g: &Geometry, oy: usize, ky: usize, kx: usize) -> usize {
+        (oy * g.stride + ky) * self.wp + kx
     }
 }
 
 /// `col[(c, ky, kx), (b, oy, ox)] = x[b, c, oy*s + ky - pad_top, ox*s + kx - pad_left]`, zero
 /// outside the image. `x` holds `nb` images (nb, C_in, H, W); `col` is (K, nb*P).
+///
+/// Each task takes one input channel (its `kh*kw` rows of `col`) and, image by image, copies
+/// the plane into a zero-bordered padded plane; every row of every tap is then one plain copy,
+/// with no bounds to test (at 8x8 a row is 8 floats, so tests and fills would cost more than
+/// the copies).
 fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32]) {
     let (p, hw, kk) = (g.p(), g.h * g.w, g.kh * g.kw);
-    col.par_chunks_mut(nb * p).enumerate().for_each(|(r, row)| {
-        let (c, ky, kx) = (r / kk, (r % kk) / g.kw, r % g.kw);
-        let (ox0, ox1) = g.valid(kx, g.pad.left, g.w, g.w_out);
-        for (b, out) in row.chunks_exact_mut(p).enumerate() {
-            let plane = &x[(b * g.c_in + c) * hw..][..hw];
-            for (oy, dst) in out.chunks_exact_mut(g.w_out).enumerate() {
-                let Some(iy) = g.input_row(oy, ky) else {
-                    dst.fill(0.0);
-                    continue;
-                };
-                let src = &plane[iy * g.w..][..g.w];
-                dst[..ox0].fill(0.0);
-                dst[ox1..].fill(0.0);
-                if ox0 == ox1 {
-                    continue;
+    col.par_chunks_mut(kk * nb * p).enumerate().for_each_init(
+        || PaddedPlane::new(g),
+        |pad, (c, rows)| {
+            for b in 0..nb {
+                let plane = &x[(b * g.c_in + c) * hw..][..hw];
+                for (iy, line) in plane.chunks_exact(g.w).enumerate() {
+                    let at = pad.row(g, iy);
+                    pad.buf[at..at + g.w].copy_from_slice(line);
                 }
-                let ix0 = ox0 * g.stride + kx - g.pad.left;
-                if g.stride == 1 {
-                    dst[ox0..ox1].copy_from_slice(&src[ix0..ix0 + ox1 - ox0]);
-                } else {
-                    for (d, s) in dst[ox0..ox1]
-                        .iter_mut()
-                        .zip(src[ix0..].iter().step_by(g.stride))
-                    {
-                        *d = *s;
+                for (tap, row) in rows.chunks_exact_mut(nb * p).enumerate() {
+                    let (ky, kx) = (tap / g.kw, tap % g.kw);
+                    let out = &mut row[b * p..][..p];
+                    for (oy, dst) in out.chunks_exact_mut(g.w_out).enumerate() {
+                        let src = &pad.buf[pad.tap_row(g, oy, ky, kx)..];
+                        if g.stride == 1 {
+                            dst.copy_from_slice(&src[..g.w_out]);
+                        } else {
+                            let src = src.iter().step_by(g.stride);
+                            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+                        }
                     }
                 }
             }
-        }
-    });
+        },
+    );
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it was read
 /// from. `dx` holds `nb` images (nb, C_in, H, W) and is accumulated into.
+///
+/// Each task takes one image channel and sums its taps into a zeroed padded plane (in the
+/// order ky, kx, as a direct sum would), then adds the plane's inside onto `dx`.
 fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32]) {
     let (p, hw) = (g.p(), g.h * g.w);
     dx[..nb * g.c_in * hw]
         .par_chunks_mut(hw)
         .enumerate()
-        .for_each(|(bc, plane)| {
-            let (b, c) = (bc / g.c_in, bc % g.c_in);
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let r = (c * g.kh + ky) * g.kw + kx;
-                    let row = &col[r * nb * p + b * p..][..p];
-                    let (ox0, ox1) = g.valid(kx, g.pad.left, g.w, g.w_out);
-                    if ox0 == ox1 {
-                        continue;
-                    }
-                    for (oy, src) in row.chunks_exact(g.w_out).enumerate() {
-                        let Some(iy) = g.input_row(oy, ky) else {
-                            continue;
-                        };
-                        let dst = &mut plane[iy * g.w..][..g.w];
-                        let ix0 = ox0 * g.stride + kx - g.pad.left;
-                        let dst = dst[ix0..].iter_mut().step_by(g.stride);
-                        for (d, s) in dst.zip(&src[ox0..ox1]) {
-                            *d += *s;
+        .for_each_init(
+            || PaddedPlane::new(g),
+            |pad, (bc, plane)| {
+                let (b, c) = (bc / g.c_in, bc % g.c_in);
+                pad.buf.fill(0.0);
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let r = (c * g.kh + ky) * g.kw + kx;
+                        let rows = &col[r * nb * p + b * p..][..p];
+                        for (oy, src) in rows.chunks_exact(g.w_out).enumerate() {
+                            let at = pad.tap_row(g, oy, ky, kx);
+                            let dst = &mut pad.buf[at..];
+                            if g.stride == 1 {
+                                dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+                            } else {
+                                let dst = dst.iter_mut().step_by(g.stride);
+                                dst.zip(src).for_each(|(d, s)| *d += *s);
+                            }
                         }
                     }
                 }
-            }
-        });
+                for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
+                    let at = pad.row(g, iy);
+                    super::fastmath::add_assign(line, &pad.buf[at..at + g.w]);
+                }
+            },
+        );
 }
 
 thread_local! {
