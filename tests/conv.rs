@@ -90,6 +90,22 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(1),
         },
+        // The padded-plane path without padding (each row shares no zeros) and with a 5x5
+        // kernel (two zero rows and columns shared between neighbours).
+        Case {
+            x: [1, 2, 40, 40],
+            c_out: 3,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(0),
+        },
+        Case {
+            x: [2, 3, 32, 32],
+            c_out: 2,
+            k: 5,
+            stride: 1,
+            pad: Padding::same(2),
+        },
         // Large enough to take several im2col chunks and the threaded gemm path.
         Case {
             x: [9, 64, 32, 32],

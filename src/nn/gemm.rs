@@ -54,19 +54,39 @@ pub fn sgemm_serial(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
     sgemm_on(a, b, c, accumulate, false);
 }
 
+/// [`sgemm_serial`] into a strided output: `c[i * rs + j] (+)= (a @ b)[i, j]`, for writing
+/// straight into a window of a wider buffer (a block of columns of a padded image).
+pub fn sgemm_serial_into(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(
+        rs >= n,
+        "sgemm: output rows of {n} overlap at row stride {rs}"
+    );
+    assert!(
+        m == 0 || n == 0 || (m - 1) * rs + n <= c.len(),
+        "sgemm: output view out of bounds"
+    );
+    gemm_raw(a, b, c, rs, accumulate, false);
+}
+
 fn sgemm_on(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, threaded: bool) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(c.len() >= m * n, "sgemm: output view out of bounds");
+    gemm_raw(a, b, c, n, accumulate, threaded);
+}
+
+/// The call into `gemm`, with `c` row-major at row stride `rs`; the callers have checked that
+/// `c` holds every (i, j) once.
+fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, threaded: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
-    assert!(
-        a.fits() && b.fits() && c.len() >= m * n,
-        "sgemm: view out of bounds"
-    );
+    assert!(a.fits() && b.fits(), "sgemm: view out of bounds");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(rs).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -75,8 +95,8 @@ fn sgemm_on(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, threaded: boo
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index the views describe inside their slices, and
-    // `c` is borrowed mutably, so it aliases neither input.
+    // SAFETY: the asserts here and in the callers keep every index the views describe inside
+    // their slices, and `c` is borrowed mutably, so it aliases neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -84,7 +104,7 @@ fn sgemm_on(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, threaded: boo
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
