@@ -11,6 +11,9 @@
 //! - input grad:     `dx = col2im(W^T @ dy)`      scatter-add the columns back onto the image
 //!
 //! Each is one `gemm` call per chunk, so all three passes run near the matrix-product peak.
+//! Each thread takes its own contiguous run of images (columns, products, bias, and in the
+//! backward pass its own part of dx and a partial dW), so the two cores meet once per
+//! convolution rather than at every step of it.
 //! Checked against candle's conv2d and finite differences in `tests/conv.rs`.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -18,7 +21,7 @@ use rayon::prelude::*;
 
 use super::ops::contiguous_f32;
 
-use super::gemm::{sgemm, MatRef};
+use super::gemm::{sgemm, sgemm_serial, MatRef};
 
 /// Zero padding on each side of the image, in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,33 +156,38 @@ impl PaddedPlane {
 /// the plane into a zero-bordered padded plane; every row of every tap is then one plain copy,
 /// with no bounds to test (at 8x8 a row is 8 floats, so tests and fills would cost more than
 /// the copies).
-fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32]) {
+fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32], parallel: bool) {
     let (p, hw, kk) = (g.p(), g.h * g.w, g.kh * g.kw);
-    col.par_chunks_mut(kk * nb * p).enumerate().for_each_init(
-        || PaddedPlane::new(g),
-        |pad, (c, rows)| {
-            for b in 0..nb {
-                let plane = &x[(b * g.c_in + c) * hw..][..hw];
-                for (iy, line) in plane.chunks_exact(g.w).enumerate() {
-                    let at = pad.row(g, iy);
-                    pad.buf[at..at + g.w].copy_from_slice(line);
-                }
-                for (tap, row) in rows.chunks_exact_mut(nb * p).enumerate() {
-                    let (ky, kx) = (tap / g.kw, tap % g.kw);
-                    let out = &mut row[b * p..][..p];
-                    for (oy, dst) in out.chunks_exact_mut(g.w_out).enumerate() {
-                        let src = &pad.buf[pad.tap_row(g, oy, ky, kx)..];
-                        if g.stride == 1 {
-                            dst.copy_from_slice(&src[..g.w_out]);
-                        } else {
-                            let src = src.iter().step_by(g.stride);
-                            dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
-                        }
+    let channel = |pad: &mut PaddedPlane, (c, rows): (usize, &mut [f32])| {
+        for b in 0..nb {
+            let plane = &x[(b * g.c_in + c) * hw..][..hw];
+            for (iy, line) in plane.chunks_exact(g.w).enumerate() {
+                let at = pad.row(g, iy);
+                pad.buf[at..at + g.w].copy_from_slice(line);
+            }
+            for (tap, row) in rows.chunks_exact_mut(nb * p).enumerate() {
+                let (ky, kx) = (tap / g.kw, tap % g.kw);
+                let out = &mut row[b * p..][..p];
+                for (oy, dst) in out.chunks_exact_mut(g.w_out).enumerate() {
+                    let src = &pad.buf[pad.tap_row(g, oy, ky, kx)..];
+                    if g.stride == 1 {
+                        dst.copy_from_slice(&src[..g.w_out]);
+                    } else {
+                        let src = src.iter().step_by(g.stride);
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
                     }
                 }
             }
-        },
-    );
+        }
+    };
+    if parallel {
+        let rows = col.par_chunks_mut(kk * nb * p).enumerate();
+        rows.for_each_init(|| PaddedPlane::new(g), channel);
+    } else {
+        let mut pad = PaddedPlane::new(g);
+        let rows = col.chunks_mut(kk * nb * p).enumerate();
+        rows.for_each(|item| channel(&mut pad, item));
+    }
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it was read
@@ -187,38 +195,62 @@ fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32]) {
 ///
 /// Each task takes one image channel and sums its taps into a zeroed padded plane (in the
 /// order ky, kx, as a direct sum would), then adds the plane's inside onto `dx`.
-fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32]) {
+fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32], parallel: bool) {
     let (p, hw) = (g.p(), g.h * g.w);
-    dx[..nb * g.c_in * hw]
-        .par_chunks_mut(hw)
-        .enumerate()
-        .for_each_init(
-            || PaddedPlane::new(g),
-            |pad, (bc, plane)| {
-                let (b, c) = (bc / g.c_in, bc % g.c_in);
-                pad.buf.fill(0.0);
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let r = (c * g.kh + ky) * g.kw + kx;
-                        let rows = &col[r * nb * p + b * p..][..p];
-                        for (oy, src) in rows.chunks_exact(g.w_out).enumerate() {
-                            let at = pad.tap_row(g, oy, ky, kx);
-                            let dst = &mut pad.buf[at..];
-                            if g.stride == 1 {
-                                dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
-                            } else {
-                                let dst = dst.iter_mut().step_by(g.stride);
-                                dst.zip(src).for_each(|(d, s)| *d += *s);
-                            }
-                        }
+    let plane = |pad: &mut PaddedPlane, (bc, plane): (usize, &mut [f32])| {
+        let (b, c) = (bc / g.c_in, bc % g.c_in);
+        pad.buf.fill(0.0);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let r = (c * g.kh + ky) * g.kw + kx;
+                let rows = &col[r * nb * p + b * p..][..p];
+                for (oy, src) in rows.chunks_exact(g.w_out).enumerate() {
+                    let at = pad.tap_row(g, oy, ky, kx);
+                    let dst = &mut pad.buf[at..];
+                    if g.stride == 1 {
+                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s);
+                    } else {
+                        let dst = dst.iter_mut().step_by(g.stride);
+                        dst.zip(src).for_each(|(d, s)| *d += *s);
                     }
                 }
-                for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
-                    let at = pad.row(g, iy);
-                    super::fastmath::add_assign(line, &pad.buf[at..at + g.w]);
-                }
-            },
-        );
+            }
+        }
+        for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
+            let at = pad.row(g, iy);
+            super::fastmath::add_assign(line, &pad.buf[at..at + g.w]);
+        }
+    };
+    let dx = &mut dx[..nb * g.c_in * hw];
+    if parallel {
+        let planes = dx.par_chunks_mut(hw).enumerate();
+        planes.for_each_init(|| PaddedPlane::new(g), plane);
+    } else {
+        let mut pad = PaddedPlane::new(g);
+        dx.chunks_mut(hw)
+            .enumerate()
+            .for_each(|item| plane(&mut pad, item));
+    }
+}
+
+/// Contiguous runs of images, one per thread: (first image, number of images). With fewer
+/// images than threads, one run, and each step of it parallel inside instead.
+fn image_runs(n: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    if n < threads {
+        return vec![(0, n)];
+    }
+    let per = n.div_ceil(threads);
+    (0..n).step_by(per).map(|b| (b, per.min(n - b))).collect()
+}
+
+/// [`sgemm`] on all threads, or on the calling one.
+fn sgemm_maybe_parallel(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, parallel: bool) {
+    if parallel {
+        sgemm(a, b, c, accumulate);
+    } else {
+        sgemm_serial(a, b, c, accumulate);
+    }
 }
 
 thread_local! {
@@ -280,28 +312,39 @@ impl CustomOp3 for Conv2d {
                 Shape::from((g.n, g.c_out, g.h_out, g.w_out)),
             ));
         }
-        let (k, p, nb) = (g.k(), g.p(), g.chunk());
+        // Each thread takes its own run of images, chunk by chunk: columns, one product, the
+        // bias, with nothing shared between the threads until the end.
+        let (k, p, nb, hw) = (g.k(), g.p(), g.chunk(), g.h * g.w);
         let mut y = vec![0f32; g.n * g.c_out * p];
-        with_scratch(k * nb * p, g.c_out * nb * p, |col, y_cols| {
-            for b0 in (0..g.n).step_by(nb) {
-                let nbc = nb.min(g.n - b0);
-                let col = &mut col[..k * nbc * p];
-                im2col(&g, &x[b0 * g.c_in * g.h * g.w..], nbc, col);
-                let y_cols = &mut y_cols[..g.c_out * nbc * p];
-                sgemm(
-                    MatRef::row_major(w, g.c_out, k),
-                    MatRef::row_major(col, k, nbc * p),
-                    y_cols,
-                    false,
-                ); // (C_out, nb*P)
-                let y_chunk = &mut y[b0 * g.c_out * p..][..nbc * g.c_out * p];
-                y_chunk.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
-                    let (b, co) = (i / g.c_out, i % g.c_out);
-                    let src = &y_cols[(co * nbc + b) * p..][..p];
-                    super::fastmath::add_scalar(dst, src, bias[co]);
-                }); // (nb, C_out, P)
-            }
-        });
+        let runs = image_runs(g.n);
+        let inner = runs.len() == 1;
+        let per = runs[0].1.max(1);
+        y.par_chunks_mut(per * g.c_out * p)
+            .zip(runs)
+            .for_each(|(y_run, (b0, nr))| {
+                with_scratch(k * nb * p, g.c_out * nb * p, |col, y_cols| {
+                    for c0 in (0..nr).step_by(nb) {
+                        let nbc = nb.min(nr - c0);
+                        let col = &mut col[..k * nbc * p];
+                        im2col(&g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
+                        let y_cols = &mut y_cols[..g.c_out * nbc * p];
+                        let w_mat = MatRef::row_major(w, g.c_out, k);
+                        let col = MatRef::row_major(col, k, nbc * p);
+                        sgemm_maybe_parallel(w_mat, col, y_cols, false, inner); // (C_out, nb*P)
+                        let y_chunk = &mut y_run[c0 * g.c_out * p..][..nbc * g.c_out * p];
+                        let bias_add = |(i, dst): (usize, &mut [f32])| {
+                            let (b, co) = (i / g.c_out, i % g.c_out);
+                            let src = &y_cols[(co * nbc + b) * p..][..p];
+                            super::fastmath::add_scalar(dst, src, bias[co]);
+                        }; // (nb, C_out, P)
+                        if inner {
+                            y_chunk.par_chunks_mut(p).enumerate().for_each(bias_add);
+                        } else {
+                            y_chunk.chunks_mut(p).enumerate().for_each(bias_add);
+                        }
+                    }
+                })
+            });
         Ok((
             CpuStorage::F32(y),
             Shape::from((g.n, g.c_out, g.h_out, g.w_out)),
@@ -380,41 +423,66 @@ impl CustomOp3 for Conv2dBackward {
             let len = out.len();
             return Ok((CpuStorage::F32(out), Shape::from(len)));
         }
-        // The weight gradient is accumulated transposed, dW^T = col @ dy^T (K, C_out): the
-        // matrix-product kernels run 5x faster in this orientation when the inner dimension
-        // (N*P) is long and the output small.
-        let mut dw_t = vec![0f32; k * g.c_out];
-        with_scratch(k * nb * p, g.c_out * nb * p, |col, dy_cols| {
-            for b0 in (0..g.n).step_by(nb) {
-                let nbc = nb.min(g.n - b0);
-                let dy_chunk = &dy[b0 * g.c_out * p..][..nbc * g.c_out * p];
-                let dy_cols = &mut dy_cols[..g.c_out * nbc * p];
-                dy_cols.par_chunks_mut(p).enumerate().for_each(|(i, dst)| {
-                    let (co, b) = (i / nbc, i % nbc);
-                    dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
-                }); // (C_out, nb*P)
-                for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
-                    db[co] += super::fastmath::sum_wide(row);
-                }
-                let col = &mut col[..k * nbc * p];
-                im2col(&g, &x[b0 * g.c_in * g.h * g.w..], nbc, col);
-                let dy_mat = MatRef::row_major(dy_cols, g.c_out, nbc * p);
-                sgemm(
-                    MatRef::row_major(col, k, nbc * p),
-                    dy_mat.t(),
-                    &mut dw_t,
-                    true,
-                ); // (K, C_out)
-                if self.input_grad {
-                    sgemm(MatRef::row_major(w, g.c_out, k).t(), dy_mat, col, false); // (K, nb*P)
-                    col2im(&g, col, nbc, &mut dx[b0 * g.c_in * g.h * g.w..]);
-                }
-            }
-        });
+        // Each thread takes its own run of images: its dx is its own, its dW and db are partial
+        // sums, added at the end. The weight gradient is accumulated transposed,
+        // dW^T = col @ dy^T (K, C_out): the matrix-product kernels run 5x faster in this
+        // orientation when the inner dimension (N*P) is long and the output small.
+        let hw = g.h * g.w;
+        let runs = image_runs(g.n);
+        let inner = runs.len() == 1;
+        let per = runs[0].1.max(1);
+        let dx_runs: Vec<&mut [f32]> = if self.input_grad {
+            dx.chunks_mut(per * g.c_in * hw).collect()
+        } else {
+            runs.iter().map(|_| &mut [][..]).collect()
+        };
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = runs
+            .into_par_iter()
+            .zip(dx_runs)
+            .map(|((b0, nr), dx_run)| {
+                let (mut dw_t, mut db_run) = (vec![0f32; k * g.c_out], vec![0f32; g.c_out]);
+                with_scratch(k * nb * p, g.c_out * nb * p, |col, dy_cols| {
+                    for c0 in (0..nr).step_by(nb) {
+                        let nbc = nb.min(nr - c0);
+                        let dy_chunk = &dy[(b0 + c0) * g.c_out * p..][..nbc * g.c_out * p];
+                        let dy_cols = &mut dy_cols[..g.c_out * nbc * p];
+                        let gather = |(i, dst): (usize, &mut [f32])| {
+                            let (co, b) = (i / nbc, i % nbc);
+                            dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
+                        }; // (C_out, nb*P)
+                        if inner {
+                            dy_cols.par_chunks_mut(p).enumerate().for_each(gather);
+                        } else {
+                            dy_cols.chunks_mut(p).enumerate().for_each(gather);
+                        }
+                        for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
+                            db_run[co] += super::fastmath::sum_wide(row);
+                        }
+                        let col = &mut col[..k * nbc * p];
+                        im2col(&g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
+                        let dy_mat = MatRef::row_major(dy_cols, g.c_out, nbc * p);
+                        let col_mat = MatRef::row_major(col, k, nbc * p);
+                        sgemm_maybe_parallel(col_mat, dy_mat.t(), &mut dw_t, true, inner); // (K, C_out)
+                        if self.input_grad {
+                            let w_t = MatRef::row_major(w, g.c_out, k).t();
+                            sgemm_maybe_parallel(w_t, dy_mat, col, false, inner); // (K, nb*P)
+                            col2im(&g, col, nbc, &mut dx_run[c0 * g.c_in * hw..], inner);
+                        }
+                    }
+                });
+                (dw_t, db_run)
+            })
+            .collect();
         for (co, row) in dw.chunks_exact_mut(k).enumerate() {
-            row.iter_mut()
-                .enumerate()
-                .for_each(|(kk, d)| *d = dw_t[kk * g.c_out + co]);
+            for (kk, d) in row.iter_mut().enumerate() {
+                *d = partials
+                    .iter()
+                    .map(|(dw_t, _)| dw_t[kk * g.c_out + co])
+                    .sum();
+            }
+        }
+        for (_, db_run) in &partials {
+            db.iter_mut().zip(db_run).for_each(|(d, s)| *d += s);
         }
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))

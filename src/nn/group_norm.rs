@@ -3,8 +3,13 @@
 //! candle-nn builds GroupNorm out of a dozen small tensor ops (reshape, mean, subtract, square,
 //! mean, sqrt, divide, multiply, add), each a pass over memory with its own backward; here each
 //! direction is one pass per group. Stable Diffusion's ResnetBlock2D always applies
-//! `silu(group_norm(x))`, so the activation is fused in as well.
+//! `silu(group_norm(x))`, so the activation is fused in as well. When a gradient will be asked
+//! for, the forward pass keeps each group's mean and `1 / std` and, with SiLU, every
+//! `sigmoid(z)` it computed, so the backward pass neither re-reads x for its statistics nor
+//! evaluates an exponential again.
 //! Checked against candle-nn's GroupNorm and finite differences in `tests/conv.rs`.
+
+use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -57,38 +62,56 @@ fn stats(seg: &[f32], eps: f32) -> (f32, f32) {
 
 wide_kernels! {
     /// The forward pass over one group of one sample: `xs` holds its `gamma.len()` channels one
-    /// after another, `ys` receives `act((x - mean) * rstd * gamma_c + beta_c)`.
-    fn forward_group(ys: &mut [f32], xs: &[f32], gamma: &[f32], beta: &[f32], eps: f32, silu: bool) {
+    /// after another, `ys` receives `act((x - mean) * rstd * gamma_c + beta_c)`, and `sg` (if not
+    /// empty) each `sigmoid(z)`. Returns the group's (mean, rstd).
+    fn forward_group(
+        ys: &mut [f32],
+        sg: &mut [f32],
+        xs: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        silu: bool,
+    ) -> (f32, f32) {
         let (mean, rstd) = stats(xs, eps);
         let s = xs.len() / gamma.len();
         for (j, (yc, xc)) in ys.chunks_mut(s).zip(xs.chunks(s)).enumerate() {
             let scale = rstd * gamma[j];
             let shift = beta[j] - mean * scale;
-            // Two loops, not one with a branch inside: a branch keeps the loop scalar.
+            // Separate loops, not one with a branch inside: a branch keeps the loop scalar.
             let affine = yc
                 .iter_mut()
                 .zip(xc)
                 .map(|(yv, &xv)| (yv, xv * scale + shift));
-            if silu {
+            if silu && !sg.is_empty() {
+                let sc = &mut sg[j * s..(j + 1) * s];
+                affine.zip(sc).for_each(|((yv, z), sv)| {
+                    *sv = sigmoid(z);
+                    *yv = z * *sv;
+                });
+            } else if silu {
                 affine.for_each(|(yv, z)| *yv = z * sigmoid(z));
             } else {
                 affine.for_each(|(yv, z)| *yv = z);
             }
         }
+        (mean, rstd)
     }
 
-    /// The backward pass over one group of one sample (see [`GroupNormBackward`]): writes `dx`
-    /// into `dxs` and returns each channel's `(dgamma, dbeta)`.
+    /// The backward pass over one group of one sample (see [`GroupNormBackward`]), from the
+    /// forward pass's (mean, rstd) and `sigmoid(z)`: writes `dx` into `dxs` and returns each
+    /// channel's `(dgamma, dbeta)`.
+    #[allow(clippy::too_many_arguments)]
     fn backward_group(
         dxs: &mut [f32],
         xs: &[f32],
         dys: &[f32],
+        sg: &[f32],
         gamma: &[f32],
         beta: &[f32],
-        eps: f32,
+        (mean, rstd): (f32, f32),
         silu: bool,
     ) -> Vec<(f32, f32)> {
-        let (mean, rstd) = stats(xs, eps);
         let cpg = gamma.len();
         let s = xs.len() / cpg;
         // Pass 1: dz = dy * act'(z) into dxs, and per channel sum(dz), sum(dz * xhat).
@@ -96,12 +119,13 @@ wide_kernels! {
         for j in 0..cpg {
             let (ga, be) = (gamma[j], beta[j]);
             let range = j * s..(j + 1) * s;
-            let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range]);
+            let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range.clone()]);
             if silu {
-                for ((dz, &xv), &g) in dzs.iter_mut().zip(xc).zip(gc) {
+                // d(z sigmoid(z))/dz = sigmoid(z) (1 + z (1 - sigmoid(z))).
+                let sc = &sg[range];
+                for (((dz, &xv), &g), &sv) in dzs.iter_mut().zip(xc).zip(gc).zip(sc) {
                     let z = (xv - mean) * rstd * ga + be;
-                    let sg = sigmoid(z);
-                    *dz = g * sg * (1.0 + z * (1.0 - sg));
+                    *dz = g * sv * (1.0 + z * (1.0 - sv));
                 }
             } else {
                 dzs.copy_from_slice(gc);
@@ -130,6 +154,18 @@ struct GroupNormOp {
     groups: usize,
     eps: f32,
     silu: bool,
+    /// Whether a backward pass can follow (an input is a variable or depends on one).
+    keep: bool,
+    saved: Mutex<Saved>,
+}
+
+/// What the forward pass leaves for the backward one.
+#[derive(Default)]
+struct Saved {
+    /// (mean, rstd) of each (sample, group), in memory order.
+    stats: Vec<(f32, f32)>,
+    /// `sigmoid(z)` of every element, with SiLU (else empty).
+    sigmoid: Vec<f32>,
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -150,22 +186,35 @@ impl CustomOp3 for GroupNormOp {
         let gamma = contiguous_f32(s2, l2, "group_norm weight")?;
         let beta = contiguous_f32(s3, l3, "group_norm bias")?;
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
+        let seg = gs.segment();
+        let group = |i: usize, ys: &mut [f32], sg: &mut [f32], xs: &[f32]| {
+            let c0 = (i % gs.groups) * gs.channels_per_group();
+            let channels = c0..c0 + gs.channels_per_group();
+            let (g, b) = (&gamma[channels.clone()], &beta[channels]);
+            forward_group(ys, sg, xs, g, b, self.eps, self.silu)
+        };
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(gs.segment())
-            .zip(x.par_chunks(gs.segment()))
-            .enumerate()
-            .for_each(|(i, (ys, xs))| {
-                let c0 = (i % gs.groups) * gs.channels_per_group();
-                let channels = c0..c0 + gs.channels_per_group();
-                forward_group(
-                    ys,
-                    xs,
-                    &gamma[channels.clone()],
-                    &beta[channels],
-                    self.eps,
-                    self.silu,
-                );
-            });
+        let mut sigmoid = vec![0f32; if self.keep && self.silu { x.len() } else { 0 }];
+        let stats: Vec<(f32, f32)> = if sigmoid.is_empty() {
+            y.par_chunks_mut(seg)
+                .zip(x.par_chunks(seg))
+                .enumerate()
+                .map(|(i, (ys, xs))| group(i, ys, &mut [], xs))
+                .collect()
+        } else {
+            y.par_chunks_mut(seg)
+                .zip(sigmoid.par_chunks_mut(seg))
+                .zip(x.par_chunks(seg))
+                .enumerate()
+                .map(|(i, ((ys, sg), xs))| group(i, ys, sg, xs))
+                .collect()
+        };
+        if self.keep {
+            let mut saved = self.saved.lock().map_err(|_| {
+                candle_core::Error::Msg("group_norm: saved statistics poisoned".into())
+            })?;
+            *saved = Saved { stats, sigmoid };
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -178,10 +227,14 @@ impl CustomOp3 for GroupNormOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let affine = Tensor::stack(&[gamma, beta], 0)?; // (2, C)
+        let saved = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("group_norm: saved statistics poisoned".into()))?;
         let backward = GroupNormBackward {
             groups: self.groups,
-            eps: self.eps,
             silu: self.silu,
+            saved: &saved,
         };
         let flat = x.apply_op3_no_bwd(&affine, &dy.contiguous()?, &backward)?;
         let (n, c) = (x.elem_count(), gamma.elem_count());
@@ -196,13 +249,13 @@ impl CustomOp3 for GroupNormOp {
 /// `[dx, dgamma, dbeta]`. With `dz = dy * act'(z)` and `h = dz * gamma`, per group:
 /// `dx = rstd * (h - mean(h) - xhat * mean(h * xhat))`, `dgamma = sum dz * xhat`,
 /// `dbeta = sum dz`.
-struct GroupNormBackward {
+struct GroupNormBackward<'a> {
     groups: usize,
-    eps: f32,
     silu: bool,
+    saved: &'a Saved,
 }
 
-impl CustomOp3 for GroupNormBackward {
+impl CustomOp3 for GroupNormBackward<'_> {
     fn name(&self) -> &'static str {
         "inkdrop-group-norm-backward"
     }
@@ -225,23 +278,26 @@ impl CustomOp3 for GroupNormBackward {
         let c = gs.c;
         let mut out = vec![0f32; x.len() + 2 * c];
         let (dx, affine_grads) = out.split_at_mut(x.len());
+        let (stats, sigmoid) = (&self.saved.stats, &self.saved.sigmoid);
+        if stats.len() != x.len() / gs.segment() || (self.silu && sigmoid.len() != x.len()) {
+            bail!("group_norm: backward pass without its forward pass's statistics");
+        }
         // Per segment: the (dgamma, dbeta) of its channels, summed over samples afterwards.
+        let segments = x.par_chunks(gs.segment()).zip(dy.par_chunks(gs.segment()));
         let partial: Vec<Vec<(f32, f32)>> = dx
             .par_chunks_mut(gs.segment())
-            .zip(x.par_chunks(gs.segment()).zip(dy.par_chunks(gs.segment())))
+            .zip(segments)
             .enumerate()
             .map(|(i, (dxs, (xs, dys)))| {
                 let c0 = (i % gs.groups) * cpg;
                 let channels = c0..c0 + cpg;
-                backward_group(
-                    dxs,
-                    xs,
-                    dys,
-                    &gamma[channels.clone()],
-                    &beta[channels],
-                    self.eps,
-                    self.silu,
-                )
+                let sg = if self.silu {
+                    &sigmoid[i * gs.segment()..][..gs.segment()]
+                } else {
+                    &[]
+                };
+                let (g, b) = (&gamma[channels.clone()], &beta[channels]);
+                backward_group(dxs, xs, dys, sg, g, b, stats[i], self.silu)
             })
             .collect();
         for (i, sums) in partial.iter().enumerate() {
@@ -274,6 +330,8 @@ pub fn group_norm(
             groups,
             eps: eps as f32,
             silu,
+            keep: x.track_op() || gamma.track_op() || beta.track_op(),
+            saved: Mutex::default(),
         },
     )
 }
