@@ -5,10 +5,12 @@ Times diffusers' UNet2DConditionModel for the same two configs and the same thre
 as `examples/bench_unet.rs` (forward at batch 2, forward + backward at batch 2, a training step
 with gradient clipping and AdamW at batch 32 / 64), on 2 threads, then runs inkdrop's benchmark
 and prints both medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is
-faster).
+faster). On a shared machine the speed drifts by tens of percent within minutes, so the two are
+measured in alternation, `--rounds` times (which goes first alternates too); the table gives the
+median over the rounds of each side's medians, and the range of the rounds' own ratios.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch diffusers
-    /tmp/torchenv/bin/python benches/torch_unet.py [--reps 7] [--threads 2]
+    /tmp/torchenv/bin/python benches/torch_unet.py [--reps 7] [--threads 2] [--rounds 3]
     /tmp/torchenv/bin/python benches/torch_unet.py --markdown book/src/measured/unet_vs_pytorch.md
 
 Not part of the tests: PyTorch is a 5.5 GB install and timings are never asserted.
@@ -76,6 +78,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7, help="repetitions per measurement (median)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both (this machine: 2)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of PyTorch and inkdrop in alternation (medians over rounds)")
     ap.add_argument("--inkdrop", default=None,
                     help="bench_unet binary (default: build it with cargo)")
     ap.add_argument("--markdown", default=None,
@@ -86,31 +90,51 @@ def main():
     cmd = ([args.inkdrop] if args.inkdrop else
            ["cargo", "run", "--release", "--quiet", "--example", "bench_unet", "--"])
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    ours = json.loads(subprocess.run(cmd + ["--reps", str(args.reps), "--json"], cwd=root,
-                                     env=env, check=True, capture_output=True, text=True).stdout)
+
+    def bench_ours():
+        run = subprocess.run(cmd + ["--reps", str(args.reps), "--json"], cwd=root, env=env,
+                             check=True, capture_output=True, text=True)
+        return {(r["config"], r["what"]): (r["batch"], r["median_ms"]) for r in json.loads(run.stdout)}
+
+    def bench_theirs():
+        return {(name, what): ms for name in CONFIGS
+                for what, ms in bench_torch(name, args.reps).items()}
+
+    rounds = []  # (ours, theirs) per round
+    for r in range(args.rounds):
+        if r % 2 == 0:
+            ours = bench_ours()
+            theirs = bench_theirs()
+        else:
+            theirs = bench_theirs()
+            ours = bench_ours()
+        rounds.append((ours, theirs))
+        print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), "unknown CPU")
     flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
     simd = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
     header = (f"{cpu} ({simd}), {args.threads} threads; PyTorch {torch.__version__} with "
-              f"diffusers {__import__('diffusers').__version__}; medians of {args.reps}; "
-              f"{time.strftime('%Y-%m-%d')}")
+              f"diffusers {__import__('diffusers').__version__}; medians of {args.reps}, "
+              f"{args.rounds} rounds in alternation; {time.strftime('%Y-%m-%d')}")
     print(header)
-    print(f"{'config':>10} {'what':>24} {'batch':>5} {'PyTorch ms':>11} {'inkdrop ms':>11} {'ratio':>6}")
+    print(f"{'config':>10} {'what':>24} {'batch':>5} {'PyTorch ms':>11} {'inkdrop ms':>11} "
+          f"{'ratio':>6} {'rounds':>11}")
     md = [f"Measured on {header}.", "",
-          "| config | what | batch | PyTorch ms | inkdrop ms | inkdrop / PyTorch |",
-          "|---|---|---:|---:|---:|---:|"]
-    for name in CONFIGS:
-        theirs = bench_torch(name, args.reps)
-        for row in ours:
-            if row["config"] != name:
-                continue
-            t = theirs[row["what"]]
-            ratio = row["median_ms"] / t
-            print(f"{name:>10} {row['what']:>24} {row['batch']:>5} {t:>11.1f} "
-                  f"{row['median_ms']:>11.1f} {ratio:>6.2f}")
-            md.append(f"| {name} | {row['what']} | {row['batch']} | {t:.1f} | "
-                      f"{row['median_ms']:.1f} | {ratio:.2f} |")
+          "| config | what | batch | PyTorch ms | inkdrop ms | inkdrop / PyTorch | rounds |",
+          "|---|---|---:|---:|---:|---:|---:|"]
+    for key in rounds[0][0]:
+        name, what = key
+        batch = rounds[0][0][key][0]
+        ours_ms = statistics.median(o[key][1] for o, _ in rounds)
+        theirs_ms = statistics.median(t[key] for _, t in rounds)
+        ratio = ours_ms / theirs_ms
+        per_round = [o[key][1] / t[key] for o, t in rounds]
+        spread = f"{min(per_round):.2f}-{max(per_round):.2f}"
+        print(f"{name:>10} {what:>24} {batch:>5} {theirs_ms:>11.1f} {ours_ms:>11.1f} "
+              f"{ratio:>6.2f} {spread:>11}")
+        md.append(f"| {name} | {what} | {batch} | {theirs_ms:.1f} | {ours_ms:.1f} | "
+                  f"{ratio:.2f} | {spread} |")
     if args.markdown:
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         tmp = args.markdown + ".tmp"
