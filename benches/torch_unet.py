@@ -7,7 +7,9 @@ with gradient clipping and AdamW at batch 32 / 64), on 2 threads, then runs inkd
 and prints both medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is
 faster). On a shared machine the speed drifts by tens of percent within minutes, so the two are
 measured in alternation, `--rounds` times (which goes first alternates too); the table gives the
-median over the rounds of each side's medians, and the range of the rounds' own ratios.
+median over the rounds of each side's medians, the median of the rounds' own ratios (a round
+measures one config's two sides back to back, so slow drift cancels in their ratio), and the
+range of those ratios.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch diffusers
     /tmp/torchenv/bin/python benches/torch_unet.py [--reps 7] [--threads 2] [--rounds 3]
@@ -85,29 +87,33 @@ def main():
     ap.add_argument("--markdown", default=None,
                     help="also write the table as Markdown here (the book's performance appendix)")
     args = ap.parse_args()
+    if args.rounds < 1 or args.reps < 1:
+        ap.error("--rounds and --reps must be at least 1")
     torch.set_num_threads(args.threads)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = ([args.inkdrop] if args.inkdrop else
            ["cargo", "run", "--release", "--quiet", "--example", "bench_unet", "--"])
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
 
-    def bench_ours():
-        run = subprocess.run(cmd + ["--reps", str(args.reps), "--json"], cwd=root, env=env,
-                             check=True, capture_output=True, text=True)
+    def bench_ours(name):
+        run = subprocess.run(cmd + ["--reps", str(args.reps), "--json", "--only", name], cwd=root,
+                             env=env, check=True, capture_output=True, text=True)
         return {(r["config"], r["what"]): (r["batch"], r["median_ms"]) for r in json.loads(run.stdout)}
 
-    def bench_theirs():
-        return {(name, what): ms for name in CONFIGS
-                for what, ms in bench_torch(name, args.reps).items()}
+    def bench_theirs(name):
+        return {(name, what): ms for what, ms in bench_torch(name, args.reps).items()}
 
     rounds = []  # (ours, theirs) per round
     for r in range(args.rounds):
-        if r % 2 == 0:
-            ours = bench_ours()
-            theirs = bench_theirs()
-        else:
-            theirs = bench_theirs()
-            ours = bench_ours()
+        ours, theirs = {}, {}
+        for name in CONFIGS:
+            # Each config's two sides back to back, the order alternating from round to round.
+            if r % 2 == 0:
+                ours.update(bench_ours(name))
+                theirs.update(bench_theirs(name))
+            else:
+                theirs.update(bench_theirs(name))
+                ours.update(bench_ours(name))
         rounds.append((ours, theirs))
         print(f"round {r + 1} of {args.rounds} done", file=sys.stderr)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
@@ -128,8 +134,8 @@ def main():
         batch = rounds[0][0][key][0]
         ours_ms = statistics.median(o[key][1] for o, _ in rounds)
         theirs_ms = statistics.median(t[key] for _, t in rounds)
-        ratio = ours_ms / theirs_ms
         per_round = [o[key][1] / t[key] for o, t in rounds]
+        ratio = statistics.median(per_round)
         spread = f"{min(per_round):.2f}-{max(per_round):.2f}"
         print(f"{name:>10} {what:>24} {batch:>5} {theirs_ms:>11.1f} {ours_ms:>11.1f} "
               f"{ratio:>6.2f} {spread:>11}")

@@ -90,23 +90,34 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(1),
         },
-        // The padded-plane path without padding (each row shares no zeros) and with a 5x5
-        // kernel (two zero rows and columns shared between neighbours).
+        // The padded-plane path without padding (rows share no zeros; 16 input channels, so
+        // the forward pass multiplies each tap's window in place) and with a 5x5 kernel (two
+        // zero rows and columns shared between neighbours; 3 input channels, so it builds the
+        // column matrix).
         Case {
-            x: [1, 2, 40, 40],
+            x: [1, 16, 40, 40],
             c_out: 3,
             k: 3,
             stride: 1,
             pad: Padding::same(0),
         },
         Case {
-            x: [2, 3, 32, 32],
+            x: [2, 3, 40, 40],
             c_out: 2,
             k: 5,
             stride: 1,
             pad: Padding::same(2),
         },
-        // Large enough to take several im2col chunks and the threaded gemm path.
+        // The column-matrix path with several chunks per thread's run of images (3 images per
+        // chunk at this size).
+        Case {
+            x: [9, 128, 16, 16],
+            c_out: 8,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        // The padded-plane path at the VAE's size, with the forward pass in place.
         Case {
             x: [9, 64, 32, 32],
             c_out: 32,
@@ -230,6 +241,13 @@ fn conv2d_names_the_mismatch() {
         err.contains("3 channels") && err.contains("expects 4"),
         "{err}"
     );
+    // An empty dimension is an error, not a panic inside the kernels.
+    let empty = Tensor::zeros((1, 3, 0, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let w = rand(&[2, 3, 3, 3], 2);
+    let err = conv2d(&empty, &w, &b, 1, Padding::same(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("size 0"), "{err}");
 }
 
 #[test]

@@ -69,6 +69,9 @@ impl Geometry {
         if wc != c_in {
             bail!("conv2d: input has {c_in} channels but the weight {weight:?} expects {wc}");
         }
+        if x.contains(&0) || weight.contains(&0) {
+            bail!("conv2d: input {x:?} and weight {weight:?} must not have a dimension of size 0");
+        }
         let (hp, wp) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
         if stride == 0 || hp < kh || wp < kw {
             bail!("conv2d: a {kh}x{kw} kernel with stride {stride} does not fit a padded {hp}x{wp} input");
@@ -93,11 +96,12 @@ impl Geometry {
         self.c_in * self.kh * self.kw
     }
 
-    /// Stride 1 with the same padding `p` on every side, `p` smaller than the kernel: the fast
-    /// path of [`super::conv_stride1`], which computes outputs on a grid of (H+p)(W+p) positions
-    /// per image. That costs (H+p)(W+p)/(H_out W_out) times the work: 6% more at 32x32, but 13%
-    /// at 16x16 and 27% at 8x8, where the column matrix of [`im2col`] (valid positions only)
-    /// measured faster.
+    /// Stride 1 with the same padding `p` on every side, `p` smaller than the kernel, and an
+    /// image large enough: the fast path of [`super::conv_stride1`], which computes outputs on a
+    /// grid of (H+p)(W+p) positions per image. That costs (H+p)(W+p)/(H_out W_out) times the
+    /// work, at most 10/9 here (a 3x3 kernel with p = 1 from about 19x19 up): 6% more at 32x32,
+    /// but 13% at 16x16 and 27% at 8x8, where the column matrix of [`im2col`] (valid positions
+    /// only) measured faster.
     fn fast_path(&self) -> bool {
         let p = self.pad.top;
         let grid = (self.h + p) * (self.w + p);

@@ -1,6 +1,7 @@
 //! The fast path of [`super::conv`] for stride-1 convolutions with the same padding `p` on all
-//! sides, `p` smaller than the kernel (every 3x3 and 1x1 convolution of the VAE, and the UNet's
-//! above 8x8).
+//! sides, `p` smaller than the kernel, on images large enough that the padding costs little
+//! (the VAE's 3x3 convolutions at 32x32, and 1x1 convolutions, which have no padding, at any
+//! size; see `Geometry::fast_path`).
 //!
 //! The input is copied once into a zero-padded, channel-major buffer `x_pad` (C_in, L): every
 //! image's planes laid end to end, each row followed by `p` zeros and each image preceded by `p`
@@ -10,7 +11,7 @@
 //! simply `x_pad[c, j + ky*Wp + kx]`: for each tap, the inputs of a block of consecutive
 //! positions are a (C_in, cw) window of `x_pad`, shifted by `ky*Wp + kx`, that the matrix
 //! product reads in place. Outputs are computed on that grid too, and the positions in the
-//! padding thrown away (6% extra work at 32x32, 13% at 16x16).
+//! padding thrown away (6% extra work for a 3x3 kernel at 32x32).
 //!
 //! The positions are cut into blocks small enough that a block's products stay in cache, and
 //! each thread takes a contiguous run of blocks with its own buffers:
@@ -162,7 +163,8 @@ fn rows_in_block(g: &Geometry, e: &Ext, block: usize) -> Vec<(usize, usize, usiz
         .collect()
 }
 
-/// `y = conv2d(x, W) + b` for stride 1 and equal padding; returns (N, C_out, H_out, W_out).
+/// `y = conv2d(x, W) + b` for stride 1 and equal padding `p` < kernel; returns
+/// (N, C_out, H_out, W_out).
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     let e = Ext::new(g);
     let k = g.k();
@@ -213,7 +215,8 @@ struct Partial {
     dx_pad: Vec<f32>,
 }
 
-/// The gradients (dx if `input_grad`, dW, db) for stride 1 and equal padding, written into
+/// The gradients (dx if `input_grad`, dW, db) for stride 1 and equal padding `p` < kernel,
+/// written into
 /// `dx` (N, C_in, H, W), `dw` (C_out, K) and `db` (C_out).
 pub(super) fn backward(
     g: &Geometry,

@@ -95,8 +95,9 @@ fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, th
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts here and in the callers keep every index the views describe inside
-    // their slices, and `c` is borrowed mutably, so it aliases neither input.
+    // SAFETY: the asserts above keep every index the views describe inside their slices and
+    // give each (i, j) its own element of `c`, which is borrowed mutably, so it aliases
+    // neither input.
     unsafe {
         gemm::gemm(
             m,

@@ -9,7 +9,7 @@
 //! evaluates an exponential again.
 //! Checked against candle-nn's GroupNorm and finite differences in `tests/conv.rs`.
 
-use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -34,6 +34,9 @@ impl Groups {
                 "group_norm: input {dims:?} needs (N, C, ...) with C divisible by {groups} groups \
                  and {params} = C affine parameters"
             );
+        }
+        if dims.contains(&0) {
+            bail!("group_norm: input {dims:?} must not have a dimension of size 0");
         }
         Ok(Self {
             c: dims[1],
@@ -101,7 +104,7 @@ wide_kernels! {
     /// The backward pass over one group of one sample (see [`GroupNormBackward`]), from the
     /// forward pass's (mean, rstd) and `sigmoid(z)`: writes `dx` into `dxs` and returns each
     /// channel's `(dgamma, dbeta)`.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(clippy::too_many_arguments, reason = "one group's slices, affine and statistics")]
     fn backward_group(
         dxs: &mut [f32],
         xs: &[f32],
@@ -156,7 +159,8 @@ struct GroupNormOp {
     silu: bool,
     /// Whether a backward pass can follow (an input is a variable or depends on one).
     keep: bool,
-    saved: Mutex<Saved>,
+    /// Set once by the forward pass when `keep`.
+    saved: OnceLock<Saved>,
 }
 
 /// What the forward pass leaves for the backward one.
@@ -209,11 +213,8 @@ impl CustomOp3 for GroupNormOp {
                 .map(|(i, ((ys, sg), xs))| group(i, ys, sg, xs))
                 .collect()
         };
-        if self.keep {
-            let mut saved = self.saved.lock().map_err(|_| {
-                candle_core::Error::Msg("group_norm: saved statistics poisoned".into())
-            })?;
-            *saved = Saved { stats, sigmoid };
+        if self.keep && self.saved.set(Saved { stats, sigmoid }).is_err() {
+            bail!("group_norm: one operation ran its forward pass twice");
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -227,14 +228,13 @@ impl CustomOp3 for GroupNormOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let affine = Tensor::stack(&[gamma, beta], 0)?; // (2, C)
-        let saved = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("group_norm: saved statistics poisoned".into()))?;
+        let Some(saved) = self.saved.get() else {
+            bail!("group_norm: backward pass without its forward pass's statistics");
+        };
         let backward = GroupNormBackward {
             groups: self.groups,
             silu: self.silu,
-            saved: &saved,
+            saved,
         };
         let flat = x.apply_op3_no_bwd(&affine, &dy.contiguous()?, &backward)?;
         let (n, c) = (x.elem_count(), gamma.elem_count());
@@ -331,7 +331,7 @@ pub fn group_norm(
             eps: eps as f32,
             silu,
             keep: x.track_op() || gamma.track_op() || beta.track_op(),
-            saved: Mutex::default(),
+            saved: OnceLock::new(),
         },
     )
 }
