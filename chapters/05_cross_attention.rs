@@ -398,14 +398,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         bound.push(bound_shares(&maps, &targets)?); // per layer: own words' share where objects lie
     }
     // ANCHOR_END: grounding
-    let table = per_layer_table(&shares, "spread evenly", &|_, g| {
+    let table = per_layer_table(&shares, "spread evenly", &|g| {
         Ok(uniform_share(&targets, g)?)
     })?;
     println!("{table}\n");
     write_md("grounding.md", &table.to_markdown())?;
     // The pixels' side: where an object lies, how much of the attention to object words goes
     // to that object's own words; "words alike" spreads each cell's attention evenly.
-    let table = per_layer_table(&bound, "words alike", &|_, g| {
+    let table = per_layer_table(&bound, "words alike", &|g| {
         Ok(even_bound_share(&targets, g)?)
     })?;
     println!("{table}\n");
@@ -585,11 +585,11 @@ fn channels_of(name: &str, channels: &[usize]) -> usize {
 }
 
 /// One row per cross-attention layer: its grid, the share measured at each timestep of
-/// `per_t` (per layer: name, grid side, share), and `baseline(name, grid)` in a last column.
+/// `per_t` (per layer: name, grid side, share), and `baseline(grid side)` in a last column.
 fn per_layer_table(
     per_t: &[Vec<(String, usize, f64)>],
     baseline_name: &str,
-    baseline: &dyn Fn(&str, usize) -> anyhow::Result<f64>,
+    baseline: &dyn Fn(usize) -> anyhow::Result<f64>,
 ) -> anyhow::Result<Table> {
     let mut table = Table::new([
         "cross-attention layer",
@@ -606,7 +606,7 @@ fn per_layer_table(
             format!("{g}x{g}"),
         ];
         row.extend(per_t.iter().map(|s| format!("{:.0}%", 100.0 * s[i].2)));
-        row.push(format!("{:.0}%", 100.0 * baseline(name, *g)?));
+        row.push(format!("{:.0}%", 100.0 * baseline(*g)?));
         table.row(row);
     }
     Ok(table)

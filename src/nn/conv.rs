@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use super::ops::contiguous_f32;
 
-use super::gemm::{sgemm, sgemm_serial, MatRef};
+use super::gemm::{sgemm_with, MatRef};
 
 /// Zero padding on each side of the image, in pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,14 +184,7 @@ fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32], parallel: bool) {
             }
         }
     };
-    if parallel {
-        let rows = col.par_chunks_mut(kk * nb * p).enumerate();
-        rows.for_each_init(|| PaddedPlane::new(g), channel);
-    } else {
-        let mut pad = PaddedPlane::new(g);
-        let rows = col.chunks_mut(kk * nb * p).enumerate();
-        rows.for_each(|item| channel(&mut pad, item));
-    }
+    for_each_chunk(col, kk * nb * p, parallel, || PaddedPlane::new(g), channel);
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it was read
@@ -226,15 +219,7 @@ fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32], parallel: bool) 
         }
     };
     let dx = &mut dx[..nb * g.c_in * hw];
-    if parallel {
-        let planes = dx.par_chunks_mut(hw).enumerate();
-        planes.for_each_init(|| PaddedPlane::new(g), plane);
-    } else {
-        let mut pad = PaddedPlane::new(g);
-        dx.chunks_mut(hw)
-            .enumerate()
-            .for_each(|item| plane(&mut pad, item));
-    }
+    for_each_chunk(dx, hw, parallel, || PaddedPlane::new(g), plane);
 }
 
 /// `dst = src` for the short rows of small images: whole groups of four floats are moved as
@@ -267,24 +252,40 @@ fn add_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `f(scratch, (i, chunk))` for each `size`-long chunk of `data`, split across rayon's threads
+/// when `parallel` (each task's `scratch` made by `init`), else in order on the calling thread.
+fn for_each_chunk<T>(
+    data: &mut [f32],
+    size: usize,
+    parallel: bool,
+    init: impl Fn() -> T + Send + Sync,
+    f: impl Fn(&mut T, (usize, &mut [f32])) + Send + Sync,
+) {
+    if parallel {
+        data.par_chunks_mut(size).enumerate().for_each_init(init, f);
+    } else {
+        let mut scratch = init();
+        data.chunks_mut(size)
+            .enumerate()
+            .for_each(|item| f(&mut scratch, item));
+    }
+}
+
+/// Splits `0..count` into at most `parts` contiguous runs of equal length (the last may be
+/// shorter): (first, length) each.
+pub(super) fn contiguous_runs(count: usize, parts: usize) -> Vec<(usize, usize)> {
+    let per = count.div_ceil(parts.max(1)).max(1);
+    (0..count)
+        .step_by(per)
+        .map(|b| (b, per.min(count - b)))
+        .collect()
+}
+
 /// Contiguous runs of images, one per thread: (first image, number of images). With fewer
 /// images than threads, one run, and each step of it parallel inside instead.
 fn image_runs(n: usize) -> Vec<(usize, usize)> {
-    let threads = rayon::current_num_threads().max(1);
-    if n < threads {
-        return vec![(0, n)];
-    }
-    let per = n.div_ceil(threads);
-    (0..n).step_by(per).map(|b| (b, per.min(n - b))).collect()
-}
-
-/// [`sgemm`] on all threads, or on the calling one.
-fn sgemm_maybe_parallel(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, parallel: bool) {
-    if parallel {
-        sgemm(a, b, c, accumulate);
-    } else {
-        sgemm_serial(a, b, c, accumulate);
-    }
+    let threads = rayon::current_num_threads();
+    contiguous_runs(n, if n < threads { 1 } else { threads })
 }
 
 thread_local! {
@@ -364,18 +365,14 @@ impl CustomOp3 for Conv2d {
                         let y_cols = &mut y_cols[..g.c_out * nbc * p];
                         let w_mat = MatRef::row_major(w, g.c_out, k);
                         let col = MatRef::row_major(col, k, nbc * p);
-                        sgemm_maybe_parallel(w_mat, col, y_cols, false, inner); // (C_out, nb*P)
+                        sgemm_with(w_mat, col, y_cols, false, inner); // (C_out, nb*P)
                         let y_chunk = &mut y_run[c0 * g.c_out * p..][..nbc * g.c_out * p];
-                        let bias_add = |(i, dst): (usize, &mut [f32])| {
+                        let bias_add = |_: &mut (), (i, dst): (usize, &mut [f32])| {
                             let (b, co) = (i / g.c_out, i % g.c_out);
                             let src = &y_cols[(co * nbc + b) * p..][..p];
                             super::fastmath::add_scalar(dst, src, bias[co]);
                         }; // (nb, C_out, P)
-                        if inner {
-                            y_chunk.par_chunks_mut(p).enumerate().for_each(bias_add);
-                        } else {
-                            y_chunk.chunks_mut(p).enumerate().for_each(bias_add);
-                        }
+                        for_each_chunk(y_chunk, p, inner, || (), bias_add);
                     }
                 })
             });
@@ -480,15 +477,11 @@ impl CustomOp3 for Conv2dBackward {
                         let nbc = nb.min(nr - c0);
                         let dy_chunk = &dy[(b0 + c0) * g.c_out * p..][..nbc * g.c_out * p];
                         let dy_cols = &mut dy_cols[..g.c_out * nbc * p];
-                        let gather = |(i, dst): (usize, &mut [f32])| {
+                        let gather = |_: &mut (), (i, dst): (usize, &mut [f32])| {
                             let (co, b) = (i / nbc, i % nbc);
                             dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
                         }; // (C_out, nb*P)
-                        if inner {
-                            dy_cols.par_chunks_mut(p).enumerate().for_each(gather);
-                        } else {
-                            dy_cols.chunks_mut(p).enumerate().for_each(gather);
-                        }
+                        for_each_chunk(dy_cols, p, inner, || (), gather);
                         for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
                             db_run[co] += super::fastmath::sum_wide(row);
                         }
@@ -496,10 +489,10 @@ impl CustomOp3 for Conv2dBackward {
                         im2col(&g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
                         let dy_mat = MatRef::row_major(dy_cols, g.c_out, nbc * p);
                         let col_mat = MatRef::row_major(col, k, nbc * p);
-                        sgemm_maybe_parallel(col_mat, dy_mat.t(), &mut dw_t, true, inner); // (K, C_out)
+                        sgemm_with(col_mat, dy_mat.t(), &mut dw_t, true, inner); // (K, C_out)
                         if self.input_grad {
                             let w_t = MatRef::row_major(w, g.c_out, k).t();
-                            sgemm_maybe_parallel(w_t, dy_mat, col, false, inner); // (K, nb*P)
+                            sgemm_with(w_t, dy_mat, col, false, inner); // (K, nb*P)
                             col2im(&g, col, nbc, &mut dx_run[c0 * g.c_in * hw..], inner);
                         }
                     }

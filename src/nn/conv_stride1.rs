@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::Geometry;
+use super::conv::{contiguous_runs, Geometry};
 use super::fastmath::{add_assign, add_scalar, sum_wide};
 use super::gemm::{sgemm_serial, sgemm_serial_into, MatRef};
 
@@ -74,12 +74,7 @@ impl Ext {
 
     /// Contiguous runs of blocks, one per thread: (first block, number of blocks).
     fn runs(&self) -> Vec<(usize, usize)> {
-        let threads = rayon::current_num_threads().clamp(1, self.blocks);
-        let per = self.blocks.div_ceil(threads);
-        (0..self.blocks)
-            .step_by(per)
-            .map(|b| (b, per.min(self.blocks - b)))
-            .collect()
+        contiguous_runs(self.blocks, rayon::current_num_threads())
     }
 
     /// Where input pixel (n, iy, 0) lives in a row of `x_pad`: image `n`'s plane starts after
@@ -178,10 +173,11 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
         .for_each(|(out, (b0, nb))| {
             // With few input channels (an RGB image) nine products of depth C_in would be too
             // thin: copy the block's columns out and run one of depth K instead.
-            let mut col = vec![0f32; if g.c_in < MIN_TAP_DEPTH { k * e.cw } else { 0 }];
+            let columns = g.c_in < MIN_TAP_DEPTH;
+            let mut col = vec![0f32; if columns { k * e.cw } else { 0 }];
             for (i, y_block) in out.chunks_exact_mut(g.c_out * e.cw).take(nb).enumerate() {
                 let j0 = (b0 + i) * e.cw;
-                if g.c_in < MIN_TAP_DEPTH {
+                if columns {
                     block_columns(g, &e, &x_pad, j0, &mut col);
                     let col = MatRef::row_major(&col, k, e.cw); // (K, cw)
                     sgemm_serial(MatRef::row_major(w, g.c_out, k), col, y_block, false);
@@ -216,8 +212,7 @@ struct Partial {
 }
 
 /// The gradients (dx if `input_grad`, dW, db) for stride 1 and equal padding `p` < kernel,
-/// written into
-/// `dx` (N, C_in, H, W), `dw` (C_out, K) and `db` (C_out).
+/// written into `dx` (N, C_in, H, W), `dw` (C_out, K) and `db` (C_out).
 pub(super) fn backward(
     g: &Geometry,
     x: &[f32],

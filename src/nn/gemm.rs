@@ -44,20 +44,35 @@ impl<'a> MatRef<'a> {
 /// `c = a @ b` (or `c += a @ b` when `accumulate`), with `c` row-major (a.rows, b.cols).
 /// Products above about 64^3 multiply-adds run on all rayon threads.
 pub fn sgemm(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
-    let big = a.rows * a.cols * b.cols >= 64 * 64 * 64;
-    sgemm_on(a, b, c, accumulate, big);
+    sgemm_with(a, b, c, accumulate, true);
 }
 
 /// [`sgemm`] on the calling thread only (for kernels that split the work across threads
 /// themselves).
 pub fn sgemm_serial(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
-    sgemm_on(a, b, c, accumulate, false);
+    sgemm_with(a, b, c, accumulate, false);
+}
+
+/// [`sgemm`] when `parallel`, else [`sgemm_serial`]: for kernels that split their work across
+/// threads themselves unless there is too little of it to split.
+pub fn sgemm_with(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, parallel: bool) {
+    let big = a.rows * a.cols * b.cols >= 64 * 64 * 64;
+    gemm_raw(a, b, c, b.cols, accumulate, parallel && big);
 }
 
 /// [`sgemm_serial`] into a strided output: `c[i * rs + j] (+)= (a @ b)[i, j]`, for writing
 /// straight into a window of a wider buffer (a block of columns of a padded image).
 pub fn sgemm_serial_into(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool) {
-    let (m, n) = (a.rows, b.cols);
+    gemm_raw(a, b, c, rs, accumulate, false);
+}
+
+/// The call into `gemm`, with `c` row-major at row stride `rs`.
+fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, threaded: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
+    assert!(a.fits() && b.fits(), "sgemm: view out of bounds");
+    // Rows at least `n` apart never overlap, and the last one ends inside `c`: every (i, j)
+    // is its own element of `c`.
     assert!(
         rs >= n,
         "sgemm: output rows of {n} overlap at row stride {rs}"
@@ -66,21 +81,6 @@ pub fn sgemm_serial_into(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumul
         m == 0 || n == 0 || (m - 1) * rs + n <= c.len(),
         "sgemm: output view out of bounds"
     );
-    gemm_raw(a, b, c, rs, accumulate, false);
-}
-
-fn sgemm_on(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, threaded: bool) {
-    let (m, n) = (a.rows, b.cols);
-    assert!(c.len() >= m * n, "sgemm: output view out of bounds");
-    gemm_raw(a, b, c, n, accumulate, threaded);
-}
-
-/// The call into `gemm`, with `c` row-major at row stride `rs`; the callers have checked that
-/// `c` holds every (i, j) once.
-fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, threaded: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
-    assert!(a.fits() && b.fits(), "sgemm: view out of bounds");
     if m == 0 || n == 0 {
         return;
     }

@@ -52,6 +52,12 @@ impl Groups {
     fn segment(&self) -> usize {
         self.channels_per_group() * self.s
     }
+
+    /// The channels of segment `i` (segments are (sample, group) in memory order).
+    fn channels(&self, i: usize) -> std::ops::Range<usize> {
+        let c0 = (i % self.groups) * self.channels_per_group();
+        c0..c0 + self.channels_per_group()
+    }
 }
 
 /// Mean and `1 / sqrt(var + eps)` of one group (two passes, for accuracy).
@@ -164,7 +170,6 @@ struct GroupNormOp {
 }
 
 /// What the forward pass leaves for the backward one.
-#[derive(Default)]
 struct Saved {
     /// (mean, rstd) of each (sample, group), in memory order.
     stats: Vec<(f32, f32)>,
@@ -192,8 +197,7 @@ impl CustomOp3 for GroupNormOp {
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
         let seg = gs.segment();
         let group = |i: usize, ys: &mut [f32], sg: &mut [f32], xs: &[f32]| {
-            let c0 = (i % gs.groups) * gs.channels_per_group();
-            let channels = c0..c0 + gs.channels_per_group();
+            let channels = gs.channels(i);
             let (g, b) = (&gamma[channels.clone()], &beta[channels]);
             forward_group(ys, sg, xs, g, b, self.eps, self.silu)
         };
@@ -274,7 +278,6 @@ impl CustomOp3 for GroupNormBackward<'_> {
         let dy = contiguous_f32(s3, l3, "group_norm output gradient")?;
         let (gamma, beta) = affine.split_at(affine.len() / 2);
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
-        let cpg = gs.channels_per_group();
         let c = gs.c;
         let mut out = vec![0f32; x.len() + 2 * c];
         let (dx, affine_grads) = out.split_at_mut(x.len());
@@ -289,8 +292,7 @@ impl CustomOp3 for GroupNormBackward<'_> {
             .zip(segments)
             .enumerate()
             .map(|(i, (dxs, (xs, dys)))| {
-                let c0 = (i % gs.groups) * cpg;
-                let channels = c0..c0 + cpg;
+                let channels = gs.channels(i);
                 let sg = if self.silu {
                     &sigmoid[i * gs.segment()..][..gs.segment()]
                 } else {
@@ -301,10 +303,9 @@ impl CustomOp3 for GroupNormBackward<'_> {
             })
             .collect();
         for (i, sums) in partial.iter().enumerate() {
-            let c0 = (i % gs.groups) * cpg;
-            for (j, (dg, db)) in sums.iter().enumerate() {
-                affine_grads[c0 + j] += dg;
-                affine_grads[c + c0 + j] += db;
+            for (ch, (dg, db)) in gs.channels(i).zip(sums) {
+                affine_grads[ch] += dg;
+                affine_grads[c + ch] += db;
             }
         }
         let len = out.len();
