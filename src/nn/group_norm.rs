@@ -9,12 +9,13 @@
 //! evaluates an exponential again.
 //! Checked against candle-nn's GroupNorm and finite differences in `tests/conv.rs`.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ops::contiguous_f32;
+use super::ops::{contiguous_f32, written_by};
 
 use super::fastmath::{sigmoid, sum, sum_map, sum_zip, wide_kernels};
 
@@ -71,11 +72,11 @@ fn stats(seg: &[f32], eps: f32) -> (f32, f32) {
 
 wide_kernels! {
     /// The forward pass over one group of one sample: `xs` holds its `gamma.len()` channels one
-    /// after another, `ys` receives `act((x - mean) * rstd * gamma_c + beta_c)`, and `sg` (if not
-    /// empty) each `sigmoid(z)`. Returns the group's (mean, rstd).
+    /// after another, every element of `ys` receives `act((x - mean) * rstd * gamma_c + beta_c)`,
+    /// and of `sg` (if not empty) `sigmoid(z)`. Returns the group's (mean, rstd).
     fn forward_group(
-        ys: &mut [f32],
-        sg: &mut [f32],
+        ys: &mut [MaybeUninit<f32>],
+        sg: &mut [MaybeUninit<f32>],
         xs: &[f32],
         gamma: &[f32],
         beta: &[f32],
@@ -95,24 +96,25 @@ wide_kernels! {
             if silu && !sg.is_empty() {
                 let sc = &mut sg[j * s..(j + 1) * s];
                 affine.zip(sc).for_each(|((yv, z), sv)| {
-                    *sv = sigmoid(z);
-                    *yv = z * *sv;
+                    yv.write(z * *sv.write(sigmoid(z)));
                 });
             } else if silu {
-                affine.for_each(|(yv, z)| *yv = z * sigmoid(z));
+                affine.for_each(|(yv, z)| _ = yv.write(z * sigmoid(z)));
             } else {
-                affine.for_each(|(yv, z)| *yv = z);
+                affine.for_each(|(yv, z)| _ = yv.write(z));
             }
         }
         (mean, rstd)
     }
 
     /// The backward pass over one group of one sample (see [`GroupNormBackward`]), from the
-    /// forward pass's (mean, rstd) and `sigmoid(z)`: writes `dx` into `dxs` and returns each
-    /// channel's `(dgamma, dbeta)`.
+    /// forward pass's (mean, rstd) and `sigmoid(z)`: writes every element of `dxs`, and each
+    /// channel's `(dgamma, dbeta)` into `sums`. `dzs` is scratch of the group's size (used with SiLU).
     #[expect(clippy::too_many_arguments, reason = "one group's slices, affine and statistics")]
     fn backward_group(
-        dxs: &mut [f32],
+        dxs: &mut [MaybeUninit<f32>],
+        sums: &mut [(f32, f32)],
+        dzs: &mut [f32],
         xs: &[f32],
         dys: &[f32],
         sg: &[f32],
@@ -120,40 +122,40 @@ wide_kernels! {
         beta: &[f32],
         (mean, rstd): (f32, f32),
         silu: bool,
-    ) -> Vec<(f32, f32)> {
+    ) {
         let cpg = gamma.len();
         let s = xs.len() / cpg;
-        // Pass 1: dz = dy * act'(z) into dxs, and per channel sum(dz), sum(dz * xhat).
-        let mut sums = vec![(0f32, 0f32); cpg];
-        for j in 0..cpg {
-            let (ga, be) = (gamma[j], beta[j]);
-            let range = j * s..(j + 1) * s;
-            let (dzs, xc, gc) = (&mut dxs[range.clone()], &xs[range.clone()], &dys[range.clone()]);
-            if silu {
+        // Pass 1: dz = dy * act'(z) (into the scratch `dzs` with SiLU; dy itself without), and
+        // per channel sum(dz), sum(dz * xhat).
+        if silu {
+            for j in 0..cpg {
+                let (ga, be) = (gamma[j], beta[j]);
+                let range = j * s..(j + 1) * s;
+                let (zc, xc, gc, sc) = (&mut dzs[range.clone()], &xs[range.clone()], &dys[range.clone()], &sg[range]);
                 // d(z sigmoid(z))/dz = sigmoid(z) (1 + z (1 - sigmoid(z))).
-                let sc = &sg[range];
-                for (((dz, &xv), &g), &sv) in dzs.iter_mut().zip(xc).zip(gc).zip(sc) {
+                for (((dz, &xv), &g), &sv) in zc.iter_mut().zip(xc).zip(gc).zip(sc) {
                     let z = (xv - mean) * rstd * ga + be;
                     *dz = g * sv * (1.0 + z * (1.0 - sv));
                 }
-            } else {
-                dzs.copy_from_slice(gc);
             }
-            let sum_dz = sum(dzs);
-            let sum_dz_xhat = sum_zip(dzs, xc, |dz, xv| dz * (xv - mean) * rstd);
+        }
+        let dzs: &[f32] = if silu { dzs } else { dys };
+        for (j, (zc, xc)) in dzs.chunks(s).zip(xs.chunks(s)).enumerate() {
+            let sum_dz = sum(zc);
+            let sum_dz_xhat = sum_zip(zc, xc, |dz, xv| dz * (xv - mean) * rstd);
             sums[j] = (sum_dz_xhat, sum_dz);
         }
         // Pass 2: with h = dz * gamma, dx = rstd * (h - mean(h) - xhat * mean(h xhat)).
         let m = xs.len() as f32;
         let mean_h = (0..cpg).map(|j| gamma[j] * sums[j].1).sum::<f32>() / m;
         let mean_hx = (0..cpg).map(|j| gamma[j] * sums[j].0).sum::<f32>() / m;
-        for ((dc, xc), &ga) in dxs.chunks_mut(s).zip(xs.chunks(s)).zip(gamma) {
-            for (d, &xv) in dc.iter_mut().zip(xc) {
+        let channels = dxs.chunks_mut(s).zip(dzs.chunks(s)).zip(xs.chunks(s)).zip(gamma);
+        for (((dc, zc), xc), &ga) in channels {
+            for ((d, &dz), &xv) in dc.iter_mut().zip(zc).zip(xc) {
                 let xhat = (xv - mean) * rstd;
-                *d = rstd * (*d * ga - mean_h - xhat * mean_hx);
+                d.write(rstd * (dz * ga - mean_h - xhat * mean_hx));
             }
         }
-        sums
     }
 }
 
@@ -196,26 +198,33 @@ impl CustomOp3 for GroupNormOp {
         let beta = contiguous_f32(s3, l3, "group_norm bias")?;
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
         let seg = gs.segment();
-        let group = |i: usize, ys: &mut [f32], sg: &mut [f32], xs: &[f32]| {
+        let group = |i: usize, ys: &mut [_], sg: &mut [_], xs: &[f32]| {
             let channels = gs.channels(i);
             let (g, b) = (&gamma[channels.clone()], &beta[channels]);
             forward_group(ys, sg, xs, g, b, self.eps, self.silu)
         };
-        let mut y = vec![0f32; x.len()];
-        let mut sigmoid = vec![0f32; if self.keep && self.silu { x.len() } else { 0 }];
-        let stats: Vec<(f32, f32)> = if sigmoid.is_empty() {
-            y.par_chunks_mut(seg)
-                .zip(x.par_chunks(seg))
-                .enumerate()
-                .map(|(i, (ys, xs))| group(i, ys, &mut [], xs))
-                .collect()
-        } else {
-            y.par_chunks_mut(seg)
-                .zip(sigmoid.par_chunks_mut(seg))
-                .zip(x.par_chunks(seg))
-                .enumerate()
-                .map(|(i, ((ys, sg), xs))| group(i, ys, sg, xs))
-                .collect()
+        let sigmoid_len = if self.keep && self.silu { x.len() } else { 0 };
+        // SAFETY: `forward_group` writes every element of its segment of `y` and, when kept,
+        // of `sigmoid`; the segments cover both.
+        let (y, (sigmoid, stats)) = unsafe {
+            written_by(x.len(), |y| {
+                written_by(sigmoid_len, |sigmoid| -> Vec<(f32, f32)> {
+                    if sigmoid.is_empty() {
+                        y.par_chunks_mut(seg)
+                            .zip(x.par_chunks(seg))
+                            .enumerate()
+                            .map(|(i, (ys, xs))| group(i, ys, &mut [], xs))
+                            .collect()
+                    } else {
+                        y.par_chunks_mut(seg)
+                            .zip(sigmoid.par_chunks_mut(seg))
+                            .zip(x.par_chunks(seg))
+                            .enumerate()
+                            .map(|(i, ((ys, sg), xs))| group(i, ys, sg, xs))
+                            .collect()
+                    }
+                })
+            })
         };
         if self.keep && self.saved.set(Saved { stats, sigmoid }).is_err() {
             bail!("group_norm: one operation ran its forward pass twice");
@@ -278,31 +287,42 @@ impl CustomOp3 for GroupNormBackward<'_> {
         let dy = contiguous_f32(s3, l3, "group_norm output gradient")?;
         let (gamma, beta) = affine.split_at(affine.len() / 2);
         let gs = Groups::new(l1.dims(), self.groups, gamma.len())?;
-        let c = gs.c;
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (dx, affine_grads) = out.split_at_mut(x.len());
+        let (c, seg) = (gs.c, gs.segment());
         let (stats, sigmoid) = (&self.saved.stats, &self.saved.sigmoid);
-        if stats.len() != x.len() / gs.segment() || (self.silu && sigmoid.len() != x.len()) {
+        if stats.len() != x.len() / seg || (self.silu && sigmoid.len() != x.len()) {
             bail!("group_norm: backward pass without its forward pass's statistics");
         }
         // Per segment: the (dgamma, dbeta) of its channels, summed over samples afterwards.
-        let segments = x.par_chunks(gs.segment()).zip(dy.par_chunks(gs.segment()));
-        let partial: Vec<Vec<(f32, f32)>> = dx
-            .par_chunks_mut(gs.segment())
-            .zip(segments)
-            .enumerate()
-            .map(|(i, (dxs, (xs, dys)))| {
-                let channels = gs.channels(i);
-                let sg = if self.silu {
-                    &sigmoid[i * gs.segment()..][..gs.segment()]
-                } else {
-                    &[]
-                };
-                let (g, b) = (&gamma[channels.clone()], &beta[channels]);
-                backward_group(dxs, xs, dys, sg, g, b, stats[i], self.silu)
+        let cpg = gs.channels_per_group();
+        let mut partial = vec![(0f32, 0f32); x.len() / seg * cpg];
+        let segments = x.par_chunks(seg).zip(dy.par_chunks(seg));
+        let segments = segments.zip(partial.par_chunks_mut(cpg));
+        // SAFETY: `backward_group` writes every element of its segment of `dx`, and the
+        // segments cover it; the affine gradients are zeroed here.
+        let (mut out, ()) = unsafe {
+            written_by(x.len() + 2 * c, |out| {
+                out[x.len()..].fill(MaybeUninit::new(0.0));
+                out[..x.len()]
+                    .par_chunks_mut(seg)
+                    .zip(segments)
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0f32; if self.silu { seg } else { 0 }],
+                        |dzs, (i, (dxs, ((xs, dys), sums)))| {
+                            let channels = gs.channels(i);
+                            let sg = if self.silu {
+                                &sigmoid[i * seg..][..seg]
+                            } else {
+                                &[]
+                            };
+                            let (g, b) = (&gamma[channels.clone()], &beta[channels]);
+                            backward_group(dxs, sums, dzs, xs, dys, sg, g, b, stats[i], self.silu)
+                        },
+                    )
             })
-            .collect();
-        for (i, sums) in partial.iter().enumerate() {
+        };
+        let affine_grads = &mut out[x.len()..];
+        for (i, sums) in partial.chunks_exact(cpg).enumerate() {
             for (ch, (dg, db)) in gs.channels(i).zip(sums) {
                 affine_grads[ch] += dg;
                 affine_grads[c + ch] += db;
