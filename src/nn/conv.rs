@@ -19,7 +19,9 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ops::contiguous_f32;
+use std::mem::MaybeUninit;
+
+use super::ops::{contiguous_f32, written_by};
 
 use super::gemm::{sgemm_with, MatRef};
 
@@ -254,12 +256,12 @@ fn add_short(dst: &mut [f32], src: &[f32]) {
 
 /// `f(scratch, (i, chunk))` for each `size`-long chunk of `data`, split across rayon's threads
 /// when `parallel` (each task's `scratch` made by `init`), else in order on the calling thread.
-fn for_each_chunk<T>(
-    data: &mut [f32],
+fn for_each_chunk<E: Send, T>(
+    data: &mut [E],
     size: usize,
     parallel: bool,
     init: impl Fn() -> T + Send + Sync,
-    f: impl Fn(&mut T, (usize, &mut [f32])) + Send + Sync,
+    f: impl Fn(&mut T, (usize, &mut [E])) + Send + Sync,
 ) {
     if parallel {
         data.par_chunks_mut(size).enumerate().for_each_init(init, f);
@@ -350,32 +352,38 @@ impl CustomOp3 for Conv2d {
         // Each thread takes its own run of images, chunk by chunk: columns, one product, the
         // bias, with nothing shared between the threads until the end.
         let (k, p, nb, hw) = (g.k(), g.p(), g.chunk(), g.h * g.w);
-        let mut y = vec![0f32; g.n * g.c_out * p];
         let runs = image_runs(g.n);
         let inner = runs.len() == 1;
         let per = runs[0].1.max(1);
-        y.par_chunks_mut(per * g.c_out * p)
-            .zip(runs)
-            .for_each(|(y_run, (b0, nr))| {
-                with_scratch(k * nb * p, g.c_out * nb * p, |col, y_cols| {
-                    for c0 in (0..nr).step_by(nb) {
-                        let nbc = nb.min(nr - c0);
-                        let col = &mut col[..k * nbc * p];
-                        im2col(&g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
-                        let y_cols = &mut y_cols[..g.c_out * nbc * p];
-                        let w_mat = MatRef::row_major(w, g.c_out, k);
-                        let col = MatRef::row_major(col, k, nbc * p);
-                        sgemm_with(w_mat, col, y_cols, false, inner); // (C_out, nb*P)
-                        let y_chunk = &mut y_run[c0 * g.c_out * p..][..nbc * g.c_out * p];
-                        let bias_add = |_: &mut (), (i, dst): (usize, &mut [f32])| {
-                            let (b, co) = (i / g.c_out, i % g.c_out);
-                            let src = &y_cols[(co * nbc + b) * p..][..p];
-                            super::fastmath::add_scalar(dst, src, bias[co]);
-                        }; // (nb, C_out, P)
-                        for_each_chunk(y_chunk, p, inner, || (), bias_add);
-                    }
-                })
-            });
+        let run = |y_run: &mut [MaybeUninit<f32>], (b0, nr): (usize, usize)| {
+            with_scratch(k * nb * p, g.c_out * nb * p, |col, y_cols| {
+                for c0 in (0..nr).step_by(nb) {
+                    let nbc = nb.min(nr - c0);
+                    let col = &mut col[..k * nbc * p];
+                    im2col(&g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
+                    let y_cols = &mut y_cols[..g.c_out * nbc * p];
+                    let w_mat = MatRef::row_major(w, g.c_out, k);
+                    let col = MatRef::row_major(col, k, nbc * p);
+                    sgemm_with(w_mat, col, y_cols, false, inner); // (C_out, nb*P)
+                    let y_chunk = &mut y_run[c0 * g.c_out * p..][..nbc * g.c_out * p];
+                    let bias_add = |_: &mut (), (i, dst): (usize, &mut [_])| {
+                        let (b, co) = (i / g.c_out, i % g.c_out);
+                        let src = &y_cols[(co * nbc + b) * p..][..p];
+                        super::fastmath::add_scalar(dst, src, bias[co]);
+                    }; // (nb, C_out, P)
+                    for_each_chunk(y_chunk, p, inner, || (), bias_add);
+                }
+            })
+        };
+        // SAFETY: the runs cover every image, and each image's every output plane is written
+        // by `add_scalar`.
+        let (y, ()) = unsafe {
+            written_by(g.n * g.c_out * p, |y| {
+                y.par_chunks_mut(per * g.c_out * p)
+                    .zip(runs)
+                    .for_each(|(y_run, r)| run(y_run, r))
+            })
+        };
         Ok((
             CpuStorage::F32(y),
             Shape::from((g.n, g.c_out, g.h_out, g.w_out)),

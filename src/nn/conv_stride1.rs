@@ -22,13 +22,18 @@
 //!   column matrix `col` (K, cw) of the block's taps copied out (one long product runs faster
 //!   than nine short ones here)
 //! - input grad:   `dx_pad[:, block + shift_tap] += W_tap^T @ dy[:, block]`, straight into the
-//!   thread's own `dx_pad`; the threads' `dx_pad` are summed.
+//!   thread's own share of `dx_pad` (the columns its blocks reach); the shares are summed.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::conv::{contiguous_runs, Geometry};
 use super::fastmath::{add_assign, add_scalar, sum_wide};
 use super::gemm::{sgemm_serial, sgemm_serial_into, MatRef};
+use super::ops::{write_slice, written_by};
+
+const ZERO: MaybeUninit<f32> = MaybeUninit::new(0.0);
 
 /// Below this many input channels the forward pass builds the column matrix instead of
 /// multiplying each tap's window in place.
@@ -72,6 +77,11 @@ impl Ext {
         }
     }
 
+    /// How far past a block's last column its kernel taps read: `(kh-1)*Wp + kw-1`.
+    fn reach(&self) -> usize {
+        self.lbuf - self.blocks * self.cw
+    }
+
     /// Contiguous runs of blocks, one per thread: (first block, number of blocks).
     fn runs(&self) -> Vec<(usize, usize)> {
         contiguous_runs(self.blocks, rayon::current_num_threads())
@@ -97,21 +107,40 @@ impl Ext {
 
 /// Copies `x` (N, C_in, H, W) into the zero-padded, channel-major `x_pad` (C_in, lbuf).
 fn padded_planes(g: &Geometry, e: &Ext, x: &[f32]) -> Vec<f32> {
-    let mut x_pad = vec![0f32; g.c_in * e.lbuf];
     let hw = g.h * g.w;
+    // SAFETY: `padded_row` writes every element of each channel's row.
+    let (x_pad, ()) = unsafe {
+        written_by(g.c_in * e.lbuf, |x_pad| {
+            x_pad
+                .par_chunks_mut(e.lbuf)
+                .enumerate()
+                .for_each(|(c, row)| {
+                    let plane = |n: usize| &x[(n * g.c_in + c) * hw..][..hw];
+                    padded_row(g, e, row, plane);
+                })
+        })
+    };
     x_pad
-        .par_chunks_mut(e.lbuf)
-        .enumerate()
-        .for_each(|(c, row)| {
-            for n in 0..g.n {
-                let src = &x[(n * g.c_in + c) * hw..][..hw];
-                for (iy, line) in src.chunks_exact(g.w).enumerate() {
-                    let at = e.input_row(n, iy);
-                    row[at..at + g.w].copy_from_slice(line);
-                }
-            }
-        });
-    x_pad
+}
+
+/// Writes one channel's row of the padded layout (length `lbuf`), every element of it: the
+/// planes `plane(n)` (H, W) of the `N` images at their places, zero everywhere else.
+fn padded_row<'a>(
+    g: &Geometry,
+    e: &Ext,
+    row: &mut [MaybeUninit<f32>],
+    plane: impl Fn(usize) -> &'a [f32],
+) {
+    let mut at = 0;
+    for n in 0..g.n {
+        for (iy, line) in plane(n).chunks_exact(g.w).enumerate() {
+            let start = e.input_row(n, iy);
+            row[at..start].fill(ZERO);
+            write_slice(&mut row[start..start + g.w], line);
+            at = start + g.w;
+        }
+    }
+    row[at..].fill(ZERO);
 }
 
 /// `col[(c, ky, kx), jj] = x_pad[c, j0 + jj + ky*Wp + kx]` for one block: (K, cw).
@@ -189,18 +218,22 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
                 }
             }
         });
-    let mut y = vec![0f32; g.n * g.c_out * g.h_out * g.w_out];
     let p = g.h_out * g.w_out;
     // Gather the valid rows into NCHW, adding the bias.
-    y.par_chunks_mut(p).enumerate().for_each(|(nc, plane)| {
-        let (n, co) = (nc / g.c_out, nc % g.c_out);
-        for (oy, dst) in plane.chunks_exact_mut(g.w_out).enumerate() {
-            let j = e.output_row(n, oy);
-            let (block, jj) = (j / e.cw, j % e.cw);
-            let src = &y_ext[(block * g.c_out + co) * e.cw + jj..][..g.w_out];
-            add_scalar(dst, src, bias[co]);
-        }
-    });
+    // SAFETY: each (n, c_out) plane is written row by row, every row in full.
+    let (y, ()) = unsafe {
+        written_by(g.n * g.c_out * p, |y| {
+            y.par_chunks_mut(p).enumerate().for_each(|(nc, plane)| {
+                let (n, co) = (nc / g.c_out, nc % g.c_out);
+                for (oy, dst) in plane.chunks_exact_mut(g.w_out).enumerate() {
+                    let j = e.output_row(n, oy);
+                    let (block, jj) = (j / e.cw, j % e.cw);
+                    let src = &y_ext[(block * g.c_out + co) * e.cw + jj..][..g.w_out];
+                    add_scalar(dst, src, bias[co]);
+                }
+            })
+        })
+    };
     y
 }
 
@@ -208,7 +241,11 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
 struct Partial {
     dw_t: Vec<f32>,
     db: Vec<f32>,
+    /// The thread's share of `dx_pad`: (C_in, span), the columns `base..base + span` that its
+    /// blocks' taps reach (its own blocks and the reach of the last tap).
     dx_pad: Vec<f32>,
+    base: usize,
+    span: usize,
 }
 
 /// The gradients (dx if `input_grad`, dW, db) for stride 1 and equal padding `p` < kernel,
@@ -227,31 +264,40 @@ pub(super) fn backward(
     let input_grad = dx.is_some();
     let x_pad = padded_planes(g, &e, x);
     // dy on the padded grid, zero at the positions that are not outputs: (blocks, C_out, cw).
-    let mut dy_ext = vec![0f32; e.blocks * g.c_out * e.cw];
     let p = g.h_out * g.w_out;
-    dy_ext
-        .par_chunks_mut(g.c_out * e.cw)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            for (n, oy, at) in rows_in_block(g, &e, block) {
-                for co in 0..g.c_out {
-                    let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
-                    dst[co * e.cw + at..][..g.w_out].copy_from_slice(src);
-                }
-            }
-        });
+    // SAFETY: every block writes each of its C_out rows of `cw` columns in full: dy at the
+    // output rows, zero between them.
+    let (dy_ext, ()) = unsafe {
+        written_by(e.blocks * g.c_out * e.cw, |dy_ext| {
+            dy_ext
+                .par_chunks_mut(g.c_out * e.cw)
+                .enumerate()
+                .for_each(|(block, dst)| {
+                    let rows = rows_in_block(g, &e, block);
+                    for (co, dst) in dst.chunks_exact_mut(e.cw).enumerate() {
+                        let mut at = 0;
+                        for &(n, oy, start) in &rows {
+                            dst[at..start].fill(ZERO);
+                            let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
+                            write_slice(&mut dst[start..start + g.w_out], src);
+                            at = start + g.w_out;
+                        }
+                        dst[at..].fill(ZERO);
+                    }
+                })
+        })
+    };
     let partials: Vec<Partial> = e
         .runs()
         .into_par_iter()
         .map(|(b0, nb)| {
+            let (base, span) = (b0 * e.cw, nb * e.cw + e.reach());
             let mut part = Partial {
                 dw_t: vec![0f32; k * g.c_out],
                 db: vec![0f32; g.c_out],
-                dx_pad: if input_grad {
-                    vec![0f32; g.c_in * e.lbuf]
-                } else {
-                    Vec::new()
-                },
+                dx_pad: vec![0f32; if input_grad { g.c_in * span } else { 0 }],
+                base,
+                span,
             };
             let mut col = vec![0f32; k * e.cw];
             for block in b0..b0 + nb {
@@ -271,8 +317,8 @@ pub(super) fn backward(
                 if input_grad {
                     for t in 0..g.kh * g.kw {
                         let w_t = weight_tap(g, w, t).t(); // (C_in, C_out)
-                        let dst = &mut part.dx_pad[j0 + e.shift(g, t)..];
-                        sgemm_serial_into(w_t, dy_mat, dst, e.lbuf, true); // (C_in, cw)
+                        let dst = &mut part.dx_pad[j0 - base + e.shift(g, t)..];
+                        sgemm_serial_into(w_t, dy_mat, dst, span, true); // (C_in, cw)
                     }
                 }
             }
@@ -292,9 +338,16 @@ pub(super) fn backward(
         dx.par_chunks_mut(hw).enumerate().for_each(|(nc, plane)| {
             let (n, c) = (nc / g.c_in, nc % g.c_in);
             for (iy, dst) in plane.chunks_exact_mut(g.w).enumerate() {
-                let at = c * e.lbuf + e.input_row(n, iy);
+                let at = e.input_row(n, iy);
                 for part in &partials {
-                    add_assign(dst, &part.dx_pad[at..at + g.w]);
+                    // The part of this row inside the thread's columns (outside them its
+                    // share is zero).
+                    let lo = at.max(part.base);
+                    let hi = (at + g.w).min(part.base + part.span);
+                    if lo < hi {
+                        let src = &part.dx_pad[c * part.span + lo - part.base..][..hi - lo];
+                        add_assign(&mut dst[lo - at..hi - at], src);
+                    }
                 }
             }
         });

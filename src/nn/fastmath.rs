@@ -126,9 +126,9 @@ wide_kernels! {
         dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
     }
 
-    /// `dst = src + b`, element by element.
-    pub fn add_scalar(dst: &mut [f32], src: &[f32], b: f32) {
-        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s + b);
+    /// `dst = src + b`, element by element, into memory not yet written.
+    pub fn add_scalar(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32], b: f32) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| _ = d.write(s + b));
     }
 
     /// [`sum`], compiled wide.

@@ -35,6 +35,14 @@ pub(crate) unsafe fn written_by<R>(
     (out, result)
 }
 
+/// `dst = src`, element by element, into memory not yet written.
+#[inline(always)]
+pub(crate) fn write_slice(dst: &mut [std::mem::MaybeUninit<f32>], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+}
+
 /// Elements per parallel work item of the element-wise and row-wise ops: large enough that
 /// rayon's overhead is noise, small enough that both cores get work on a (128, 17, 512)
 /// activation.
