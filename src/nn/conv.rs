@@ -375,8 +375,18 @@ impl CustomOp3 for Conv2d {
                 }
             })
         };
-        // SAFETY: the runs cover every image, and each image's every output plane is written
-        // by `add_scalar`.
+        // The chunks of `y` below must be the runs, one for one.
+        let chunks_are_runs = runs
+            .iter()
+            .enumerate()
+            .all(|(i, &(b0, nr))| b0 == i * per && (nr == per || b0 + nr == g.n));
+        assert!(
+            chunks_are_runs,
+            "conv2d: image runs {runs:?} of unequal length"
+        );
+        // SAFETY: the chunks of `per` images are the runs (checked above), which cover every
+        // image; within a run, the chunks of `nb` images cover it, and `add_scalar` writes every
+        // output plane of each.
         let (y, ()) = unsafe {
             written_by(g.n * g.c_out * p, |y| {
                 y.par_chunks_mut(per * g.c_out * p)

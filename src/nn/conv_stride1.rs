@@ -124,7 +124,8 @@ fn padded_planes(g: &Geometry, e: &Ext, x: &[f32]) -> Vec<f32> {
 }
 
 /// Writes one channel's row of the padded layout (length `lbuf`), every element of it: the
-/// planes `plane(n)` (H, W) of the `N` images at their places, zero everywhere else.
+/// planes `plane(n)` (H, W) of the `N` images at their places, zero everywhere else. The image
+/// rows come in increasing order of position, so zeros fill each gap between them.
 fn padded_row<'a>(
     g: &Geometry,
     e: &Ext,
@@ -273,7 +274,7 @@ pub(super) fn backward(
                 .par_chunks_mut(g.c_out * e.cw)
                 .enumerate()
                 .for_each(|(block, dst)| {
-                    let rows = rows_in_block(g, &e, block);
+                    let rows = rows_in_block(g, &e, block); // in increasing order
                     for (co, dst) in dst.chunks_exact_mut(e.cw).enumerate() {
                         let mut at = 0;
                         for &(n, oy, start) in &rows {

@@ -131,7 +131,8 @@ wide_kernels! {
             for j in 0..cpg {
                 let (ga, be) = (gamma[j], beta[j]);
                 let range = j * s..(j + 1) * s;
-                let (zc, xc, gc, sc) = (&mut dzs[range.clone()], &xs[range.clone()], &dys[range.clone()], &sg[range]);
+                let zc = &mut dzs[range.clone()];
+                let (xc, gc, sc) = (&xs[range.clone()], &dys[range.clone()], &sg[range]);
                 // d(z sigmoid(z))/dz = sigmoid(z) (1 + z (1 - sigmoid(z))).
                 for (((dz, &xv), &g), &sv) in zc.iter_mut().zip(xc).zip(gc).zip(sc) {
                     let z = (xv - mean) * rstd * ga + be;
@@ -292,13 +293,21 @@ impl CustomOp3 for GroupNormBackward<'_> {
         if stats.len() != x.len() / seg || (self.silu && sigmoid.len() != x.len()) {
             bail!("group_norm: backward pass without its forward pass's statistics");
         }
+        if dy.len() != x.len() {
+            bail!(
+                "group_norm: output gradient of {} elements for an input of {}",
+                dy.len(),
+                x.len()
+            );
+        }
         // Per segment: the (dgamma, dbeta) of its channels, summed over samples afterwards.
         let cpg = gs.channels_per_group();
         let mut partial = vec![(0f32, 0f32); x.len() / seg * cpg];
         let segments = x.par_chunks(seg).zip(dy.par_chunks(seg));
         let segments = segments.zip(partial.par_chunks_mut(cpg));
         // SAFETY: `backward_group` writes every element of its segment of `dx`, and the
-        // segments cover it; the affine gradients are zeroed here.
+        // segments cover it (x and dy have the same length, checked above, so the zip drops
+        // none); the affine gradients are zeroed here.
         let (mut out, ()) = unsafe {
             written_by(x.len() + 2 * c, |out| {
                 out[x.len()..].fill(MaybeUninit::new(0.0));
