@@ -283,6 +283,22 @@ pub(super) fn contiguous_runs(count: usize, parts: usize) -> Vec<(usize, usize)>
         .collect()
 }
 
+/// `data` cut into one piece per run of `runs` (as [`contiguous_runs`] gives them: in order,
+/// together covering `data`), `len * stride` elements for a run of length `len`.
+pub(super) fn split_runs<'a, E>(
+    mut data: &'a mut [E],
+    runs: &[(usize, usize)],
+    stride: usize,
+) -> Vec<&'a mut [E]> {
+    runs.iter()
+        .map(|&(_, len)| {
+            let (piece, rest) = std::mem::take(&mut data).split_at_mut(len * stride);
+            data = rest;
+            piece
+        })
+        .collect()
+}
+
 /// Contiguous runs of images, one per thread: (first image, number of images). With fewer
 /// images than threads, one run, and each step of it parallel inside instead.
 fn image_runs(n: usize) -> Vec<(usize, usize)> {
@@ -354,7 +370,6 @@ impl CustomOp3 for Conv2d {
         let (k, p, nb, hw) = (g.k(), g.p(), g.chunk(), g.h * g.w);
         let runs = image_runs(g.n);
         let inner = runs.len() == 1;
-        let per = runs[0].1.max(1);
         let run = |y_run: &mut [MaybeUninit<f32>], (b0, nr): (usize, usize)| {
             with_scratch(k * nb * p, g.c_out * nb * p, |col, y_cols| {
                 for c0 in (0..nr).step_by(nb) {
@@ -375,23 +390,14 @@ impl CustomOp3 for Conv2d {
                 }
             })
         };
-        // The chunks of `y` below must be the runs, one for one.
-        let chunks_are_runs = runs
-            .iter()
-            .enumerate()
-            .all(|(i, &(b0, nr))| b0 == i * per && (nr == per || b0 + nr == g.n));
-        assert!(
-            chunks_are_runs,
-            "conv2d: image runs {runs:?} of unequal length"
-        );
-        // SAFETY: the chunks of `per` images are the runs (checked above), which cover every
-        // image; within a run, the chunks of `nb` images cover it, and `add_scalar` writes every
-        // output plane of each.
+        // SAFETY: the runs cover every image, each gets its own images' part of `y`, and within
+        // a run the chunks of `nb` images cover it, `add_scalar` writing every output plane.
         let (y, ()) = unsafe {
             written_by(g.n * g.c_out * p, |y| {
-                y.par_chunks_mut(per * g.c_out * p)
-                    .zip(runs)
-                    .for_each(|(y_run, r)| run(y_run, r))
+                split_runs(y, &runs, g.c_out * p)
+                    .into_par_iter()
+                    .zip(runs.par_iter())
+                    .for_each(|(y_run, &r)| run(y_run, r))
             })
         };
         Ok((
@@ -479,9 +485,8 @@ impl CustomOp3 for Conv2dBackward {
         let hw = g.h * g.w;
         let runs = image_runs(g.n);
         let inner = runs.len() == 1;
-        let per = runs[0].1.max(1);
         let dx_runs: Vec<&mut [f32]> = if self.input_grad {
-            dx.chunks_mut(per * g.c_in * hw).collect()
+            split_runs(dx, &runs, g.c_in * hw)
         } else {
             runs.iter().map(|_| &mut [][..]).collect()
         };

@@ -28,7 +28,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::conv::{contiguous_runs, Geometry};
+use super::conv::{contiguous_runs, split_runs, Geometry};
 use super::fastmath::{add_assign, add_scalar, sum_wide};
 use super::gemm::{sgemm_serial, sgemm_serial_into, MatRef};
 use super::ops::{write_slice, written_by};
@@ -108,40 +108,36 @@ impl Ext {
 /// Copies `x` (N, C_in, H, W) into the zero-padded, channel-major `x_pad` (C_in, lbuf).
 fn padded_planes(g: &Geometry, e: &Ext, x: &[f32]) -> Vec<f32> {
     let hw = g.h * g.w;
-    // SAFETY: `padded_row` writes every element of each channel's row.
+    // SAFETY: `write_rows` writes every element of each channel's row.
     let (x_pad, ()) = unsafe {
         written_by(g.c_in * e.lbuf, |x_pad| {
             x_pad
                 .par_chunks_mut(e.lbuf)
                 .enumerate()
                 .for_each(|(c, row)| {
-                    let plane = |n: usize| &x[(n * g.c_in + c) * hw..][..hw];
-                    padded_row(g, e, row, plane);
+                    let lines = (0..g.n).flat_map(|n| {
+                        let plane = &x[(n * g.c_in + c) * hw..][..hw];
+                        let lines = plane.chunks_exact(g.w).enumerate();
+                        lines.map(move |(iy, line)| (e.input_row(n, iy), line))
+                    });
+                    write_rows(row, lines);
                 })
         })
     };
     x_pad
 }
 
-/// Writes one channel's row of the padded layout (length `lbuf`), every element of it: the
-/// planes `plane(n)` (H, W) of the `N` images at their places, zero everywhere else. The image
-/// rows come in increasing order of position, so zeros fill each gap between them.
-fn padded_row<'a>(
-    g: &Geometry,
-    e: &Ext,
-    row: &mut [MaybeUninit<f32>],
-    plane: impl Fn(usize) -> &'a [f32],
-) {
+/// Writes every element of `dst`: each `(start, src)` of `rows` at `dst[start..]`, zero
+/// everywhere else. The rows must come in increasing order of `start` and not overlap (a row
+/// out of order panics on its slice).
+fn write_rows<'a>(dst: &mut [MaybeUninit<f32>], rows: impl Iterator<Item = (usize, &'a [f32])>) {
     let mut at = 0;
-    for n in 0..g.n {
-        for (iy, line) in plane(n).chunks_exact(g.w).enumerate() {
-            let start = e.input_row(n, iy);
-            row[at..start].fill(ZERO);
-            write_slice(&mut row[start..start + g.w], line);
-            at = start + g.w;
-        }
+    for (start, src) in rows {
+        dst[at..start].fill(ZERO);
+        write_slice(&mut dst[start..start + src.len()], src);
+        at = start + src.len();
     }
-    row[at..].fill(ZERO);
+    dst[at..].fill(ZERO);
 }
 
 /// `col[(c, ky, kx), jj] = x_pad[c, j0 + jj + ky*Wp + kx]` for one block: (K, cw).
@@ -196,16 +192,15 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
     let x_pad = padded_planes(g, &e, x);
     let mut y_ext = vec![0f32; e.blocks * g.c_out * e.cw]; // (blocks, C_out, cw)
     let runs = e.runs();
-    let per = runs[0].1;
-    y_ext
-        .par_chunks_mut(per * g.c_out * e.cw)
-        .zip(runs)
-        .for_each(|(out, (b0, nb))| {
+    split_runs(&mut y_ext, &runs, g.c_out * e.cw)
+        .into_par_iter()
+        .zip(runs.par_iter())
+        .for_each(|(out, &(b0, _))| {
             // With few input channels (an RGB image) nine products of depth C_in would be too
             // thin: copy the block's columns out and run one of depth K instead.
             let columns = g.c_in < MIN_TAP_DEPTH;
             let mut col = vec![0f32; if columns { k * e.cw } else { 0 }];
-            for (i, y_block) in out.chunks_exact_mut(g.c_out * e.cw).take(nb).enumerate() {
+            for (i, y_block) in out.chunks_exact_mut(g.c_out * e.cw).enumerate() {
                 let j0 = (b0 + i) * e.cw;
                 if columns {
                     block_columns(g, &e, &x_pad, j0, &mut col);
@@ -266,8 +261,8 @@ pub(super) fn backward(
     let x_pad = padded_planes(g, &e, x);
     // dy on the padded grid, zero at the positions that are not outputs: (blocks, C_out, cw).
     let p = g.h_out * g.w_out;
-    // SAFETY: every block writes each of its C_out rows of `cw` columns in full: dy at the
-    // output rows, zero between them.
+    // SAFETY: `write_rows` writes each of a block's C_out rows of `cw` columns in full: dy at
+    // the output rows, zero between them.
     let (dy_ext, ()) = unsafe {
         written_by(e.blocks * g.c_out * e.cw, |dy_ext| {
             dy_ext
@@ -276,14 +271,11 @@ pub(super) fn backward(
                 .for_each(|(block, dst)| {
                     let rows = rows_in_block(g, &e, block); // in increasing order
                     for (co, dst) in dst.chunks_exact_mut(e.cw).enumerate() {
-                        let mut at = 0;
-                        for &(n, oy, start) in &rows {
-                            dst[at..start].fill(ZERO);
+                        let lines = rows.iter().map(|&(n, oy, start)| {
                             let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
-                            write_slice(&mut dst[start..start + g.w_out], src);
-                            at = start + g.w_out;
-                        }
-                        dst[at..].fill(ZERO);
+                            (start, src)
+                        });
+                        write_rows(dst, lines);
                     }
                 })
         })
