@@ -117,6 +117,38 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(1),
         },
+        // Winograd's F(2x2, 3x3) path (3x3, stride 1, padding 1, even sides, 16 channels or
+        // more on both sides): non-square image and channels, batch 1, and channels == height
+        // == width.
+        Case {
+            x: [3, 16, 4, 6],
+            c_out: 20,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [1, 24, 8, 8],
+            c_out: 16,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [2, 16, 16, 16],
+            c_out: 32,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        // Winograd with several chunks per thread's run of images (4 images per chunk here).
+        Case {
+            x: [9, 32, 16, 16],
+            c_out: 32,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
         // The padded-plane path at the VAE's size, with the forward pass in place.
         Case {
             x: [9, 64, 32, 32],
@@ -210,15 +242,17 @@ fn conv2d_gradients_match_finite_differences_on_non_square_and_asymmetric_cases(
         right: 1,
     };
     // 5x7 takes the column-matrix path, 20x22 the padded-plane path (see `Geometry` in
-    // src/nn/conv.rs), the asymmetric stride-2 case the general one.
-    for (shape, stride, pad) in [
-        ([1, 2, 5, 7], 1, Padding::same(1)),
-        ([1, 2, 20, 22], 1, Padding::same(1)),
-        ([2, 3, 6, 6], 2, asym),
+    // src/nn/conv.rs), 16 channels at 4x6 the Winograd path, the asymmetric stride-2 case the
+    // general one.
+    for (shape, c_out, stride, pad) in [
+        ([1, 2, 5, 7], 3, 1, Padding::same(1)),
+        ([1, 2, 20, 22], 3, 1, Padding::same(1)),
+        ([2, 16, 4, 6], 17, 1, Padding::same(1)),
+        ([2, 3, 6, 6], 3, 2, asym),
     ] {
         let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
-        let w = Var::from_tensor(&rand(&[3, shape[1], 3, 3], 2)).unwrap();
-        let b = Var::from_tensor(&rand(&[3], 3)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, shape[1], 3, 3], 2)).unwrap();
+        let b = Var::from_tensor(&rand(&[c_out], 3)).unwrap();
         let out = conv2d(&x, &w, &b, stride, pad).unwrap();
         let r = rand(out.dims(), 4);
         let loss = || weighted_sum(&conv2d(&x, &w, &b, stride, pad).unwrap(), &r);

@@ -228,7 +228,7 @@ fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32], parallel: bool) 
 /// fixed-size arrays (one vector move each), the rest one by one, so an 8-float row costs two
 /// moves instead of a call to `memcpy`.
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
     let mut d4 = dst.chunks_exact_mut(4);
     let mut s4 = src.chunks_exact(4);
     for (d, s) in (&mut d4).zip(&mut s4) {
@@ -256,7 +256,7 @@ fn add_short(dst: &mut [f32], src: &[f32]) {
 
 /// `f(scratch, (i, chunk))` for each `size`-long chunk of `data`, split across rayon's threads
 /// when `parallel` (each task's `scratch` made by `init`), else in order on the calling thread.
-fn for_each_chunk<E: Send, T>(
+pub(super) fn for_each_chunk<E: Send, T>(
     data: &mut [E],
     size: usize,
     parallel: bool,
@@ -301,7 +301,7 @@ pub(super) fn split_runs<'a, E>(
 
 /// Contiguous runs of images, one per thread: (first image, number of images). With fewer
 /// images than threads, one run, and each step of it parallel inside instead.
-fn image_runs(n: usize) -> Vec<(usize, usize)> {
+pub(super) fn image_runs(n: usize) -> Vec<(usize, usize)> {
     let threads = rayon::current_num_threads();
     contiguous_runs(n, if n < threads { 1 } else { threads })
 }
@@ -314,7 +314,11 @@ thread_local! {
 
 /// Runs `f` with two scratch buffers of `a` and `b` floats (contents unspecified: every user
 /// overwrites them fully before reading).
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+pub(super) fn with_scratch<R>(
+    a: usize,
+    b: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32]) -> R,
+) -> R {
     SCRATCH.with(|cell| {
         let mut buf = cell.take();
         if buf.len() < a + b {
@@ -358,8 +362,14 @@ impl CustomOp3 for Conv2d {
                 g.c_out
             );
         }
-        if g.fast_path() {
-            let y = super::conv_stride1::forward(&g, x, w, bias);
+        let fast = if g.fast_path() {
+            Some(super::conv_stride1::forward(&g, x, w, bias))
+        } else if super::conv_winograd::applies(&g) {
+            Some(super::conv_winograd::forward(&g, x, w, bias))
+        } else {
+            None
+        };
+        if let Some(y) = fast {
             return Ok((
                 CpuStorage::F32(y),
                 Shape::from((g.n, g.c_out, g.h_out, g.w_out)),
@@ -472,9 +482,13 @@ impl CustomOp3 for Conv2dBackward {
         let mut out = vec![0f32; nx + g.c_out * k + g.c_out];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(g.c_out * k);
-        if g.fast_path() {
+        if g.fast_path() || super::conv_winograd::applies(&g) {
             let dx = self.input_grad.then_some(dx);
-            super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
+            if g.fast_path() {
+                super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
+            } else {
+                super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
+            }
             let len = out.len();
             return Ok((CpuStorage::F32(out), Shape::from(len)));
         }

@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod conv;
 mod conv_stride1;
+mod conv_winograd;
 pub mod fastmath;
 pub mod gemm;
 pub mod group_norm;

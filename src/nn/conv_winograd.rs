@@ -1,0 +1,478 @@
+//! Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for
+//! Convolutional Neural Networks", 2016): the path of [`super::conv`] for 3x3, stride-1,
+//! padding-1 convolutions on small images with even sides (the UNet's 8x8 and 4x4 levels, the
+//! VAE's 16x16 and 8x8 ones), where the column matrix of `im2col` cost a third of the time.
+//!
+//! Each 2x2 tile of output pixels is computed from the 4x4 tile of the padded input around it,
+//! d, and the 3x3 kernel g of each (output, input) channel pair as
+//!
+//! ```text
+//! Y = A^T [ (G g G^T) * (B^T d B) ] A          (* element by element)
+//!
+//!       | 1  0 -1  0 |        | 1    0    0  |         | 1  1  1  0 |
+//! B^T = | 0  1  1  0 |    G = | 1/2  1/2  1/2 |   A^T = | 0  1 -1 -1 |
+//!       | 0 -1  1  0 |        | 1/2 -1/2  1/2 |
+//!       | 0  1  0 -1 |        | 0    0    1  |
+//! ```
+//!
+//! 16 multiplications per tile and channel pair where the direct sum needs 36. Summed over the
+//! input channels, the 16 element-wise products become 16 independent matrix products, one per
+//! position `xi` of the 4x4 transformed tile, over all T tiles of the batch at once:
+//!
+//! - forward:      `M[xi] = U[xi] @ V[xi]`      U = G g G^T (C_out, C_in), V = B^T d B (C_in, T);
+//!   then `y = A^T M A + b` per tile
+//! - input grad:   `dV[xi] = U[xi]^T @ dM[xi]`  with dM = A dY A^T; then `B dV B^T` per tile,
+//!   added onto the padded image (neighbouring tiles overlap by two pixels)
+//! - weight grad:  `dU[xi]^T = V[xi] @ dM[xi]^T`, summed over the tiles by the product itself;
+//!   then `dW = G^T dU G`
+//!
+//! The backward formulas are the forward's linear maps transposed. The transformed tiles take 4x
+//! the memory of the images (the column matrix took 9x), and the products do 16/36 of the
+//! multiply-adds: what the benchmarks call this path's GFLOP/s counts the direct convolution's
+//! 2 * C_out * C_in * 9 per pixel, as cuDNN's and oneDNN's do. The rounding differs from the
+//! direct sum (the transforms add and subtract before multiplying) by a few units in the last
+//! place; `tests/conv.rs` checks values and gradients against candle and finite differences.
+
+use std::array::from_fn;
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+use super::conv::{
+    copy_short, for_each_chunk, image_runs, split_runs, with_scratch, Geometry, Padding,
+};
+use super::fastmath::sum_wide;
+use super::gemm::{sgemm_serial, MatRef};
+use super::ops::{write_slice, written_by};
+
+/// Positions in a transformed 4x4 tile.
+const XI: usize = 16;
+
+/// Floats added to the distance between the 16 rows (or matrices) of transformed tiles. A tile
+/// is read or written at all 16 positions at once; with T a multiple of 1024 floats the 16 would
+/// sit 4 KiB apart, all in the same set of the 8-way L1 cache, evicting each other.
+const SKEW: usize = 16;
+
+/// Below this many channels on either side, the 16 products are too thin to beat one product
+/// over the column matrix (an RGB or 4-channel latent `conv_in`).
+const MIN_CHANNELS: usize = 16;
+
+/// Whether this path computes `g`: a 3x3 kernel, stride 1, padding 1 on every side, even image
+/// sides (whole 2x2 output tiles), and at least [`MIN_CHANNELS`] channels in and out.
+pub(super) fn applies(g: &Geometry) -> bool {
+    (g.kh, g.kw, g.stride) == (3, 3, 1)
+        && g.pad == Padding::same(1)
+        && g.h % 2 == 0
+        && g.w % 2 == 0
+        && g.c_in.min(g.c_out) >= MIN_CHANNELS
+}
+
+/// `B^T d = [d0 - d2, d1 + d2, d2 - d1, d1 - d3]`
+#[inline(always)]
+fn bt(d: [f32; 4]) -> [f32; 4] {
+    [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+}
+
+/// `B v = [v0, v1 - v2 + v3, v1 + v2 - v0, -v3]`, the adjoint of [`bt`].
+#[inline(always)]
+fn b(v: [f32; 4]) -> [f32; 4] {
+    [v[0], v[1] - v[2] + v[3], v[1] + v[2] - v[0], -v[3]]
+}
+
+/// `G g = [g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2]`
+#[inline(always)]
+fn g_(k: [f32; 3]) -> [f32; 4] {
+    [
+        k[0],
+        (k[0] + k[1] + k[2]) * 0.5,
+        (k[0] - k[1] + k[2]) * 0.5,
+        k[2],
+    ]
+}
+
+/// `G^T u = [u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3]`, the adjoint of [`g_`].
+#[inline(always)]
+fn gt(u: [f32; 4]) -> [f32; 3] {
+    let s = (u[1] + u[2]) * 0.5;
+    [u[0] + s, (u[1] - u[2]) * 0.5, s + u[3]]
+}
+
+/// `A^T m = [m0 + m1 + m2, m1 - m2 - m3]`
+#[inline(always)]
+fn at(m: [f32; 4]) -> [f32; 2] {
+    [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+}
+
+/// `A y = [y0, y0 + y1, y0 - y1, -y1]`, the adjoint of [`at`].
+#[inline(always)]
+fn a(y: [f32; 2]) -> [f32; 4] {
+    [y[0], y[0] + y[1], y[0] - y[1], -y[1]]
+}
+
+/// `F d F^T` for the 1-D transform `f` (d -> F d): `f` down every column, then along every row.
+#[inline(always)]
+fn two_d<const I: usize, const O: usize>(
+    d: [[f32; I]; I],
+    f: fn([f32; I]) -> [f32; O],
+) -> [[f32; O]; O] {
+    let cols: [[f32; O]; I] = from_fn(|j| f(from_fn(|i| d[i][j]))); // cols[j][k] = (F d)[k][j]
+    from_fn(|k| f(from_fn(|j| cols[j][k])))
+}
+
+/// The output tiles of a chunk of images: `t = (n * th + ty) * tw + tx` covers output pixels
+/// (2ty..2ty+2, 2tx..2tx+2) of the chunk's image n and reads padded pixels (2ty..2ty+4,
+/// 2tx..2tx+4).
+#[derive(Clone, Copy)]
+struct Tiles {
+    th: usize,
+    tw: usize,
+    /// All tiles of the chunk.
+    t: usize,
+    /// Distance between two positions' rows of tiles in a (C, 16, T) buffer: T + SKEW.
+    ts: usize,
+    /// Row length of a padded plane: W + 2.
+    wp: usize,
+}
+
+impl Tiles {
+    fn new(g: &Geometry, images: usize) -> Self {
+        let (th, tw) = (g.h / 2, g.w / 2);
+        Self {
+            th,
+            tw,
+            t: images * th * tw,
+            ts: images * th * tw + SKEW,
+            wp: g.w + 2,
+        }
+    }
+
+    /// Floats in a padded plane: (H + 2) rows of W + 2.
+    fn padded(&self) -> usize {
+        (2 * self.th + 2) * self.wp
+    }
+
+    /// Tile (ty, tx) of image n, as (t, ty, tx).
+    fn each(&self, n: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.th).flat_map(move |ty| {
+            (0..self.tw).map(move |tx| ((n * self.th + ty) * self.tw + tx, ty, tx))
+        })
+    }
+
+    /// Where the 4x4 input tile of output tile (ty, tx) starts in a padded plane.
+    fn corner(&self, ty: usize, tx: usize) -> usize {
+        2 * ty * self.wp + 2 * tx
+    }
+
+    /// Distance between the 16 (rows, T) matrices of a (16, rows, T) buffer.
+    fn block(&self, rows: usize) -> usize {
+        rows * self.t + SKEW
+    }
+}
+
+/// Images per chunk, so that a chunk's transformed tiles (input and output side) take about
+/// 1 MB, the size of a core's L2 cache: each is written by one step and read by the next while
+/// still in cache. (Tiles of the whole batch at once took tens of megabytes, and the transforms
+/// waited on memory.)
+fn chunk(g: &Geometry) -> usize {
+    let per_image = (g.h / 2) * (g.w / 2) * XI * (g.c_in + g.c_out);
+    ((1 << 18) / per_image).clamp(1, g.n)
+}
+
+/// Row `r` of each of the 16 (rows, T) matrices of a (16, rows, T) buffer whose matrices are
+/// `block` floats apart: one channel's 16 rows of tiles.
+fn rows_of(tl: Tiles, data: &[f32], block: usize, r: usize) -> [&[f32]; XI] {
+    from_fn(|xi| &data[xi * block + r * tl.t..][..tl.t])
+}
+
+/// `V = B^T d B` for every input tile of the chunk `x` (images, C_in, H, W): `v` is
+/// (C_in, 16, T), rows `ts` apart, every element written.
+fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool) {
+    let (hw, wp) = (g.h * g.w, tl.wp);
+    let images = tl.t / (tl.th * tl.tw);
+    let channel = |pad: &mut Vec<f32>, (c, vc): (usize, &mut [f32])| {
+        for row in vc.chunks_exact_mut(tl.ts) {
+            row[tl.t..].fill(0.0);
+        }
+        let mut rows: Vec<&mut [f32]> = vc.chunks_exact_mut(tl.ts).collect(); // 16 x (T)
+        for n in 0..images {
+            let plane = &x[(n * g.c_in + c) * hw..][..hw];
+            for (iy, line) in plane.chunks_exact(g.w).enumerate() {
+                copy_short(&mut pad[(iy + 1) * wp + 1..][..g.w], line);
+            }
+            for (t, ty, tx) in tl.each(n) {
+                let corner = &pad[tl.corner(ty, tx)..][..3 * wp + 4];
+                let d = from_fn(|i| {
+                    let r = &corner[i * wp..][..4];
+                    [r[0], r[1], r[2], r[3]]
+                }); // (4, 4)
+                for (row, v) in rows.iter_mut().zip(two_d(d, bt).as_flattened()) {
+                    row[t] = *v;
+                }
+            }
+        }
+    };
+    let v = &mut v[..g.c_in * XI * tl.ts];
+    for_each_chunk(v, XI * tl.ts, parallel, || vec![0f32; tl.padded()], channel);
+}
+
+/// `U = G g G^T` for every (output, input) channel pair: (C_out, C_in, 16).
+fn weight_tiles(g: &Geometry, w: &[f32]) -> Vec<f32> {
+    // SAFETY: the (C_out, C_in) chunks of 16 and of 9 pair up one to one, and each is written.
+    let (u, ()) = unsafe {
+        written_by(g.c_out * g.c_in * XI, |u| {
+            u.par_chunks_mut(g.c_in * XI)
+                .zip(w.par_chunks(g.c_in * 9))
+                .for_each(|(u, w)| {
+                    for (u, k) in u.chunks_exact_mut(XI).zip(w.chunks_exact(9)) {
+                        let k = from_fn(|i| from_fn(|j| k[i * 3 + j])); // (3, 3)
+                        write_slice(u, two_d(k, g_).as_flattened());
+                    }
+                })
+        })
+    };
+    u
+}
+
+/// `U[xi]` as a (C_out, C_in) view of [`weight_tiles`].
+fn u_at<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> MatRef<'a> {
+    MatRef {
+        data: &u[xi..],
+        rows: g.c_out,
+        cols: g.c_in,
+        rs: g.c_in * XI,
+        cs: XI,
+    }
+}
+
+/// Position `xi` of a (C, 16, T) buffer of transformed tiles, as a (C, T) view.
+fn tiles_at(tl: Tiles, data: &[f32], channels: usize, xi: usize) -> MatRef<'_> {
+    MatRef {
+        data: &data[xi * tl.ts..],
+        rows: channels,
+        cols: tl.t,
+        rs: XI * tl.ts,
+        cs: 1,
+    }
+}
+
+/// `out[xi] = f(xi)` for the 16 matrices of a (16, rows, cols) buffer `block` floats apart,
+/// each an `sgemm_serial`, on all threads when `parallel`.
+fn per_position(
+    out: &mut [f32],
+    block: usize,
+    len: usize,
+    parallel: bool,
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) {
+    let out = &mut out[..XI * block];
+    for_each_chunk(
+        out,
+        block,
+        parallel,
+        || (),
+        |_, (xi, m)| f(xi, &mut m[..len]),
+    );
+}
+
+/// `y = conv2d(x, W) + b` for a 3x3 kernel, stride 1, padding 1; returns (N, C_out, H, W).
+///
+/// Each thread takes its own run of images, chunk by chunk: input tiles, the 16 products, the
+/// output tiles, with nothing shared but U.
+pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+    let u = weight_tiles(g, w);
+    let (hw, nb) = (g.h * g.w, chunk(g));
+    let full = Tiles::new(g, nb);
+    let runs = image_runs(g.n);
+    let inner = runs.len() == 1;
+    let run = |y_run: &mut [MaybeUninit<f32>], (b0, nr): (usize, usize)| {
+        with_scratch(g.c_in * XI * full.ts, XI * full.block(g.c_out), |v, m| {
+            for c0 in (0..nr).step_by(nb) {
+                let nbc = nb.min(nr - c0);
+                let tl = Tiles::new(g, nbc);
+                input_tiles(g, tl, &x[(b0 + c0) * g.c_in * hw..], v, inner);
+                // M[xi] = U[xi] @ V[xi]: (16, C_out, T), matrices mb apart.
+                let (mb, v) = (tl.block(g.c_out), &*v);
+                per_position(m, mb, g.c_out * tl.t, inner, |xi, m| {
+                    sgemm_serial(u_at(g, &u, xi), tiles_at(tl, v, g.c_in, xi), m, false);
+                });
+                let m = &*m;
+                // y = A^T M A + b per tile.
+                let plane = |_: &mut (), (nc, plane): (usize, &mut [MaybeUninit<f32>])| {
+                    let (n, co) = (nc / g.c_out, nc % g.c_out);
+                    let rows = rows_of(tl, m, mb, co);
+                    for (t, ty, tx) in tl.each(n) {
+                        let y = two_d(from_fn(|i| from_fn(|j| rows[i * 4 + j][t])), at); // (2, 2)
+                        for (i, y) in y.iter().enumerate() {
+                            let out = &mut plane[(2 * ty + i) * g.w + 2 * tx..][..2];
+                            out[0] = MaybeUninit::new(y[0] + bias[co]);
+                            out[1] = MaybeUninit::new(y[1] + bias[co]);
+                        }
+                    }
+                };
+                let y_chunk = &mut y_run[c0 * g.c_out * hw..][..nbc * g.c_out * hw];
+                for_each_chunk(y_chunk, hw, inner, || (), plane);
+            }
+        })
+    };
+    // SAFETY: the runs cover every image, each gets its own images' part of `y`, the chunks
+    // cover a run, and in each (n, c_out) plane the 2x2 tiles cover every pixel (H and W are
+    // even).
+    let (y, ()) = unsafe {
+        written_by(g.n * g.c_out * hw, |y| {
+            split_runs(y, &runs, g.c_out * hw)
+                .into_par_iter()
+                .zip(runs.par_iter())
+                .for_each(|(y_run, &r)| run(y_run, r))
+        })
+    };
+    y
+}
+
+/// `dM = A dY A^T` for every output tile of the chunk `dy` (images, C_out, H, W): `dm` is
+/// (C_out, 16, T), rows `ts` apart; adds each channel's sum of dy to `db`.
+fn output_grad_tiles(
+    g: &Geometry,
+    tl: Tiles,
+    dy: &[f32],
+    dm: &mut [f32],
+    db: &mut [f32],
+    parallel: bool,
+) {
+    let hw = g.h * g.w;
+    let images = tl.t / (tl.th * tl.tw);
+    let channel = |_: &mut (), (co, dmc): (usize, &mut [f32])| {
+        for row in dmc.chunks_exact_mut(tl.ts) {
+            row[tl.t..].fill(0.0);
+        }
+        let mut rows: Vec<&mut [f32]> = dmc.chunks_exact_mut(tl.ts).collect(); // 16 x (T)
+        for n in 0..images {
+            let plane = &dy[(n * g.c_out + co) * hw..][..hw];
+            for (t, ty, tx) in tl.each(n) {
+                let top = &plane[2 * ty * g.w + 2 * tx..][..g.w + 2];
+                let d = [[top[0], top[1]], [top[g.w], top[g.w + 1]]]; // (2, 2)
+                for (row, v) in rows.iter_mut().zip(two_d(d, a).as_flattened()) {
+                    row[t] = *v;
+                }
+            }
+        }
+    };
+    let dm = &mut dm[..g.c_out * XI * tl.ts];
+    for_each_chunk(dm, XI * tl.ts, parallel, || (), channel);
+    for (co, db) in db.iter_mut().enumerate() {
+        for n in 0..images {
+            *db += sum_wide(&dy[(n * g.c_out + co) * hw..][..hw]);
+        }
+    }
+}
+
+/// What one thread accumulates over its run of images: `dU^T` (16, C_in, C_out), matrices
+/// `ub` apart, and db.
+struct Partial {
+    du_t: Vec<f32>,
+    db: Vec<f32>,
+}
+
+/// The gradients (dx if asked for, dW, db) of [`forward`], written into `dx` (N, C_in, H, W),
+/// `dw` (C_out, C_in, 3, 3) and `db` (C_out).
+///
+/// Each thread takes its own run of images, chunk by chunk, with its own dx and partial sums
+/// of dU and db, added at the end.
+pub(super) fn backward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let u = weight_tiles(g, w);
+    let (hw, nb) = (g.h * g.w, chunk(g));
+    let full = Tiles::new(g, nb);
+    let ub = g.c_in * g.c_out + SKEW;
+    let runs = image_runs(g.n);
+    let inner = runs.len() == 1;
+    let input_grad = dx.is_some();
+    let dx_runs: Vec<&mut [f32]> = match dx {
+        Some(dx) => split_runs(dx, &runs, g.c_in * hw),
+        None => runs.iter().map(|_| &mut [][..]).collect(),
+    };
+    let (v_len, dm_len) = (g.c_in * XI * full.ts, g.c_out * XI * full.ts);
+    let dv_len = if input_grad {
+        XI * full.block(g.c_in)
+    } else {
+        0
+    };
+    let run = |((b0, nr), dx_run): ((usize, usize), &mut [f32])| {
+        let mut part = Partial {
+            du_t: vec![0f32; XI * ub],
+            db: vec![0f32; g.c_out],
+        };
+        with_scratch(v_len + dm_len, dv_len, |vdm, dv| {
+            let (v, dm) = vdm.split_at_mut(v_len);
+            for c0 in (0..nr).step_by(nb) {
+                let nbc = nb.min(nr - c0);
+                let tl = Tiles::new(g, nbc);
+                let dy_chunk = &dy[(b0 + c0) * g.c_out * hw..];
+                output_grad_tiles(g, tl, dy_chunk, dm, &mut part.db, inner);
+                input_tiles(g, tl, &x[(b0 + c0) * g.c_in * hw..], v, inner);
+                let (v, dm) = (&*v, &*dm);
+                // dU^T[xi] += V[xi] @ dM[xi]^T: (C_in, C_out), summed over the tiles by the
+                // product itself.
+                per_position(&mut part.du_t, ub, g.c_in * g.c_out, inner, |xi, du| {
+                    let dm_xi = tiles_at(tl, dm, g.c_out, xi); // (C_out, T)
+                    sgemm_serial(tiles_at(tl, v, g.c_in, xi), dm_xi.t(), du, true);
+                });
+                if !input_grad {
+                    continue;
+                }
+                // dV[xi] = U[xi]^T @ dM[xi]: (16, C_in, T), matrices vb apart.
+                let vb = tl.block(g.c_in);
+                per_position(dv, vb, g.c_in * tl.t, inner, |xi, dv| {
+                    let dm_xi = tiles_at(tl, dm, g.c_out, xi); // (C_out, T)
+                    sgemm_serial(u_at(g, &u, xi).t(), dm_xi, dv, false);
+                });
+                // dx = B dV B^T per tile, added onto a padded plane whose inside is the image's
+                // gradient (neighbouring tiles overlap by two pixels).
+                let (dv, wp) = (&*dv, full.wp);
+                let plane = |pad: &mut Vec<f32>, (nc, plane): (usize, &mut [f32])| {
+                    let (n, c) = (nc / g.c_in, nc % g.c_in);
+                    let rows = rows_of(tl, dv, vb, c);
+                    pad.fill(0.0);
+                    for (t, ty, tx) in tl.each(n) {
+                        let d = two_d(from_fn(|i| from_fn(|j| rows[i * 4 + j][t])), b); // (4, 4)
+                        let corner = &mut pad[tl.corner(ty, tx)..][..3 * wp + 4];
+                        for (i, d) in d.iter().enumerate() {
+                            let dst = &mut corner[i * wp..][..4];
+                            for j in 0..4 {
+                                dst[j] += d[j];
+                            }
+                        }
+                    }
+                    for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
+                        copy_short(line, &pad[(iy + 1) * wp + 1..][..g.w]);
+                    }
+                };
+                let dx_chunk = &mut dx_run[c0 * g.c_in * hw..][..nbc * g.c_in * hw];
+                for_each_chunk(dx_chunk, hw, inner, || vec![0f32; full.padded()], plane);
+            }
+        });
+        part
+    };
+    let partials: Vec<Partial> = runs.into_par_iter().zip(dx_runs).map(run).collect();
+    for part in &partials {
+        db.iter_mut().zip(&part.db).for_each(|(d, s)| *d += s);
+    }
+    // dW = G^T dU G for every channel pair, dU summed over the threads.
+    dw.par_chunks_mut(g.c_in * 9)
+        .enumerate()
+        .for_each(|(co, dw)| {
+            for (ci, k) in dw.chunks_exact_mut(9).enumerate() {
+                let at = ci * g.c_out + co;
+                let du = from_fn(|i| {
+                    from_fn(|j| partials.iter().map(|p| p.du_t[(i * 4 + j) * ub + at]).sum())
+                }); // (4, 4)
+                k.copy_from_slice(two_d(du, gt).as_flattened()); // (3, 3)
+            }
+        });
+}
