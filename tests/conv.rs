@@ -118,17 +118,18 @@ fn cases() -> Vec<Case> {
             pad: Padding::same(1),
         },
         // Winograd's F(2x2, 3x3) path (3x3, stride 1, padding 1, even sides, 16 channels or
-        // more on both sides): non-square image and channels, batch 1, and channels == height
-        // == width.
+        // more on both sides, 32 tiles of 2x2 or more per thread's run of images, here with up
+        // to 4 threads): non-square image and channels, batch 1, and channels == height ==
+        // width.
         Case {
-            x: [3, 16, 4, 6],
+            x: [24, 16, 4, 6],
             c_out: 20,
             k: 3,
             stride: 1,
             pad: Padding::same(1),
         },
         Case {
-            x: [1, 24, 8, 8],
+            x: [1, 24, 8, 16],
             c_out: 16,
             k: 3,
             stride: 1,
@@ -242,12 +243,12 @@ fn conv2d_gradients_match_finite_differences_on_non_square_and_asymmetric_cases(
         right: 1,
     };
     // 5x7 takes the column-matrix path, 20x22 the padded-plane path (see `Geometry` in
-    // src/nn/conv.rs), 16 channels at 4x6 the Winograd path, the asymmetric stride-2 case the
+    // src/nn/conv.rs), 16 channels at 8x16 the Winograd path, the asymmetric stride-2 case the
     // general one.
     for (shape, c_out, stride, pad) in [
         ([1, 2, 5, 7], 3, 1, Padding::same(1)),
         ([1, 2, 20, 22], 3, 1, Padding::same(1)),
-        ([2, 16, 4, 6], 17, 1, Padding::same(1)),
+        ([1, 16, 8, 16], 17, 1, Padding::same(1)),
         ([2, 3, 6, 6], 3, 2, asym),
     ] {
         let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
