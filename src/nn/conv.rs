@@ -362,10 +362,13 @@ impl CustomOp3 for Conv2d {
                 g.c_out
             );
         }
-        let fast = if g.fast_path() {
-            Some(super::conv_stride1::forward(&g, x, w, bias))
-        } else if super::conv_winograd::applies(&g) {
+        // Winograd where it applies (3x3, stride 1, padding 1: the UNet's and VAE's convolutions
+        // from 4x4 to 32x32), else the padded-plane path (1x1 convolutions), else the column
+        // matrix (stride 2, the RGB input).
+        let fast = if super::conv_winograd::applies(&g) {
             Some(super::conv_winograd::forward(&g, x, w, bias))
+        } else if g.fast_path() {
+            Some(super::conv_stride1::forward(&g, x, w, bias))
         } else {
             None
         };
@@ -482,12 +485,12 @@ impl CustomOp3 for Conv2dBackward {
         let mut out = vec![0f32; nx + g.c_out * k + g.c_out];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(g.c_out * k);
-        if g.fast_path() || super::conv_winograd::applies(&g) {
+        if super::conv_winograd::applies(&g) || g.fast_path() {
             let dx = self.input_grad.then_some(dx);
-            if g.fast_path() {
-                super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
-            } else {
+            if super::conv_winograd::applies(&g) {
                 super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
+            } else {
+                super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
             }
             let len = out.len();
             return Ok((CpuStorage::F32(out), Shape::from(len)));
