@@ -1,6 +1,8 @@
 //! Benchmarks of the convolution and GroupNorm kernels against candle's own ops, at the layer
 //! shapes of the VAE and UNet, with GFLOP/s and the machine's matrix-product peak for scale.
-//! Prints medians.
+//! Prints medians. GFLOP/s counts a direct convolution's 2 * C_in * kh * kw multiply-adds per
+//! output value, also for the 3x3 convolutions that take the Winograd path (which does 16/36 of
+//! them): the effective rate, as cuDNN's and oneDNN's benchmarks give it.
 //!
 //! ```text
 //! cargo run --release --example bench_kernels              # batch 32, 9 repetitions each
@@ -64,6 +66,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         (64, 64, 16, 3, 1),
         (64, 64, 8, 3, 1),
         (128, 128, 8, 3, 1),
+        (192, 64, 8, 3, 1),
+        (128, 128, 4, 3, 1),
         (64, 128, 8, 1, 1),
     ] {
         let pad = if k == 3 {
