@@ -44,6 +44,9 @@ use super::conv::{
 use super::fastmath::sum_wide;
 use super::gemm::{sgemm_serial, MatRef};
 use super::ops::{write_slice, written_by};
+use super::winograd_rows::{
+    input_channel, input_grad_plane, output_grad_channel, output_plane, Planes,
+};
 
 /// Positions in a transformed 4x4 tile.
 const XI: usize = 16;
@@ -127,6 +130,12 @@ fn two_d<const I: usize, const O: usize>(
     from_fn(|k| f(from_fn(|j| cols[j][k])))
 }
 
+/// From this image width on, the transforms run a whole row of tiles at a time
+/// ([`super::winograd_rows`], vectorised); below it, tile by tile (at 8x8 and 4x4 a row holds
+/// 4 or 2 tiles, too few for the row kernels to pay: measured 1.3-1.5x slower there, and 1.2x
+/// faster at 32x32). Both give the same bits.
+const ROWS_FROM_WIDTH: usize = 16;
+
 /// The output tiles of a chunk of images: `t = (n * th + ty) * tw + tx` covers output pixels
 /// (2ty..2ty+2, 2tx..2tx+2) of the chunk's image n and reads padded pixels (2ty..2ty+4,
 /// 2tx..2tx+4).
@@ -143,14 +152,15 @@ struct Tiles {
 }
 
 impl Tiles {
-    fn new(g: &Geometry, images: usize) -> Self {
-        let (th, tw) = (g.h / 2, g.w / 2);
+    /// The tiles of `images` images of `h` x `w`.
+    fn new(h: usize, w: usize, images: usize) -> Self {
+        let (th, tw) = (h / 2, w / 2);
         Self {
             th,
             tw,
             t: images * th * tw,
             ts: images * th * tw + SKEW,
-            wp: g.w + 2,
+            wp: w + 2,
         }
     }
 
@@ -195,32 +205,28 @@ fn rows_of(tl: Tiles, data: &[f32], block: usize, r: usize) -> [&[f32]; XI] {
 /// `V = B^T d B` for every input tile of the chunk `x` (images, C_in, H, W): `v` is
 /// (C_in, 16, T), rows `ts` apart, every element written.
 fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool) {
-    let (hw, wp) = (g.h * g.w, tl.wp);
+    let hw = g.h * g.w;
     let images = tl.t / (tl.th * tl.tw);
-    let channel = |pad: &mut Vec<f32>, (c, vc): (usize, &mut [f32])| {
+    let planes = Planes {
+        stride: g.c_in * hw,
+        images,
+        h: g.h,
+        w: g.w,
+    };
+    let channel = |scratch: &mut Vec<f32>, (c, vc): (usize, &mut [f32])| {
         for row in vc.chunks_exact_mut(tl.ts) {
             row[tl.t..].fill(0.0);
         }
-        let mut rows: Vec<&mut [f32]> = vc.chunks_exact_mut(tl.ts).collect(); // 16 x (T)
-        for n in 0..images {
-            let plane = &x[(n * g.c_in + c) * hw..][..hw];
-            for (iy, line) in plane.chunks_exact(g.w).enumerate() {
-                copy_short(&mut pad[(iy + 1) * wp + 1..][..g.w], line);
-            }
-            for (t, ty, tx) in tl.each(n) {
-                let corner = &pad[tl.corner(ty, tx)..][..3 * wp + 4];
-                let d = from_fn(|i| {
-                    let r = &corner[i * wp..][..4];
-                    [r[0], r[1], r[2], r[3]]
-                }); // (4, 4)
-                for (row, v) in rows.iter_mut().zip(two_d(d, bt).as_flattened()) {
-                    row[t] = *v;
-                }
-            }
+        let x = &x[c * hw..];
+        if g.w >= ROWS_FROM_WIDTH {
+            input_channel(x, planes, vc, tl.ts, scratch);
+            return;
         }
+        input_channel_by_tile(x, planes, vc, tl.ts, scratch);
     };
+    let scratch = 2 * tl.padded() + 2 * tl.wp;
     let v = &mut v[..g.c_in * XI * tl.ts];
-    for_each_chunk(v, XI * tl.ts, parallel, || vec![0f32; tl.padded()], channel);
+    for_each_chunk(v, XI * tl.ts, parallel, || vec![0f32; scratch], channel);
 }
 
 /// `U = G g G^T` for every (output, input) channel pair: (C_out, C_in, 16).
@@ -249,6 +255,103 @@ fn u_at<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> MatRef<'a> {
         cols: g.c_in,
         rs: g.c_in * XI,
         cs: XI,
+    }
+}
+
+/// [`input_channel`] tile by tile, for narrow images: `pad` is a zero-bordered padded plane
+/// (its border is never written).
+fn input_channel_by_tile(x: &[f32], planes: Planes, v: &mut [f32], ts: usize, pad: &mut [f32]) {
+    let Planes {
+        stride,
+        images,
+        h,
+        w,
+    } = planes;
+    let wp = w + 2;
+    let tl = Tiles::new(h, w, images);
+    let mut rows: Vec<&mut [f32]> = v.chunks_exact_mut(ts).collect(); // 16 x (T)
+    for n in 0..images {
+        let plane = &x[n * stride..][..h * w];
+        for (iy, line) in plane.chunks_exact(w).enumerate() {
+            copy_short(&mut pad[(iy + 1) * wp + 1..][..w], line);
+        }
+        for (t, ty, tx) in tl.each(n) {
+            let corner = &pad[tl.corner(ty, tx)..][..3 * wp + 4];
+            let d = from_fn(|i| {
+                let r = &corner[i * wp..][..4];
+                [r[0], r[1], r[2], r[3]]
+            }); // (4, 4)
+            for (row, v) in rows.iter_mut().zip(two_d(d, bt).as_flattened()) {
+                row[t] = *v;
+            }
+        }
+    }
+}
+
+/// [`output_plane`] tile by tile, for narrow images.
+fn output_plane_by_tile(
+    m: &[&[f32]; 16],
+    h: usize,
+    w: usize,
+    bias: f32,
+    plane: &mut [MaybeUninit<f32>],
+) {
+    let tl = Tiles::new(h, w, 1);
+    for (t, ty, tx) in tl.each(0) {
+        let y = two_d(from_fn(|i| from_fn(|j| m[i * 4 + j][t])), at); // (2, 2)
+        for (i, y) in y.iter().enumerate() {
+            let out = &mut plane[(2 * ty + i) * w + 2 * tx..][..2];
+            out[0] = MaybeUninit::new(y[0] + bias);
+            out[1] = MaybeUninit::new(y[1] + bias);
+        }
+    }
+}
+
+/// [`output_grad_channel`] tile by tile, for narrow images.
+fn output_grad_channel_by_tile(dy: &[f32], planes: Planes, dm: &mut [f32], ts: usize) {
+    let Planes {
+        stride,
+        images,
+        h,
+        w,
+    } = planes;
+    let tl = Tiles::new(h, w, images);
+    let mut rows: Vec<&mut [f32]> = dm.chunks_exact_mut(ts).collect(); // 16 x (T)
+    for n in 0..images {
+        let plane = &dy[n * stride..][..h * w];
+        for (t, ty, tx) in tl.each(n) {
+            let top = &plane[2 * ty * w + 2 * tx..][..w + 2];
+            let d = [[top[0], top[1]], [top[w], top[w + 1]]]; // (2, 2)
+            for (row, v) in rows.iter_mut().zip(two_d(d, a).as_flattened()) {
+                row[t] = *v;
+            }
+        }
+    }
+}
+
+/// [`input_grad_plane`] tile by tile, for narrow images.
+fn input_grad_plane_by_tile(
+    dv: &[&[f32]; 16],
+    h: usize,
+    w: usize,
+    plane: &mut [f32],
+    pad: &mut [f32],
+) {
+    let tl = Tiles::new(h, w, 1);
+    let (pad, wp) = (&mut pad[..tl.padded()], tl.wp);
+    pad.fill(0.0);
+    for (t, ty, tx) in tl.each(0) {
+        let d = two_d(from_fn(|i| from_fn(|j| dv[i * 4 + j][t])), b); // (4, 4)
+        let corner = &mut pad[tl.corner(ty, tx)..][..3 * wp + 4];
+        for (i, d) in d.iter().enumerate() {
+            let dst = &mut corner[i * wp..][..4];
+            for j in 0..4 {
+                dst[j] += d[j];
+            }
+        }
+    }
+    for (iy, line) in plane.chunks_exact_mut(w).enumerate() {
+        copy_short(line, &pad[(iy + 1) * wp + 1..][..w]);
     }
 }
 
@@ -289,14 +392,14 @@ fn per_position(
 pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
     let u = weight_tiles(g, w);
     let (hw, nb) = (g.h * g.w, chunk(g));
-    let full = Tiles::new(g, nb);
+    let full = Tiles::new(g.h, g.w, nb);
     let runs = image_runs(g.n);
     let inner = runs.len() == 1;
     let run = |y_run: &mut [MaybeUninit<f32>], (b0, nr): (usize, usize)| {
         with_scratch(g.c_in * XI * full.ts, XI * full.block(g.c_out), |v, m| {
             for c0 in (0..nr).step_by(nb) {
                 let nbc = nb.min(nr - c0);
-                let tl = Tiles::new(g, nbc);
+                let tl = Tiles::new(g.h, g.w, nbc);
                 input_tiles(g, tl, &x[(b0 + c0) * g.c_in * hw..], v, inner);
                 // M[xi] = U[xi] @ V[xi]: (16, C_out, T), matrices mb apart.
                 let (mb, v) = (tl.block(g.c_out), &*v);
@@ -305,20 +408,18 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
                 });
                 let m = &*m;
                 // y = A^T M A + b per tile.
-                let plane = |_: &mut (), (nc, plane): (usize, &mut [MaybeUninit<f32>])| {
+                let plane = |scratch: &mut Vec<f32>, (nc, plane): (usize, &mut [_])| {
                     let (n, co) = (nc / g.c_out, nc % g.c_out);
-                    let rows = rows_of(tl, m, mb, co);
-                    for (t, ty, tx) in tl.each(n) {
-                        let y = two_d(from_fn(|i| from_fn(|j| rows[i * 4 + j][t])), at); // (2, 2)
-                        for (i, y) in y.iter().enumerate() {
-                            let out = &mut plane[(2 * ty + i) * g.w + 2 * tx..][..2];
-                            out[0] = MaybeUninit::new(y[0] + bias[co]);
-                            out[1] = MaybeUninit::new(y[1] + bias[co]);
-                        }
+                    let tiles = n * tl.th * tl.tw;
+                    let rows = rows_of(tl, m, mb, co).map(|row| &row[tiles..]);
+                    if g.w >= ROWS_FROM_WIDTH {
+                        output_plane(&rows, g.h, g.w, bias[co], plane, scratch);
+                        return;
                     }
+                    output_plane_by_tile(&rows, g.h, g.w, bias[co], plane);
                 };
                 let y_chunk = &mut y_run[c0 * g.c_out * hw..][..nbc * g.c_out * hw];
-                for_each_chunk(y_chunk, hw, inner, || (), plane);
+                for_each_chunk(y_chunk, hw, inner, || vec![0f32; 3 * g.w], plane);
             }
         })
     };
@@ -348,24 +449,25 @@ fn output_grad_tiles(
 ) {
     let hw = g.h * g.w;
     let images = tl.t / (tl.th * tl.tw);
-    let channel = |_: &mut (), (co, dmc): (usize, &mut [f32])| {
+    let planes = Planes {
+        stride: g.c_out * hw,
+        images,
+        h: g.h,
+        w: g.w,
+    };
+    let channel = |scratch: &mut Vec<f32>, (co, dmc): (usize, &mut [f32])| {
         for row in dmc.chunks_exact_mut(tl.ts) {
             row[tl.t..].fill(0.0);
         }
-        let mut rows: Vec<&mut [f32]> = dmc.chunks_exact_mut(tl.ts).collect(); // 16 x (T)
-        for n in 0..images {
-            let plane = &dy[(n * g.c_out + co) * hw..][..hw];
-            for (t, ty, tx) in tl.each(n) {
-                let top = &plane[2 * ty * g.w + 2 * tx..][..g.w + 2];
-                let d = [[top[0], top[1]], [top[g.w], top[g.w + 1]]]; // (2, 2)
-                for (row, v) in rows.iter_mut().zip(two_d(d, a).as_flattened()) {
-                    row[t] = *v;
-                }
-            }
+        let dy = &dy[co * hw..];
+        if g.w >= ROWS_FROM_WIDTH {
+            output_grad_channel(dy, planes, dmc, tl.ts, scratch);
+            return;
         }
+        output_grad_channel_by_tile(dy, planes, dmc, tl.ts);
     };
     let dm = &mut dm[..g.c_out * XI * tl.ts];
-    for_each_chunk(dm, XI * tl.ts, parallel, || (), channel);
+    for_each_chunk(dm, XI * tl.ts, parallel, || vec![0f32; 3 * g.w], channel);
     for (co, db) in db.iter_mut().enumerate() {
         for n in 0..images {
             *db += sum_wide(&dy[(n * g.c_out + co) * hw..][..hw]);
@@ -396,7 +498,7 @@ pub(super) fn backward(
 ) {
     let u = weight_tiles(g, w);
     let (hw, nb) = (g.h * g.w, chunk(g));
-    let full = Tiles::new(g, nb);
+    let full = Tiles::new(g.h, g.w, nb);
     let ub = g.c_in * g.c_out + SKEW;
     let runs = image_runs(g.n);
     let inner = runs.len() == 1;
@@ -420,7 +522,7 @@ pub(super) fn backward(
             let (v, dm) = vdm.split_at_mut(v_len);
             for c0 in (0..nr).step_by(nb) {
                 let nbc = nb.min(nr - c0);
-                let tl = Tiles::new(g, nbc);
+                let tl = Tiles::new(g.h, g.w, nbc);
                 let dy_chunk = &dy[(b0 + c0) * g.c_out * hw..];
                 output_grad_tiles(g, tl, dy_chunk, dm, &mut part.db, inner);
                 input_tiles(g, tl, &x[(b0 + c0) * g.c_in * hw..], v, inner);
@@ -442,27 +544,20 @@ pub(super) fn backward(
                 });
                 // dx = B dV B^T per tile, added onto a padded plane whose inside is the image's
                 // gradient (neighbouring tiles overlap by two pixels).
-                let (dv, wp) = (&*dv, full.wp);
-                let plane = |pad: &mut Vec<f32>, (nc, plane): (usize, &mut [f32])| {
+                let dv = &*dv;
+                let plane = |scratch: &mut Vec<f32>, (nc, plane): (usize, &mut [f32])| {
                     let (n, c) = (nc / g.c_in, nc % g.c_in);
-                    let rows = rows_of(tl, dv, vb, c);
-                    pad.fill(0.0);
-                    for (t, ty, tx) in tl.each(n) {
-                        let d = two_d(from_fn(|i| from_fn(|j| rows[i * 4 + j][t])), b); // (4, 4)
-                        let corner = &mut pad[tl.corner(ty, tx)..][..3 * wp + 4];
-                        for (i, d) in d.iter().enumerate() {
-                            let dst = &mut corner[i * wp..][..4];
-                            for j in 0..4 {
-                                dst[j] += d[j];
-                            }
-                        }
+                    let tiles = n * tl.th * tl.tw;
+                    let rows = rows_of(tl, dv, vb, c).map(|row| &row[tiles..]);
+                    if g.w >= ROWS_FROM_WIDTH {
+                        input_grad_plane(&rows, g.h, g.w, plane, scratch);
+                        return;
                     }
-                    for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
-                        copy_short(line, &pad[(iy + 1) * wp + 1..][..g.w]);
-                    }
+                    input_grad_plane_by_tile(&rows, g.h, g.w, plane, scratch);
                 };
                 let dx_chunk = &mut dx_run[c0 * g.c_in * hw..][..nbc * g.c_in * hw];
-                for_each_chunk(dx_chunk, hw, inner, || vec![0f32; full.padded()], plane);
+                let scratch = 2 * full.padded() + 4 * g.w;
+                for_each_chunk(dx_chunk, hw, inner, || vec![0f32; scratch], plane);
             }
         });
         part
@@ -483,4 +578,71 @@ pub(super) fn backward(
                 k.copy_from_slice(two_d(du, gt).as_flattened()); // (3, 3)
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as f32 / u32::MAX as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn bits(xs: &[f32]) -> Vec<u32> {
+        xs.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The row kernels of `winograd_rows` give the same bits as the tile-by-tile transforms,
+    /// on widths either side of where the path switches.
+    #[test]
+    fn row_kernels_match_tile_by_tile_bit_for_bit() {
+        for (h, w, images) in [(4, 4, 3), (6, 8, 2), (4, 16, 2), (8, 18, 1)] {
+            let tl = Tiles::new(h, w, images);
+            let (hw, scratch) = (h * w, 2 * tl.padded() + 4 * w + 2 * tl.wp);
+            let x = noise(images * hw, 1);
+            let planes = Planes {
+                stride: hw,
+                images,
+                h,
+                w,
+            };
+            let (mut rows, mut tiles) = (vec![0f32; XI * tl.ts], vec![0f32; XI * tl.ts]);
+            input_channel(&x, planes, &mut rows, tl.ts, &mut vec![0f32; scratch]);
+            let mut pad = vec![0f32; scratch];
+            input_channel_by_tile(&x, planes, &mut tiles, tl.ts, &mut pad);
+            assert_eq!(bits(&rows), bits(&tiles), "V = B^T d B, {h}x{w}");
+
+            let (mut rows, mut tiles) = (vec![0f32; XI * tl.ts], vec![0f32; XI * tl.ts]);
+            output_grad_channel(&x, planes, &mut rows, tl.ts, &mut vec![0f32; scratch]);
+            output_grad_channel_by_tile(&x, planes, &mut tiles, tl.ts);
+            assert_eq!(bits(&rows), bits(&tiles), "dM = A dY A^T, {h}x{w}");
+
+            let m = noise(XI * tl.ts, 2);
+            let per_image = tl.th * tl.tw;
+            let m_rows: [&[f32]; XI] = from_fn(|xi| &m[xi * tl.ts..][..per_image]);
+            let mut rows = vec![MaybeUninit::new(0f32); hw];
+            let mut tiles = vec![MaybeUninit::new(0f32); hw];
+            output_plane(&m_rows, h, w, 0.25, &mut rows, &mut vec![0f32; scratch]);
+            output_plane_by_tile(&m_rows, h, w, 0.25, &mut tiles);
+            // SAFETY: both planes were initialised above.
+            let read = |p: Vec<MaybeUninit<f32>>| -> Vec<f32> {
+                p.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+            };
+            let (rows, tiles) = (read(rows), read(tiles));
+            assert_eq!(bits(&rows), bits(&tiles), "y = A^T M A + b, {h}x{w}");
+
+            let (mut rows, mut tiles) = (vec![0f32; hw], vec![0f32; hw]);
+            input_grad_plane(&m_rows, h, w, &mut rows, &mut vec![0f32; scratch]);
+            input_grad_plane_by_tile(&m_rows, h, w, &mut tiles, &mut vec![0f32; scratch]);
+            assert_eq!(bits(&rows), bits(&tiles), "dx = B dV B^T, {h}x{w}");
+        }
+    }
 }

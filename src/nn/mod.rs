@@ -15,6 +15,7 @@ pub mod group_norm;
 pub mod layers2d;
 pub mod ops;
 pub mod resnet;
+mod winograd_rows;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
