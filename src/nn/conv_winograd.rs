@@ -124,7 +124,7 @@ fn a(y: [f32; 2]) -> [f32; 4] {
 #[inline(always)]
 fn two_d<const I: usize, const O: usize>(
     d: [[f32; I]; I],
-    f: fn([f32; I]) -> [f32; O],
+    f: impl Fn([f32; I]) -> [f32; O],
 ) -> [[f32; O]; O] {
     let cols: [[f32; O]; I] = from_fn(|j| f(from_fn(|i| d[i][j]))); // cols[j][k] = (F d)[k][j]
     from_fn(|k| f(from_fn(|j| cols[j][k])))
