@@ -18,8 +18,8 @@
 //!
 //! Two faster paths take the layers they fit, and this file picks: 3x3 convolutions with stride
 //! 1 and padding 1 on even-sided images go through Winograd's F(2x2, 3x3)
-//! ([`super::conv_winograd`], 16/36 of the multiplications), and other stride-1 convolutions on
-//! large images through [`super::conv_stride1`] (no column matrix). The column matrix remains
+//! (`conv_winograd.rs`, 16/36 of the multiplications), and other stride-1 convolutions on
+//! large images through `conv_stride1.rs` (no column matrix). The column matrix remains
 //! for stride 2, thin inputs (an RGB image) and small batches.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
