@@ -47,6 +47,14 @@ fn cases() -> Vec<Case> {
             stride: 2,
             pad: Padding::same(1),
         },
+        // Stride 2 with odd left padding on an even width: the UNet's and VAE's downsamplers.
+        Case {
+            x: [2, 5, 8, 8],
+            c_out: 3,
+            k: 3,
+            stride: 2,
+            pad: Padding::same(1),
+        },
         Case {
             x: [2, 4, 4, 4],
             c_out: 4,
@@ -142,15 +150,25 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(1),
         },
-        // Winograd with several chunks per thread's run of images (4 images per chunk here).
+        // Winograd tile by tile (narrower than 16), square so the gradients are compared with
+        // candle's, and batch 1 (one run, parallel inside).
         Case {
-            x: [9, 32, 16, 16],
+            x: [1, 16, 12, 12],
+            c_out: 16,
+            k: 3,
+            stride: 1,
+            pad: Padding::same(1),
+        },
+        // Winograd with several chunks per thread's run of images, the last one shorter (4
+        // images per chunk here; runs of 17, 9, 6 or 5 images with 1 to 4 threads).
+        Case {
+            x: [17, 32, 16, 16],
             c_out: 32,
             k: 3,
             stride: 1,
             pad: Padding::same(1),
         },
-        // The VAE's size: Winograd with runs of 5 and 4 images, 256 tiles each.
+        // The VAE's size: Winograd (runs of 5 and 4 images with 2 threads).
         Case {
             x: [9, 64, 32, 32],
             c_out: 32,
@@ -243,13 +261,14 @@ fn conv2d_gradients_match_finite_differences_on_non_square_and_asymmetric_cases(
         right: 1,
     };
     // 5x7 takes the column-matrix path, 20x22 the padded-plane path (see `Geometry` in
-    // src/nn/conv.rs), 16 channels at 8x16 the Winograd path, the asymmetric stride-2 case the
-    // general one.
+    // src/nn/conv.rs), 16 channels at 8x16 the Winograd path, the stride-2 cases the column
+    // path with even and odd left padding (the stride's column phases) and an odd width.
     for (shape, c_out, stride, pad) in [
         ([1, 2, 5, 7], 3, 1, Padding::same(1)),
         ([1, 2, 20, 22], 3, 1, Padding::same(1)),
         ([1, 16, 8, 16], 17, 1, Padding::same(1)),
         ([2, 3, 6, 6], 3, 2, asym),
+        ([1, 3, 7, 9], 3, 2, Padding::same(2)),
     ] {
         let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
         let w = Var::from_tensor(&rand(&[c_out, shape[1], 3, 3], 2)).unwrap();

@@ -645,3 +645,37 @@ pub fn conv2d(
         Conv2d { stride, pad },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shapes `tests/conv.rs` means to run through the Winograd path take it with 1 to 4
+    /// threads (which path a convolution takes depends on its images per thread).
+    #[test]
+    fn winograd_test_shapes_take_the_winograd_path() {
+        let shapes = [
+            ([24, 16, 4, 6], 20),
+            ([1, 24, 8, 16], 16),
+            ([2, 16, 16, 16], 32),
+            ([1, 16, 12, 12], 16),
+            ([17, 32, 16, 16], 32),
+            ([9, 64, 32, 32], 32),
+            ([1, 16, 8, 16], 17),
+        ];
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (x, c_out) in shapes {
+                    let w = [c_out, x[1], 3, 3];
+                    let g = Geometry::new(&x, &w, 1, Padding::same(1)).unwrap();
+                    let winograd = super::super::conv_winograd::applies(&g);
+                    assert!(winograd, "{x:?} -> {c_out} with {threads} threads");
+                }
+            });
+        }
+    }
+}

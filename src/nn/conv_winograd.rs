@@ -67,7 +67,7 @@ const MIN_TILES: usize = 32;
 
 /// Whether this path computes `g`: a 3x3 kernel, stride 1, padding 1 on every side, even image
 /// sides (whole 2x2 output tiles), at least [`MIN_CHANNELS`] channels in and out, and at least
-/// [`MIN_TILES`] tiles in each thread's run of images.
+/// [`MIN_TILES`] tiles in a thread's run of images (the first, longest run).
 pub(super) fn applies(g: &Geometry) -> bool {
     let run = image_runs(g.n).first().map_or(0, |&(_, len)| len);
     (g.kh, g.kw, g.stride) == (3, 3, 1)
@@ -193,7 +193,8 @@ impl Tiles {
 /// waited on memory.)
 fn chunk(g: &Geometry) -> usize {
     let per_image = (g.h / 2) * (g.w / 2) * XI * (g.c_in + g.c_out);
-    ((1 << 18) / per_image).clamp(1, g.n)
+    let run = image_runs(g.n).first().map_or(1, |&(_, len)| len);
+    ((1 << 18) / per_image).clamp(1, run.max(1))
 }
 
 /// Row `r` of each of the 16 (rows, T) matrices of a (16, rows, T) buffer whose matrices are
