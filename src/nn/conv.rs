@@ -120,6 +120,20 @@ impl Geometry {
             && grid * 9 <= self.p() * 10
     }
 
+    /// Which kernel computes this convolution, forward and backward alike: Winograd where it
+    /// applies (3x3, stride 1, padding 1: the UNet's and VAE's convolutions from 4x4 to 32x32),
+    /// else the padded-plane path (1x1 convolutions, the RGB layers at 32x32), else the column
+    /// matrix (stride 2, a 4-channel input, sampling at batch 2).
+    fn path(&self) -> Path {
+        if super::conv_winograd::applies(self) {
+            Path::Winograd
+        } else if self.fast_path() {
+            Path::PaddedPlane
+        } else {
+            Path::Columns
+        }
+    }
+
     /// Output pixels per image.
     fn p(&self) -> usize {
         self.h_out * self.w_out
@@ -132,6 +146,14 @@ impl Geometry {
     fn chunk(&self) -> usize {
         ((1 << 17) / (self.k() * self.p()).max(1)).clamp(1, self.n.max(1))
     }
+}
+
+/// The three ways [`Conv2d`] computes a convolution; see [`Geometry::path`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Winograd,
+    PaddedPlane,
+    Columns,
 }
 
 /// The padded plane of one image channel: (H + pad_top + pad_bottom) rows of
@@ -372,6 +394,31 @@ pub(super) fn split_runs<'a, E>(
         .collect()
 }
 
+/// The output of `runs` (as [`contiguous_runs`] gives them, covering every image) with
+/// `per_image` floats per image, each run's part written by `run(part, (first, length))` on
+/// its own thread, and not zeroed first.
+///
+/// # Safety
+/// `run` must write every element of its part.
+pub(super) unsafe fn written_by_runs(
+    runs: &[(usize, usize)],
+    per_image: usize,
+    run: impl Fn(&mut [MaybeUninit<f32>], (usize, usize)) + Sync,
+) -> Vec<f32> {
+    let images = runs.iter().map(|&(_, len)| len).sum::<usize>();
+    // SAFETY: the runs split the output into disjoint parts that together cover it, and the
+    // caller's `run` writes all of each.
+    let (out, ()) = unsafe {
+        written_by(images * per_image, |out| {
+            split_runs(out, runs, per_image)
+                .into_par_iter()
+                .zip(runs.par_iter())
+                .for_each(|(part, &r)| run(part, r))
+        })
+    };
+    out
+}
+
 /// Contiguous runs of images, one per thread: (first image, number of images). With fewer
 /// images than threads, one run, and each step of it parallel inside instead.
 pub(super) fn image_runs(n: usize) -> Vec<(usize, usize)> {
@@ -435,15 +482,10 @@ impl CustomOp3 for Conv2d {
                 g.c_out
             );
         }
-        // Winograd where it applies (3x3, stride 1, padding 1: the UNet's and VAE's convolutions
-        // from 4x4 to 32x32), else the padded-plane path (1x1 convolutions), else the column
-        // matrix (stride 2, the RGB input).
-        let fast = if super::conv_winograd::applies(&g) {
-            Some(super::conv_winograd::forward(&g, x, w, bias))
-        } else if g.fast_path() {
-            Some(super::conv_stride1::forward(&g, x, w, bias))
-        } else {
-            None
+        let fast = match g.path() {
+            Path::Winograd => Some(super::conv_winograd::forward(&g, x, w, bias)),
+            Path::PaddedPlane => Some(super::conv_stride1::forward(&g, x, w, bias)),
+            Path::Columns => None,
         };
         if let Some(y) = fast {
             return Ok((
@@ -476,16 +518,9 @@ impl CustomOp3 for Conv2d {
                 }
             })
         };
-        // SAFETY: the runs cover every image, each gets its own images' part of `y`, and within
-        // a run the chunks of `nb` images cover it, `add_scalar` writing every output plane.
-        let (y, ()) = unsafe {
-            written_by(g.n * g.c_out * p, |y| {
-                split_runs(y, &runs, g.c_out * p)
-                    .into_par_iter()
-                    .zip(runs.par_iter())
-                    .for_each(|(y_run, &r)| run(y_run, r))
-            })
-        };
+        // SAFETY: within a run the chunks of `nb` images cover it, `add_scalar` writing every
+        // output plane.
+        let y = unsafe { written_by_runs(&runs, g.c_out * p, run) };
         Ok((
             CpuStorage::F32(y),
             Shape::from((g.n, g.c_out, g.h_out, g.w_out)),
@@ -558,9 +593,10 @@ impl CustomOp3 for Conv2dBackward {
         let mut out = vec![0f32; nx + g.c_out * k + g.c_out];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(g.c_out * k);
-        if super::conv_winograd::applies(&g) || g.fast_path() {
+        let path = g.path();
+        if path != Path::Columns {
             let dx = self.input_grad.then_some(dx);
-            if super::conv_winograd::applies(&g) {
+            if path == Path::Winograd {
                 super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
             } else {
                 super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);

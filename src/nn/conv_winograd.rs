@@ -39,7 +39,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::{
-    copy_short, for_each_chunk, image_runs, split_runs, with_scratch, Geometry, Padding,
+    copy_short, for_each_chunk, image_runs, split_runs, with_scratch, written_by_runs, Geometry,
+    Padding,
 };
 use super::fastmath::sum_wide;
 use super::gemm::{sgemm_serial, MatRef};
@@ -204,7 +205,7 @@ fn rows_of(tl: Tiles, data: &[f32], block: usize, r: usize) -> [&[f32]; XI] {
 }
 
 /// `V = B^T d B` for every input tile of the chunk `x` (images, C_in, H, W): `v` is
-/// (C_in, 16, T), rows `ts` apart, every element written.
+/// (C_in, 16, T), rows `ts` apart (the `SKEW` floats between rows are never read).
 fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool) {
     let hw = g.h * g.w;
     let images = tl.t / (tl.th * tl.tw);
@@ -215,9 +216,6 @@ fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool
         w: g.w,
     };
     let channel = |scratch: &mut Vec<f32>, (c, vc): (usize, &mut [f32])| {
-        for row in vc.chunks_exact_mut(tl.ts) {
-            row[tl.t..].fill(0.0);
-        }
         let x = &x[c * hw..];
         if g.w >= ROWS_FROM_WIDTH {
             input_channel(x, planes, vc, tl.ts, scratch);
@@ -424,18 +422,9 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
             }
         })
     };
-    // SAFETY: the runs cover every image, each gets its own images' part of `y`, the chunks
-    // cover a run, and in each (n, c_out) plane the 2x2 tiles cover every pixel (H and W are
-    // even).
-    let (y, ()) = unsafe {
-        written_by(g.n * g.c_out * hw, |y| {
-            split_runs(y, &runs, g.c_out * hw)
-                .into_par_iter()
-                .zip(runs.par_iter())
-                .for_each(|(y_run, &r)| run(y_run, r))
-        })
-    };
-    y
+    // SAFETY: the chunks cover a run, and in each (n, c_out) plane the 2x2 tiles cover every
+    // pixel (H and W are even).
+    unsafe { written_by_runs(&runs, g.c_out * hw, run) }
 }
 
 /// `dM = A dY A^T` for every output tile of the chunk `dy` (images, C_out, H, W): `dm` is
@@ -457,9 +446,6 @@ fn output_grad_tiles(
         w: g.w,
     };
     let channel = |scratch: &mut Vec<f32>, (co, dmc): (usize, &mut [f32])| {
-        for row in dmc.chunks_exact_mut(tl.ts) {
-            row[tl.t..].fill(0.0);
-        }
         let dy = &dy[co * hw..];
         if g.w >= ROWS_FROM_WIDTH {
             output_grad_channel(dy, planes, dmc, tl.ts, scratch);
