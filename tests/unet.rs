@@ -833,6 +833,71 @@ mod training {
     }
 
     #[test]
+    fn the_ema_warms_up_from_the_trained_weights_as_diffusers_does() {
+        use inkdrop::train::unet::ema_decay_at;
+        // diffusers' EMAModel.get_decay (decay 0.999, no use_ema_warmup): 0 at the first
+        // update, then (1 + s) / (10 + s) until that passes the decay (s = 8,991).
+        assert_eq!(ema_decay_at(0, 0.999, true), 0.0);
+        assert_eq!(ema_decay_at(1, 0.999, true), 2.0 / 11.0);
+        assert_eq!(ema_decay_at(90, 0.999, true), 0.91);
+        assert_eq!(ema_decay_at(8_990, 0.999, true), 8_991.0 / 9_000.0);
+        assert_eq!(ema_decay_at(20_000, 0.999, true), 0.999);
+        assert_eq!(ema_decay_at(0, 0.999, false), 0.999);
+        // After one step the warmed-up average is the trained weights themselves; the constant
+        // decay keeps 99.9% of the initial ones.
+        let dir = tempfile::tempdir().unwrap();
+        let (clip, vae) = (clip(), vae());
+        let data = latent_dataset(&vae, 0, 8, None).unwrap();
+        let model = model_for(&clip);
+        let one_step = |warm: bool| {
+            let cfg = UNetTrainConfig {
+                steps: 1,
+                batch_size: 4,
+                warmup: 1,
+                dataset_size: 8,
+                ema_warmup: warm,
+                ..UNetTrainConfig::default()
+            };
+            let (out, ckpt) = (
+                dir.path().join(format!("{warm}.safetensors")),
+                dir.path().join(format!("{warm}.ckpt")),
+            );
+            train_unet(
+                &model,
+                &cfg,
+                &data,
+                &clip,
+                &vae,
+                &out,
+                &ckpt,
+                None,
+                false,
+                &mut |_| true,
+            )
+            .unwrap()
+            .unwrap();
+            let trained: std::collections::HashMap<String, Vec<f32>> =
+                tensors(&ckpt).into_iter().collect();
+            let ema = tensors(&out);
+            let same = ema
+                .iter()
+                .filter(|(n, v)| trained.get(n) == Some(v))
+                .count();
+            (same, ema.len())
+        };
+        let (same, all) = one_step(true);
+        assert_eq!(
+            same, all,
+            "warmed up: the EMA after step 0 is a copy of the weights"
+        );
+        let (same, _) = one_step(false);
+        assert!(
+            same < all / 2,
+            "constant decay: {same} of {all} tensors equal the weights"
+        );
+    }
+
+    #[test]
     fn a_v_prediction_model_on_a_zero_snr_schedule_trains_and_says_so_in_its_file() {
         use inkdrop::schedulers::PredictionType;
         use inkdrop::train::unet::min_snr_weight;

@@ -50,6 +50,13 @@ pub struct UNetTrainConfig {
     pub max_grad_norm: f64,
     /// `ema = decay * ema + (1 - decay) * weights` after every step.
     pub ema_decay: f64,
+    /// Warm the EMA up as diffusers' `EMAModel` does: the decay after step s (from 0) is
+    /// `min(ema_decay, (1 + s) / (10 + s))`, 0 after the first, so the average starts from
+    /// trained weights. A constant 0.999 from the start keeps the random initial weights in
+    /// it: 0.999^3000 = 5% of the average after 3,000 steps, 37% after 1,000. Runs written
+    /// before this setting existed used the constant decay (false when absent).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ema_warmup: bool,
     /// Share of captions replaced by the empty prompt.
     pub caption_dropout: f64,
     /// Distinct training images (encoded once, then reused every epoch).
@@ -103,6 +110,10 @@ pub struct UNetTrainConfig {
     pub context_padding: ContextPadding,
 }
 
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
 fn is_kept(p: &ContextPadding) -> bool {
     *p == ContextPadding::Kept
 }
@@ -122,6 +133,7 @@ impl Default for UNetTrainConfig {
             weight_decay: 0.01,
             max_grad_norm: 1.0,
             ema_decay: 0.999,
+            ema_warmup: true,
             caption_dropout: 0.1,
             dataset_size: 40_000,
             p_two_objects: default_p_two_objects(),
@@ -279,16 +291,29 @@ pub fn latent_dataset_of(
     })
 }
 
+/// The EMA's decay after step `step` (from 0): `decay`, or with warm-up (diffusers'
+/// `EMAModel.get_decay` without `use_ema_warmup`) `min(decay, (1 + s) / (10 + s))` and 0 at
+/// s = 0, where the average becomes a copy of the weights.
+pub fn ema_decay_at(step: usize, decay: f64, warmup: bool) -> f64 {
+    match (warmup, step) {
+        (false, _) => decay,
+        (true, 0) => 0.0,
+        (true, s) => decay.min((1 + s) as f64 / (10 + s) as f64),
+    }
+}
+
 /// The EMA of every variable, in `sorted_vars` order.
 struct Ema {
     decay: f64,
+    warmup: bool,
     shadow: Vec<(String, Tensor)>,
 }
 
 impl Ema {
-    fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
+    fn new(vars: &[(String, Var)], decay: f64, warmup: bool) -> Result<Self> {
         Ok(Self {
             decay,
+            warmup,
             shadow: vars
                 .iter()
                 // A copy, not `detach()` (which would share the variable's storage):
@@ -298,10 +323,11 @@ impl Ema {
         })
     }
 
-    /// `ema = decay * ema + (1 - decay) * w`, in place.
-    fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
+    /// `ema = decay_s * ema + (1 - decay_s) * w`, in place, after step `step` (from 0).
+    fn update(&mut self, vars: &[(String, Var)], step: usize) -> Result<()> {
+        let decay = ema_decay_at(step, self.decay, self.warmup);
         for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
-            ema_update(s, v.as_tensor(), self.decay)?;
+            ema_update(s, v.as_tensor(), decay)?;
         }
         Ok(())
     }
@@ -373,7 +399,7 @@ pub fn train_unet(
         weight_decay: cfg.weight_decay,
     };
     let mut opt = AdamW::new(vars.clone(), adam)?;
-    let mut ema = Ema::new(&vars, cfg.ema_decay)?;
+    let mut ema = Ema::new(&vars, cfg.ema_decay, cfg.ema_warmup)?;
     let fingerprint =
         serde_json::json!({ "model": model_config, "train": cfg, "data": data.captions.len() })
             .to_string();
@@ -496,7 +522,7 @@ pub fn train_unet(
         clip_grad_norm(&mut grads, &plain, cfg.max_grad_norm)?;
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr);
         opt.update(&grads, lr)?;
-        ema.update(&vars)?;
+        ema.update(&vars, step)?;
         last_loss = f64::from(loss.to_scalar::<f32>()?);
         for (&t, l) in ts.iter().zip(per_sample.to_vec1::<f32>()?) {
             let b = &mut recent[t * T_BUCKETS / schedule.num_train_timesteps()];
