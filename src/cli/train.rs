@@ -149,8 +149,8 @@ pub struct AllArgs {
     /// UNet optimizer steps (`train unet`'s default).
     #[arg(long, default_value_t = UNetTrainConfig::default().steps, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
     pub unet_steps: usize,
-    /// Continue an interrupted run (same --data-dir, --seed, step counts and --tiny): stages that finished
-    /// are skipped, the interrupted one continues from its checkpoint
+    /// Continue an interrupted run (same --data-dir, --seed, step counts and --tiny): stages
+    /// that finished are skipped, the interrupted one continues from its checkpoint
     /// (target/inkdrop/checkpoints/all_*.safetensors).
     #[arg(long)]
     pub resume: bool,
