@@ -691,6 +691,32 @@ mod training {
         }
     }
 
+    /// `train_unet` from scratch to the last step, with no callback.
+    fn train_to_end(
+        model: &UNetConfig,
+        cfg: &UNetTrainConfig,
+        data: &inkdrop::train::unet::LatentDataset,
+        clip: &ClipBundle,
+        vae: &AutoencoderKL,
+        out: &std::path::Path,
+        ckpt: &std::path::Path,
+    ) -> inkdrop::train::unet::UNetTrainReport {
+        train_unet(
+            model,
+            cfg,
+            data,
+            clip,
+            vae,
+            out,
+            ckpt,
+            None,
+            false,
+            &mut |_| true,
+        )
+        .unwrap()
+        .unwrap()
+    }
+
     fn tensors(p: &std::path::Path) -> Vec<(String, Vec<f32>)> {
         let l = inkdrop::weights::load(p, &Device::Cpu).unwrap();
         let mut v: Vec<(String, Vec<f32>)> = l
@@ -862,20 +888,7 @@ mod training {
                 dir.path().join(format!("{warm}.safetensors")),
                 dir.path().join(format!("{warm}.ckpt")),
             );
-            train_unet(
-                &model,
-                &cfg,
-                &data,
-                &clip,
-                &vae,
-                &out,
-                &ckpt,
-                None,
-                false,
-                &mut |_| true,
-            )
-            .unwrap()
-            .unwrap();
+            train_to_end(&model, &cfg, &data, &clip, &vae, &out, &ckpt);
             let trained: std::collections::HashMap<String, Vec<f32>> =
                 tensors(&ckpt).into_iter().collect();
             let ema = tensors(&out);
@@ -1016,20 +1029,7 @@ mod training {
         };
         let out = dir.path().join("unet.safetensors");
         let ckpt = dir.path().join("unet.ckpt");
-        train_unet(
-            &model,
-            &cfg,
-            &data,
-            &clip,
-            &vae,
-            &out,
-            &ckpt,
-            None,
-            false,
-            &mut |_| true,
-        )
-        .unwrap()
-        .unwrap();
+        train_to_end(&model, &cfg, &data, &clip, &vae, &out, &ckpt);
         let saved = inkdrop::weights::load(&out, &Device::Cpu).unwrap();
         let clip_vars = clip.varmap.data().lock().unwrap().clone();
         let mut text_tensors = 0;
@@ -1064,20 +1064,7 @@ mod training {
             ..cfg.clone()
         };
         let out2 = dir.path().join("plain.safetensors");
-        train_unet(
-            &model,
-            &plain,
-            &data,
-            &clip,
-            &vae,
-            &out2,
-            &ckpt,
-            None,
-            false,
-            &mut |_| true,
-        )
-        .unwrap()
-        .unwrap();
+        train_to_end(&model, &plain, &data, &clip, &vae, &out2, &ckpt);
         let bundle = inkdrop::unet::bundle::UNetBundle::load(&out2).unwrap();
         assert!(bundle.text_encoder.is_none());
         let same = bundle.encoder_hidden_states(&clip, &texts).unwrap();
@@ -1090,7 +1077,7 @@ mod training {
             ..plain.clone()
         };
         let out3 = dir.path().join("zeroed.safetensors");
-        train_unet(
+        train_to_end(
             &model,
             &zeroed,
             &data,
@@ -1098,12 +1085,7 @@ mod training {
             &vae,
             &out3,
             &dir.path().join("zeroed_ckpt.safetensors"),
-            None,
-            false,
-            &mut |_| true,
-        )
-        .unwrap()
-        .unwrap();
+        );
         let bundle = inkdrop::unet::bundle::UNetBundle::load(&out3).unwrap();
         assert_eq!(
             bundle.context_padding,

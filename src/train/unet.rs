@@ -55,7 +55,7 @@ pub struct UNetTrainConfig {
     /// trained weights. A constant 0.999 from the start keeps the random initial weights in
     /// it: 0.999^3000 = 5% of the average after 3,000 steps, 37% after 1,000. Runs written
     /// before this setting existed used the constant decay (false when absent).
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ema_warmup: bool,
     /// Share of captions replaced by the empty prompt.
     pub caption_dropout: f64,
@@ -108,10 +108,6 @@ pub struct UNetTrainConfig {
     /// file, which is then always read the same way.
     #[serde(default, skip_serializing_if = "is_kept")]
     pub context_padding: ContextPadding,
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
 }
 
 fn is_kept(p: &ContextPadding) -> bool {
