@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""PyTorch + diffusers side by side with inkdrop's UNet, on this machine, in one run.
+"""PyTorch + diffusers side by side with inkdrop's UNet and VAE, on this machine, in one run.
 
 Times diffusers' UNet2DConditionModel for the same two configs and the same three measurements
 as `examples/bench_unet.rs` (forward at batch 2, forward + backward at batch 2, a training step
-with gradient clipping and AdamW at batch 32 / 64), on 2 threads, then runs inkdrop's benchmark
-and prints both medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is
+with gradient clipping and AdamW at batch 32 / 64), and diffusers' AutoencoderKL of the shipped
+VAE's config as `examples/bench_vae.rs` does (encoding one picture, decoding one latent, and
+`inkdrop train vae`'s training step at batch 32: encode, sample z, decode, MSE + 1e-6 KL,
+backward, clipping, AdamW), on 2 threads, then runs inkdrop's benchmarks and prints both medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is
 faster). On a shared machine the speed drifts by tens of percent within minutes, so the two are
 measured in alternation, `--rounds` times (which goes first alternates too); the table gives the
 median over the rounds of each side's medians, the median of the rounds' own ratios (a round
@@ -20,13 +22,14 @@ Not part of the tests: PyTorch is a 5.5 GB install and timings are never asserte
 import argparse, json, os, statistics, subprocess, sys, time
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 CONFIGS = {
     # name: (sample_size, block_out_channels, cross_attention_dim, training-step batch)
     "reference": (16, (32, 64), 64, 32),
     "shipped": (8, (64, 128), 128, 64),
 }
+# and "vae": the shipped VAE (`bench_torch_vae`)
 
 
 def median_ms(reps, f):
@@ -76,6 +79,33 @@ def bench_torch(name, reps):
     return out
 
 
+def bench_torch_vae(reps, batch=32):
+    """The shipped VAE's config (`data/README.md`): 32x32x3 -> 4x8x8, 954,567 parameters."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64),
+        layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=32)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+    one, z = torch.randn(1, 3, 32, 32), torch.randn(1, 4, 8, 8)
+    x = torch.randn(batch, 3, 32, 32)
+    out = {}
+    with torch.no_grad():
+        out["encode"] = median_ms(reps, lambda: vae.encode(one))
+        out["decode"] = median_ms(reps, lambda: vae.decode(z))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        (((recon - x) ** 2).mean() + 1e-6 * posterior.kl().mean()).backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+
+    out["training step (+ AdamW)"] = median_ms(reps, step)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7, help="repetitions per measurement (median)")
@@ -84,6 +114,8 @@ def main():
                     help="rounds of PyTorch and inkdrop in alternation (medians over rounds)")
     ap.add_argument("--inkdrop", default=None,
                     help="bench_unet binary (default: build it with cargo)")
+    ap.add_argument("--inkdrop-vae", default=None,
+                    help="bench_vae binary (default: build it with cargo)")
     ap.add_argument("--markdown", default=None,
                     help="also write the table as Markdown here (the book's performance appendix)")
     args = ap.parse_args()
@@ -91,22 +123,27 @@ def main():
         ap.error("--rounds and --reps must be at least 1")
     torch.set_num_threads(args.threads)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = ([args.inkdrop] if args.inkdrop else
-           ["cargo", "run", "--release", "--quiet", "--example", "bench_unet", "--"])
+    def example(binary, name):
+        return [binary] if binary else ["cargo", "run", "--release", "--quiet", "--example", name,
+                                        "--"]
+
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
 
     def bench_ours(name):
-        run = subprocess.run(cmd + ["--reps", str(args.reps), "--json", "--only", name], cwd=root,
+        cmd = (example(args.inkdrop_vae, "bench_vae") if name == "vae" else
+               example(args.inkdrop, "bench_unet") + ["--only", name])
+        run = subprocess.run(cmd + ["--reps", str(args.reps), "--json"], cwd=root,
                              env=env, check=True, capture_output=True, text=True)
         return {(r["config"], r["what"]): (r["batch"], r["median_ms"]) for r in json.loads(run.stdout)}
 
     def bench_theirs(name):
-        return {(name, what): ms for what, ms in bench_torch(name, args.reps).items()}
+        out = bench_torch_vae(args.reps) if name == "vae" else bench_torch(name, args.reps)
+        return {(name, what): ms for what, ms in out.items()}
 
     rounds = []  # (ours, theirs) per round
     for r in range(args.rounds):
         ours, theirs = {}, {}
-        for name in CONFIGS:
+        for name in [*CONFIGS, "vae"]:
             # Each config's two sides back to back, the order alternating from round to round.
             if r % 2 == 0:
                 ours.update(bench_ours(name))

@@ -7,6 +7,8 @@
 //! cargo run --release --example bench_vae
 //! cargo run --release --example bench_vae -- --reps 21 --batch-size 32
 //! ```
+//!
+//! `benches/torch_unet.py` times diffusers' `AutoencoderKL` of the same config beside it.
 
 use inkdrop::support::bench::median_ms;
 
@@ -26,6 +28,10 @@ struct Args {
     /// Images per training step (`inkdrop train vae`'s default).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Print JSON rows (config, what, batch, median_ms) instead of a table; what
+    /// `benches/torch_unet.py` reads to put PyTorch's numbers beside ours.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,11 +78,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         "median ms",
         "images / s",
     ]);
+    let mut rows = Vec::new();
     for (what, batch, ms) in [
         ("encode", 1, encode),
         ("decode", 1, decode),
         ("training step (+ AdamW)", n, step),
     ] {
+        rows.push(serde_json::json!({
+            "config": "vae", "what": what, "batch": batch, "median_ms": ms
+        }));
         table.row([
             format!(
                 "shipped ({s}x{s} -> {}x{})",
@@ -90,6 +100,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.0}", batch as f64 / ms * 1e3),
         ]);
     }
-    println!("{table}");
+    if args.json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        println!("{table}");
+    }
     Ok(())
 }

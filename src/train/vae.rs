@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::optim::{clip_grad_norm, lr_at, AdamW, AdamWConfig};
+use super::prefetch::Prefetch;
 use crate::clip::images_tensor;
 use crate::shapes::{render, sample_at, WorldConfig};
 use crate::vae::eval::{evaluate, reconstruct, to_u8, VaeEval};
@@ -127,17 +128,21 @@ pub fn train_vae(
     let size = model_config.sample_size as u32;
     let started = Instant::now();
     let mut last_loss = f64::NAN;
+    // 1. A fresh batch of images for every step, a pure function of (seed, step), rendered one
+    // step ahead on a helper thread while this one trains.
+    let mut batches = {
+        let (batch_size, seed) = (cfg.batch_size as u64, cfg.seed);
+        let device = device.clone();
+        Prefetch::new(start_step..cfg.steps, 2, move |step| {
+            let first = step as u64 * batch_size;
+            let images: Vec<_> = (first..first + batch_size)
+                .map(|i| render(&sample_at(&world, seed, i).scene, size))
+                .collect();
+            Ok(images_tensor(&images, &device)?) // (B, 3, H, W)
+        })
+    };
     for step in start_step..cfg.steps {
-        // 1. A fresh batch of images and noise, a pure function of (seed, step).
-        let images: Vec<_> = (0..cfg.batch_size as u64)
-            .map(|i| {
-                render(
-                    &sample_at(&world, cfg.seed, (step * cfg.batch_size) as u64 + i).scene,
-                    size,
-                )
-            })
-            .collect();
-        let x = images_tensor(&images, &device)?; // (B, 3, H, W)
+        let x = batches.next_batch()?; // (B, 3, H, W)
         let mut rng = crate::support::seeded_rng(
             cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -145,7 +150,8 @@ pub fn train_vae(
         let dist = vae.encode(&x)?; // mean, logvar: (B, 4, h, w)
         let eps = crate::noising::randn_tensor(dist.mean.dims(), &mut rng, &device)?;
         let recon = vae.decode(&dist.sample(&eps)?)?; // (B, 3, H, W)
-                                                      // 3. Reconstruction error plus the small KL pull towards N(0, I).
+
+        // 3. Reconstruction error plus the small KL pull towards N(0, I).
         let mse = (&recon - &x)?.sqr()?.mean_all()?;
         let kl = dist.kl()?.mean_all()?;
         let loss = (&mse + (kl * cfg.kl_weight)?)?;
