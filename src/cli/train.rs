@@ -130,6 +130,14 @@ pub struct UnetArgs {
     pub tiny: bool,
 }
 
+/// `train all`'s VAE stage: steps, peak learning rate and initial posterior log-variance. A
+/// narrow posterior at the start reconstructs sooner and the higher rate learns faster: at
+/// seed 0, 1,500 steps reached 30.07 dB held out (lr 2e-3 alone: 29.20; log-variance -6
+/// alone: 28.83; `train vae`'s defaults: 28.0 at 1,500 steps, 34.1 at its 3,500).
+const ALL_VAE_STEPS: usize = 1500;
+const ALL_VAE_LR: f64 = 2e-3;
+const ALL_VAE_INIT_LOGVAR: f64 = -6.0;
+
 #[derive(Debug, Args)]
 pub struct AllArgs {
     /// Folder to write tokenizer.json, clip.safetensors, vae.safetensors and unet.safetensors.
@@ -142,9 +150,10 @@ pub struct AllArgs {
     /// Seed of every stage.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// VAE optimizer steps (`train vae`'s default; fewer make a shorter run, e.g. for a
-    /// workshop, and a blurrier VAE: 1,500 steps reached 28.0 dB, 3,500 steps 34.1 dB).
-    #[arg(long, default_value_t = VaeTrainConfig::default().steps, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
+    /// VAE optimizer steps. The VAE stage trains at twice `train vae`'s learning rate (2e-3)
+    /// with the posterior's log-variance starting at -6: 1,500 steps reached 30.1 dB held out
+    /// (the bar is 30) in half the time `train vae`'s defaults take to reach 34.1 (3,500 steps).
+    #[arg(long, default_value_t = ALL_VAE_STEPS, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
     pub vae_steps: usize,
     /// UNet optimizer steps (`train unet`'s default).
     #[arg(long, default_value_t = UNetTrainConfig::default().steps, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
@@ -808,10 +817,10 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             } else {
                 VaeTrainConfig::default().batch_size
             },
-            lr: VaeTrainConfig::default().lr,
+            lr: ALL_VAE_LR,
             kl_weight: VaeTrainConfig::default().kl_weight,
             seed: args.seed,
-            init_logvar: 0.0,
+            init_logvar: ALL_VAE_INIT_LOGVAR,
             out: Some(vae.clone()),
             checkpoint: Some(ckpt("vae")),
             resume,
