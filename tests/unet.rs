@@ -362,6 +362,45 @@ mod training {
     }
 
     #[test]
+    fn caption_states_computed_once_equal_encoding_each_batch() {
+        use inkdrop::train::caption_states::CaptionStates;
+        use inkdrop::unet::text_encoder::{encoder_hidden_states, ContextPadding};
+        let clip = clip();
+        let world = WorldConfig::default();
+        // 300 captions with repeats (Shapes World repeats the short ones often).
+        let data: Vec<String> = (0..300).map(|i| sample_at(&world, 3, i).caption).collect();
+        for padding in [ContextPadding::Kept, ContextPadding::Zeroed] {
+            let encode = |t: &[String]| encoder_hidden_states(&clip, None, t, padding);
+            let states = CaptionStates::new(&data, &encode).unwrap();
+            let distinct: std::collections::HashSet<&String> = data.iter().collect();
+            assert_eq!(
+                states.len(),
+                distinct.len() + 1,
+                "the distinct captions and \"\""
+            );
+            // A batch as a training step draws it: repeats, the empty prompt of dropout.
+            let batch: Vec<String> = [7, 0, 7, 299, 150]
+                .iter()
+                .map(|&i| data[i].clone())
+                .chain([String::new()])
+                .collect();
+            let direct = encode(&batch).unwrap(); // (6, 16, W)
+            let gathered = states.get(&batch).unwrap();
+            assert_eq!(gathered.dims(), direct.dims());
+            let (a, b) = (
+                gathered.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                direct.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            let err = states
+                .get(&["a caption nobody wrote".to_string()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("a caption nobody wrote"), "{err}");
+        }
+    }
+
+    #[test]
     fn object_tokens_point_at_each_objects_own_words() {
         use inkdrop::train::grounding::object_tokens;
         let tok = clip().tokenizer;
