@@ -6,12 +6,13 @@ as `examples/bench_unet.rs` (forward at batch 2, forward + backward at batch 2, 
 with gradient clipping and AdamW at batch 32 / 64), and diffusers' AutoencoderKL of the shipped
 VAE's config as `examples/bench_vae.rs` does (encoding one picture, decoding one latent, and
 `inkdrop train vae`'s training step at batch 32: encode, sample z, decode, MSE + 1e-6 KL,
-backward, clipping, AdamW), on 2 threads, then runs inkdrop's benchmarks and prints both medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is
-faster). On a shared machine the speed drifts by tens of percent within minutes, so the two are
-measured in alternation, `--rounds` times (which goes first alternates too); the table gives the
-median over the rounds of each side's medians, the median of the rounds' own ratios (a round
-measures one config's two sides back to back, so slow drift cancels in their ratio), and the
-range of those ratios.
+backward, clipping, AdamW), on 2 threads, then runs inkdrop's benchmarks and prints both
+medians and the ratio (inkdrop time / PyTorch time; below 1 means inkdrop is faster). On a
+shared machine the speed drifts by tens of percent within minutes, so the two are measured in
+alternation, `--rounds` times (which goes first alternates too); the table gives the median over
+the rounds of each side's medians, the median of the rounds' own ratios (a round measures one
+config's two sides back to back, so slow drift cancels in their ratio), and the range of those
+ratios.
 
     python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch diffusers
     /tmp/torchenv/bin/python benches/torch_unet.py [--reps 7] [--threads 2] [--rounds 3]

@@ -2,10 +2,11 @@
 //! computed once.
 //!
 //! With CLIP's text tower frozen, a caption's states are the same at every step, yet encoding a
-//! batch of 64 captions took about a tenth of a UNet training step (tokenizing, then three
+//! batch of 64 captions took 20-25 ms of each 0.37 s UNet training step (tokenizing, then three
 //! transformer layers over 64 x 16 tokens of width 128: small matrix products). The data set's
-//! distinct captions, and the empty prompt of caption dropout, are encoded once, and each step
-//! gathers its rows:
+//! distinct captions, and the empty prompt of caption dropout, are encoded once (a few seconds
+//! for the 40,000 captions of `train unet`'s data set, whose distinct states take about 130 MB
+//! more peak memory), and each step gathers its rows:
 //!
 //! ```text
 //! states[d]      = encoder_hidden_states(distinct[d])       (D, T, W), once
