@@ -9,7 +9,9 @@
 //! cargo run --release --example bench_kernels -- --batch-size 8 --reps 21
 //! ```
 //!
-//! Timings vary with the machine and its load; compare numbers from one run.
+//! Timings vary with the machine and its load; compare numbers from one run. The sgemm peak is
+//! the median of measurements taken between the convolution rows, so a slow stretch moves the
+//! "of sgemm's" column less.
 
 use inkdrop::support::bench::median_ms;
 
@@ -38,12 +40,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut rng = inkdrop::support::seeded_rng(0);
     let mut randn = |shape: &[usize]| inkdrop::noising::randn_tensor(shape, &mut rng, &dev);
 
+    // The matrix-product peak that the convolutions are compared with, measured before every
+    // convolution row and once more at the end (the median of those medians), so that one
+    // slow stretch of a shared machine does not set the scale for the whole table.
     let a = randn(&[1024, 1024])?;
-    let mm = median_ms(r, || a.matmul(&a).map(drop))?;
-    let sgemm_gflops = 2.0 * 1024f64.powi(3) / mm / 1e6;
-    println!(
-        "sgemm 1024^3: {mm:.2} ms = {sgemm_gflops:.0} GFLOP/s (the machine's matrix-product peak)\n"
-    );
+    let sgemm = || median_ms(r, || a.matmul(&a).map(drop));
+    let mut sgemm_ms = vec![];
 
     let mut table = Table::new([
         "conv2d",
@@ -57,6 +59,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "of sgemm's",
         "fwd+bwd speed-up",
     ]);
+    let mut rows = vec![];
     // (C_in, C_out, size, kernel, stride): the VAE's and UNet's layers.
     for (c_in, c_out, size, k, stride) in [
         (3, 32, 32, 3, 1),
@@ -75,6 +78,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             Padding::same(0)
         };
+        sgemm_ms.push(sgemm()?);
         let x = Var::from_tensor(&randn(&[n, c_in, size, size])?)?;
         let w = Var::from_tensor(&(randn(&[c_out, c_in, k, k])? * 0.1)?)?;
         let b = Var::from_tensor(&randn(&[c_out])?)?;
@@ -92,6 +96,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         // first copies into place, element by element).
         let tb = median_ms(r, || theirs()?.backward().map(drop))?;
         let ob = median_ms(r, || ours()?.backward().map(drop))?;
+        rows.push((k, stride, c_in, c_out, size, tf, of, tb, ob, flops));
+    }
+    sgemm_ms.push(sgemm()?);
+    sgemm_ms.sort_by(f64::total_cmp);
+    let mm = sgemm_ms[sgemm_ms.len() / 2];
+    let sgemm_gflops = 2.0 * 1024f64.powi(3) / mm / 1e6;
+    let gflops = |ms: f64| 2.0 * 1024f64.powi(3) / ms / 1e6;
+    println!(
+        "sgemm 1024^3: {mm:.2} ms = {sgemm_gflops:.0} GFLOP/s (the machine's matrix-product peak; \
+         median of {} measurements between the rows, {:.0}-{:.0} GFLOP/s)\n",
+        sgemm_ms.len(),
+        gflops(sgemm_ms[sgemm_ms.len() - 1]),
+        gflops(sgemm_ms[0]),
+    );
+    for (k, stride, c_in, c_out, size, tf, of, tb, ob, flops) in rows {
         table.row([
             format!("{k}x{k} s{stride} {c_in}->{c_out}"),
             format!("{n}x{c_in}x{size}x{size}"),
