@@ -587,7 +587,7 @@ fn eval_refuses_an_unknown_timestep_spacing_and_lists_the_valid_ones() {
 }
 
 #[test]
-fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
+fn train_unet_refuses_bad_settings_and_names_the_fix() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--two-objects", "1.5"]),
         "between 0 and 1",
@@ -608,6 +608,36 @@ fn train_unet_refuses_a_share_of_two_object_scenes_outside_0_1() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--prediction-type", "x0"]),
         "v_prediction",
+    );
+    // --channels: two levels whose channels divide into heads and GroupNorm groups, said before
+    // any model is loaded; a model to train on must have the same ones.
+    for (channels, says) in [
+        ("64", "takes two numbers"),
+        ("24,48", "multiple of 16"),
+        ("32,40", "multiple of the 16 GroupNorm groups"),
+    ] {
+        assert_clear_error(
+            inkdrop().args(["train", "unet", "--channels", channels]),
+            says,
+        );
+    }
+    assert_clear_error(
+        inkdrop().args(["train", "unet", "--tiny", "--channels", "32,64"]),
+        "cannot be used with",
+    );
+    assert_clear_error(
+        inkdrop()
+            .args([
+                "train",
+                "unet",
+                "--steps",
+                "1",
+                "--channels",
+                "32,64",
+                "--init",
+            ])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/unet.safetensors")),
+        "add --channels 64,128",
     );
     // Training on from the shipped UNet without its fine-tuned text tower would silently switch
     // it to CLIP's frozen one: refused, with the flag that keeps it.
