@@ -491,10 +491,6 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `--init FILE` was trained as, against this run's flags: dropping the file's fine-tuned
-/// text tower is refused (the result would condition on CLIP's frozen tower instead, silently);
-/// a change of parameterization is allowed (the shipped UNet went from eps to v that way) and
-/// said.
 /// The UNet of `--channels`: two levels of `c0` and `c1` channels, `c0 / 8` attention heads
 /// and `c0 / 2` GroupNorm groups (the text width is set once CLIP is loaded).
 fn unet_config(channels: &[usize]) -> anyhow::Result<UNetConfig> {
@@ -525,6 +521,10 @@ fn unet_config(channels: &[usize]) -> anyhow::Result<UNetConfig> {
     })
 }
 
+/// What `--init FILE` was trained as, against this run's flags: dropping the file's fine-tuned
+/// text tower is refused (the result would condition on CLIP's frozen tower instead, silently);
+/// a change of parameterization is allowed (the shipped UNet went from eps to v that way) and
+/// said. Other channels are refused, with the `--channels` to add.
 fn check_init(init: &std::path::Path, args: &UnetArgs) -> anyhow::Result<()> {
     let bundle = inkdrop::unet::bundle::UNetBundle::load(init)
         .with_context(|| format!("--init {}", init.display()))?;
