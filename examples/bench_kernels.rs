@@ -100,9 +100,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     sgemm_ms.push(sgemm()?);
     sgemm_ms.sort_by(f64::total_cmp);
-    let mm = sgemm_ms[sgemm_ms.len() / 2];
-    let sgemm_gflops = 2.0 * 1024f64.powi(3) / mm / 1e6;
     let gflops = |ms: f64| 2.0 * 1024f64.powi(3) / ms / 1e6;
+    let mm = sgemm_ms[sgemm_ms.len() / 2];
+    let sgemm_gflops = gflops(mm);
     println!(
         "sgemm 1024^3: {mm:.2} ms = {sgemm_gflops:.0} GFLOP/s (the machine's matrix-product peak; \
          median of {} measurements between the rows, {:.0}-{:.0} GFLOP/s)\n",

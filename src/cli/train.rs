@@ -524,12 +524,12 @@ fn unet_config(channels: &[usize]) -> anyhow::Result<UNetConfig> {
 /// What `--init FILE` was trained as, against this run's flags: dropping the file's fine-tuned
 /// text tower is refused (the result would condition on CLIP's frozen tower instead, silently);
 /// a change of parameterization is allowed (the shipped UNet went from eps to v that way) and
-/// said. Other channels are refused, with the `--channels` to add.
-fn check_init(init: &std::path::Path, args: &UnetArgs) -> anyhow::Result<()> {
+/// said. Channels other than this run's `channels` are refused, with the `--channels` to add.
+fn check_init(init: &std::path::Path, args: &UnetArgs, channels: &[usize]) -> anyhow::Result<()> {
     let bundle = inkdrop::unet::bundle::UNetBundle::load(init)
         .with_context(|| format!("--init {}", init.display()))?;
     let has = &bundle.unet.config.block_out_channels;
-    if !args.tiny && *has != args.channels {
+    if has != channels {
         anyhow::bail!(
             "--init {} has channels {has:?}; add --channels {} to train it further",
             init.display(),
@@ -617,7 +617,7 @@ fn run_unet(args: &UnetArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(init) = &args.init {
-        check_init(init, args)?;
+        check_init(init, args, &model_config.block_out_channels)?;
     }
     let cfg = UNetTrainConfig {
         steps: args.steps,
