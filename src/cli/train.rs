@@ -149,9 +149,9 @@ const ALL_VAE_INIT_LOGVAR: f64 = -6.0;
 /// tokenizer, CLIP and VAE) scored one object 97/94 and two objects 78.1/41.7/22.9 (`inkdrop
 /// eval`), 3,000 steps of the shipped width (1,296 s) 88/87 and 68.8/25.0/12.5. At this size a
 /// step of 32 takes under half the time of a step of 64 (0.08 s against 0.165; smaller
-/// activations fit the caches better, it seems), and twice the updates learn more from the same pictures: on `train all`'s own
-/// models, 8,000 steps of 32 scored one object 91/78 where 4,000 of 64 scored 86/66
-/// (data/README.md). 6,500 steps keep the whole chain within 20 minutes.
+/// activations fit the caches better, it seems), and twice the updates learn more from the same
+/// pictures: on `train all`'s own models, 8,000 steps of 32 scored one object 91/78 where 4,000
+/// of 64 scored 86/66 (data/README.md). 6,500 steps keep the whole chain within 20 minutes.
 const ALL_UNET_CHANNELS: &str = "32,64";
 const ALL_UNET_BATCH: usize = 32;
 const ALL_UNET_STEPS: usize = 6500;
