@@ -443,6 +443,26 @@ fn tiny_vae(dir: &Path) -> PathBuf {
 }
 
 #[test]
+fn train_vae_channels_sets_the_width_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vae.safetensors");
+    let (out, _, stderr) = run(inkdrop()
+        .args(["train", "vae", "--channels", "16,32,32", "--steps", "1"])
+        .args(["--batch-size", "2", "--out"])
+        .arg(&path)
+        .arg("--checkpoint")
+        .arg(dir.path().join("vae.ckpt")));
+    assert!(out.status.success(), "{stderr}");
+    let config = inkdrop::vae::bundle::VaeBundle::load(&path)
+        .unwrap()
+        .vae
+        .config;
+    assert_eq!(config.block_out_channels, [16, 32, 32]);
+    assert_eq!(config.norm_num_groups, 16);
+    assert_eq!(config.latent_shape(), [4, 8, 8]);
+}
+
+#[test]
 fn vae_commands_round_trip_encode_decode_and_refuse_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let weights = tiny_vae(dir.path());
@@ -623,6 +643,28 @@ fn train_unet_refuses_bad_settings_and_names_the_fix() {
     }
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--channels", "32,64"]),
+        "cannot be used with",
+    );
+    // The VAE's --channels: three levels that divide into its GroupNorm groups.
+    for (channels, says) in [
+        ("32,64", "takes three numbers"),
+        (
+            "16,24,32",
+            "multiple of the GroupNorm groups (32, or the first level's channels if fewer: 16)",
+        ),
+        ("0,32,32", "positive multiple"),
+    ] {
+        assert_clear_error(
+            inkdrop().args(["train", "vae", "--channels", channels]),
+            says,
+        );
+    }
+    assert_clear_error(
+        inkdrop().args(["train", "vae", "--tiny", "--channels", "16,32,32"]),
+        "cannot be used with",
+    );
+    assert_clear_error(
+        inkdrop().args(["train", "all", "--tiny", "--vae-channels", "16,32,32"]),
         "cannot be used with",
     );
     assert_clear_error(

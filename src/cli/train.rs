@@ -142,6 +142,10 @@ pub struct UnetArgs {
 const ALL_VAE_STEPS: usize = 1500;
 const ALL_VAE_LR: f64 = 2e-3;
 const ALL_VAE_INIT_LOGVAR: f64 = -6.0;
+/// The VAE stage's width: the shipped VAE's. Half of it (16,32,32) steps in less than half the
+/// time and reached 29.57 dB in 3,000 steps of 16 (185 s), but the UNet trained on its latents
+/// scored lower (8,000 steps of 32: one object 82/66 against 91/78; data/README.md).
+const ALL_VAE_CHANNELS: &str = "32,64,64";
 
 /// `train all`'s UNet stage: half the shipped UNet's width (channels 32 and 64: a quarter of the
 /// arithmetic) at half `train unet`'s batch, 6,500 steps. In the same time a smaller model takes
@@ -163,7 +167,7 @@ pub struct AllArgs {
     pub data_dir: PathBuf,
     /// Tiny models and few steps everywhere (a smoke test of the whole chain in a minute;
     /// use with another --data-dir so the shipped models stay).
-    #[arg(long, conflicts_with = "unet_channels")]
+    #[arg(long, conflicts_with_all = ["unet_channels", "vae_channels"])]
     pub tiny: bool,
     /// Seed of every stage.
     #[arg(long, default_value_t = 0)]
@@ -178,10 +182,14 @@ pub struct AllArgs {
     /// time it learns more.
     #[arg(long, default_value_t = ALL_UNET_STEPS, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
     pub unet_steps: usize,
+    /// Channels of the VAE's three levels (`train vae --channels`; the shipped VAE has
+    /// 32,64,64).
+    #[arg(long, value_delimiter = ',', default_value = ALL_VAE_CHANNELS)]
+    pub vae_channels: Vec<usize>,
     /// Channels of the UNet's two levels (`train unet --channels`; the shipped UNet has 64,128).
     #[arg(long, value_delimiter = ',', default_value = ALL_UNET_CHANNELS)]
     pub unet_channels: Vec<usize>,
-    /// Continue an interrupted run (same --data-dir, --seed, step counts, --unet-channels and
+    /// Continue an interrupted run (same --data-dir, --seed, step counts, channels and
     /// --tiny): stages that finished are skipped, the interrupted one continues from its
     /// checkpoint (target/inkdrop/checkpoints/all_*.safetensors).
     #[arg(long)]
@@ -219,8 +227,13 @@ pub struct VaeArgs {
     /// Continue from the checkpoint if there is one (same settings required).
     #[arg(long)]
     pub resume: bool,
+    /// Channels of the VAE's three levels (diffusers' `block_out_channels`; 32x32 images to
+    /// 8x8 latents). The GroupNorm groups are 32, or the first level's channels if fewer
+    /// (32,64,64: 32 groups, the shipped VAE; 16,32,32: 16 groups, a quarter of the arithmetic).
+    #[arg(long, value_delimiter = ',', default_value = "32,64,64")]
+    pub channels: Vec<usize>,
     /// Use the very small test-size model (for trying the command in seconds).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "channels")]
     pub tiny: bool,
 }
 
@@ -424,7 +437,7 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
     let model_config = if args.tiny {
         VaeConfig::test()
     } else {
-        VaeConfig::tiny()
+        vae_config(&args.channels)?
     };
     let cfg = VaeTrainConfig {
         steps: args.steps,
@@ -493,6 +506,30 @@ fn run_vae(args: &VaeArgs) -> anyhow::Result<()> {
         recon_dir.display()
     );
     Ok(())
+}
+
+/// The VAE of `--channels`: three levels of `c0`, `c1` and `c2` channels, with 32 GroupNorm
+/// groups, or `c0` if fewer.
+fn vae_config(channels: &[usize]) -> anyhow::Result<VaeConfig> {
+    let &[c0, c1, c2] = channels else {
+        anyhow::bail!(
+            "--channels takes three numbers, one per level of the VAE (e.g. 32,64,64), not \
+             {channels:?}"
+        );
+    };
+    let groups = c0.min(32);
+    if groups == 0 || channels.iter().any(|&c| c == 0 || c % groups != 0) {
+        anyhow::bail!(
+            "--channels {c0},{c1},{c2}: every level's channels must be a positive multiple of the \
+             GroupNorm groups (32, or the first level's channels if fewer: {groups}), e.g. \
+             32,64,64 or 16,32,32"
+        );
+    }
+    Ok(VaeConfig {
+        block_out_channels: channels.to_vec(),
+        norm_num_groups: groups,
+        ..VaeConfig::tiny()
+    })
 }
 
 /// The UNet of `--channels`: two levels of `c0` and `c1` channels, `c0 / 8` attention heads
@@ -785,6 +822,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         "tiny": args.tiny,
         "vae_steps": args.vae_steps,
         "unet_steps": args.unet_steps,
+        "vae_channels": args.vae_channels,
         "unet_channels": args.unet_channels,
     });
     let mut done = serde_json::Map::new();
@@ -801,7 +839,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
         if saved["settings"] != settings {
             anyhow::bail!(
                 "--resume: the interrupted run used other settings ({}), this one {settings}; \
-                 run with the same --data-dir, --seed, step counts, --unet-channels and --tiny, \
+                 run with the same --data-dir, --seed, step counts, channels and --tiny, \
                  or without --resume to start over",
                 saved["settings"]
             );
@@ -876,6 +914,7 @@ fn run_all(args: &AllArgs) -> anyhow::Result<()> {
             out: Some(vae.clone()),
             checkpoint: Some(ckpt("vae")),
             resume,
+            channels: args.vae_channels.clone(),
             tiny: args.tiny,
         })
     })?;
