@@ -607,7 +607,7 @@ fn eval_refuses_an_unknown_timestep_spacing_and_lists_the_valid_ones() {
 }
 
 #[test]
-fn train_unet_refuses_bad_settings_and_names_the_fix() {
+fn train_refuses_bad_settings_and_names_the_fix() {
     assert_clear_error(
         inkdrop().args(["train", "unet", "--tiny", "--two-objects", "1.5"]),
         "between 0 and 1",
@@ -629,44 +629,32 @@ fn train_unet_refuses_bad_settings_and_names_the_fix() {
         inkdrop().args(["train", "unet", "--tiny", "--prediction-type", "x0"]),
         "v_prediction",
     );
-    // --channels: two levels whose channels divide into heads and GroupNorm groups, said before
-    // any model is loaded; a model to train on must have the same ones.
-    for (channels, says) in [
-        ("64", "takes two numbers"),
-        ("24,48", "multiple of 16"),
-        ("32,40", "multiple of the 16 GroupNorm groups"),
-    ] {
-        assert_clear_error(
-            inkdrop().args(["train", "unet", "--channels", channels]),
-            says,
-        );
-    }
-    assert_clear_error(
-        inkdrop().args(["train", "unet", "--tiny", "--channels", "32,64"]),
-        "cannot be used with",
-    );
-    // The VAE's --channels: three levels that divide into its GroupNorm groups.
-    for (channels, says) in [
-        ("32,64", "takes three numbers"),
+    // --channels: the UNet's two levels divide into heads and GroupNorm groups, the VAE's three
+    // into its GroupNorm groups, said before any model is loaded; --tiny picks its own.
+    for (model, channels, says) in [
+        ("unet", "64", "takes two numbers"),
+        ("unet", "24,48", "multiple of 16"),
+        ("unet", "32,40", "multiple of the 16 GroupNorm groups"),
+        ("vae", "32,64", "takes three numbers"),
         (
+            "vae",
             "16,24,32",
             "multiple of the GroupNorm groups (32, or the first level's channels if fewer: 16)",
         ),
-        ("0,32,32", "positive multiple"),
+        ("vae", "0,32,32", "positive multiple"),
     ] {
         assert_clear_error(
-            inkdrop().args(["train", "vae", "--channels", channels]),
+            inkdrop().args(["train", model, "--channels", channels]),
             says,
         );
     }
-    assert_clear_error(
-        inkdrop().args(["train", "vae", "--tiny", "--channels", "16,32,32"]),
-        "cannot be used with",
-    );
-    assert_clear_error(
-        inkdrop().args(["train", "all", "--tiny", "--vae-channels", "16,32,32"]),
-        "cannot be used with",
-    );
+    for args in [
+        ["unet", "--tiny", "--channels", "32,64"],
+        ["vae", "--tiny", "--channels", "16,32,32"],
+        ["all", "--tiny", "--vae-channels", "16,32,32"],
+    ] {
+        assert_clear_error(inkdrop().arg("train").args(args), "cannot be used with");
+    }
     assert_clear_error(
         inkdrop()
             .args([
