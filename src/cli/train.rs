@@ -143,9 +143,10 @@ const ALL_VAE_STEPS: usize = 1500;
 const ALL_VAE_LR: f64 = 2e-3;
 const ALL_VAE_INIT_LOGVAR: f64 = -6.0;
 /// The VAE stage's width: the shipped VAE's. Half of it (16,32,32) steps in less than half the
-/// time and reached 29.57 dB in 3,000 steps of 16 (185 s); the UNet trained on its latents
-/// scored one object 82/66, against 91/78 and 85/67 (two UNet seeds) on this stage's VAE: no
-/// better, within what the UNet's seed moves (data/README.md).
+/// time and reached 30.48 dB in 3,500 steps of 16 (about 215 s); UNets trained on its latents
+/// scored as well on single objects but lower on two-object colour and relations in three runs
+/// out of three (as `train all`'s stage: 17:29, one object 86/70, two objects 58.3/16.7/6.2
+/// against 72.9/20.8/22.9; data/README.md).
 const ALL_VAE_CHANNELS: &str = "32,64,64";
 
 /// `train all`'s UNet stage: half the shipped UNet's width (channels 32 and 64: a quarter of the
