@@ -144,9 +144,9 @@ const ALL_VAE_LR: f64 = 2e-3;
 const ALL_VAE_INIT_LOGVAR: f64 = -6.0;
 /// The VAE stage's width: the shipped VAE's. Half of it (16,32,32) steps in less than half the
 /// time and reached 30.48 dB in 3,500 steps of 16 (about 215 s); UNets trained on its latents
-/// scored as well on single objects but lower on two-object colour and relations in three runs
-/// out of three (as `train all`'s stage: 17:29, one object 86/70, two objects 58.3/16.7/6.2
-/// against 72.9/20.8/22.9; data/README.md).
+/// scored as well on single objects but lower on two-object colour and relations in two runs
+/// of three, the third even (as `train all`'s stage: 17:29, one object 86/70, two objects
+/// 58.3/16.7/6.2 against 72.9/20.8/22.9; data/README.md).
 const ALL_VAE_CHANNELS: &str = "32,64,64";
 
 /// `train all`'s UNet stage: half the shipped UNet's width (channels 32 and 64: a quarter of the
