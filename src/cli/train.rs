@@ -520,7 +520,8 @@ fn vae_config(channels: &[usize]) -> anyhow::Result<VaeConfig> {
         );
     };
     let groups = c0.min(32);
-    if groups == 0 || channels.iter().any(|&c| c == 0 || c % groups != 0) {
+    // c0 = 0 is caught by `c == 0` before any `c % groups` (groups = 0) is computed.
+    if channels.iter().any(|&c| c == 0 || c % groups != 0) {
         anyhow::bail!(
             "--channels {c0},{c1},{c2}: every level's channels must be a positive multiple of the \
              GroupNorm groups (32, or the first level's channels if fewer: {groups}), e.g. \
@@ -985,5 +986,25 @@ fn probability(s: &str) -> Result<f64, String> {
         Err(format!(
             "{p} is not between 0 and 1; give a share such as 0.75"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Vae {
+        #[command(flatten)]
+        args: VaeArgs,
+    }
+
+    /// `train vae`'s default `--channels` (a literal, so that `--help` shows it as typed) and
+    /// its GroupNorm rule rebuild the shipped VAE's architecture.
+    #[test]
+    fn default_vae_channels_are_the_shipped_vae() {
+        let args = Vae::parse_from(["train-vae"]).args;
+        assert_eq!(vae_config(&args.channels).unwrap(), VaeConfig::tiny());
     }
 }
