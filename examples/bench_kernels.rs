@@ -1,5 +1,6 @@
-//! Benchmarks of the convolution and GroupNorm kernels against candle's own ops, at the layer
-//! shapes of the VAE and UNet, with GFLOP/s and the machine's matrix-product peak for scale.
+//! Benchmarks of the convolution, GroupNorm and attention kernels against candle's own ops, at
+//! the layer shapes of the VAE and UNet, with GFLOP/s and the machine's matrix-product peak for
+//! scale.
 //! Prints medians. GFLOP/s counts a direct convolution's 2 * C_in * kh * kw multiply-adds per
 //! output value, also for the 3x3 convolutions that take the Winograd path (which does 16/36 of
 //! them): the effective rate, as cuDNN's and oneDNN's benchmarks give it.
@@ -17,10 +18,10 @@ use inkdrop::support::bench::median_ms;
 
 use candle_core::{Device, Module, Tensor, Var};
 use clap::Parser;
-use inkdrop::nn::{conv2d, group_norm, Padding};
+use inkdrop::nn::{conv2d, fused_attention, group_norm, Padding};
 use inkdrop::support::table::Table;
 
-/// Benchmark conv2d and GroupNorm, ours against candle's.
+/// Benchmark conv2d, GroupNorm and attention, ours against candle's.
 #[derive(Debug, Parser)]
 struct Args {
     /// Repetitions per measurement (the median is reported).
@@ -29,6 +30,16 @@ struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Only this table (for profiling or comparing one kernel).
+    #[arg(long, value_enum)]
+    only: Option<Kernel>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum Kernel {
+    Conv,
+    GroupNorm,
+    Attention,
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,9 +47,29 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let (dev, r, n) = (Device::Cpu, args.reps, args.batch_size);
+    let wanted = |k: Kernel| args.only.is_none_or(|only| only == k);
+    if wanted(Kernel::Conv) {
+        conv(&args)?;
+    }
+    if wanted(Kernel::GroupNorm) {
+        group_norms(&args)?;
+    }
+    if wanted(Kernel::Attention) {
+        attention(&args)?;
+    }
+    Ok(())
+}
+
+/// A standard normal tensor source, seeded.
+fn randn_source() -> impl FnMut(&[usize]) -> inkdrop::Result<Tensor> {
     let mut rng = inkdrop::support::seeded_rng(0);
-    let mut randn = |shape: &[usize]| inkdrop::noising::randn_tensor(shape, &mut rng, &dev);
+    move |shape: &[usize]| inkdrop::noising::randn_tensor(shape, &mut rng, &Device::Cpu)
+}
+
+/// The convolution table, with the sgemm peak for scale.
+fn conv(args: &Args) -> anyhow::Result<()> {
+    let (r, n) = (args.reps, args.batch_size);
+    let mut randn = randn_source();
 
     // The matrix-product peak that the convolutions are compared with, measured before every
     // convolution row and once more at the end (the median of those medians), so that one
@@ -125,7 +156,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         ]);
     }
     println!("{table}\n");
+    Ok(())
+}
 
+/// The GroupNorm table, with a memory-bandwidth bound for scale.
+fn group_norms(args: &Args) -> anyhow::Result<()> {
+    let (dev, r, n) = (Device::Cpu, args.reps, args.batch_size);
+    let mut randn = randn_source();
     let mut gn = Table::new([
         "GroupNorm",
         "input",
@@ -181,6 +218,80 @@ fn run(args: Args) -> anyhow::Result<()> {
             format!("{:.1}x", tb / ob),
         ]);
     }
-    println!("{gn}");
+    println!("{gn}\n");
     Ok(())
+}
+
+/// The attention table: the UNets' shapes, against candle's composed ops.
+fn attention(args: &Args) -> anyhow::Result<()> {
+    let (r, n) = (args.reps, args.batch_size);
+    let mut randn = randn_source();
+    let mut attn = Table::new([
+        "attention (8 heads)",
+        "q / k, v",
+        "candle fwd ms",
+        "ours fwd ms",
+        "candle fwd+bwd ms",
+        "ours fwd+bwd ms",
+        "fwd+bwd speed-up",
+    ]);
+    // (N, T, C): the UNets' self-attention (T = N) and cross-attention over the 16 text tokens,
+    // at 16x16 and 8x8 (the reference config, 32 and 64 channels) and 8x8 and 4x4 (ours,
+    // 64 and 128).
+    let tokens = inkdrop::text::tokenizer::CONTEXT_LENGTH;
+    for (n_q, t, c) in [
+        (256, 256, 32),
+        (256, tokens, 32),
+        (64, 64, 64),
+        (64, tokens, 64),
+        (16, 16, 128),
+        (16, tokens, 128),
+    ] {
+        let heads = 8;
+        let q = Var::from_tensor(&randn(&[n, n_q, c])?)?;
+        let k = Var::from_tensor(&randn(&[n, t, c])?)?;
+        let v = Var::from_tensor(&randn(&[n, t, c])?)?;
+        let scale = 1.0 / ((c / heads) as f64).sqrt();
+        let theirs = || attention_with_candle_ops(&q, &k, &v, heads, scale);
+        let ours = || fused_attention(&q, &k, &v, heads, scale);
+        let tf = median_ms(r, || theirs().map(drop))?;
+        let of = median_ms(r, || ours().map(drop))?;
+        let tb = median_ms(r, || theirs()?.backward().map(drop))?;
+        let ob = median_ms(r, || ours()?.backward().map(drop))?;
+        attn.row([
+            format!("{} channels each", c / heads),
+            format!("{n}x{n_q}x{c} / {n}x{t}x{c}"),
+            format!("{tf:.2}"),
+            format!("{of:.2}"),
+            format!("{tb:.2}"),
+            format!("{ob:.2}"),
+            format!("{:.1}x", tb / ob),
+        ]);
+    }
+    println!("{attn}");
+    Ok(())
+}
+
+/// `softmax(scale q k^T) v` per head with candle's ops: heads split by copies, two batched
+/// matrix products, candle-nn's softmax.
+fn attention_with_candle_ops(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let split = |x: &Tensor| -> candle_core::Result<Tensor> {
+        let (b, len, c) = x.dims3()?;
+        x.reshape((b, len, heads, c / heads))?
+            .transpose(1, 2)?
+            .contiguous() // (B, h, len, d)
+    };
+    let (b, n, c) = q.dims3()?;
+    let scores = (split(q)?.matmul(&split(k)?.t()?.contiguous()?)? * scale)?; // (B, h, N, T)
+    let p = candle_nn::ops::softmax_last_dim(&scores)?;
+    p.matmul(&split(v)?)? // (B, h, N, d)
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, n, c))
 }

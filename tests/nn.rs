@@ -73,8 +73,22 @@ fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: 
 
 #[test]
 fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
-    // (B, N, T, C, heads): self- and cross-attention, one head, batch 1, N != T, odd sizes.
-    for (b, n, t, c, heads) in [(2, 7, 7, 12, 3), (1, 9, 4, 10, 2), (3, 5, 11, 6, 1)] {
+    // (B, N, T, C, heads): self- and cross-attention, one head, batch 1, N != T, odd sizes;
+    // the row kernels' head widths 1, 2, 4, 8, 16 with T a whole vector (16), a partial one
+    // (37, 3, 17) and N past one parallel task (70 rows); widths 5, 6 and 32 take the
+    // matrix-product path.
+    let shapes = [
+        (2, 7, 7, 12, 3),
+        (1, 9, 4, 10, 2),
+        (3, 5, 11, 6, 1),
+        (1, 6, 3, 16, 16),
+        (2, 9, 37, 16, 8),
+        (1, 70, 9, 8, 2),
+        (2, 20, 16, 64, 8),
+        (2, 5, 17, 32, 2),
+        (1, 4, 5, 64, 2),
+    ];
+    for (b, n, t, c, heads) in shapes {
         let q = Var::from_tensor(&rand(&[b, n, c], 11)).unwrap();
         let k = Var::from_tensor(&rand(&[b, t, c], 12)).unwrap();
         let v = Var::from_tensor(&rand(&[b, t, c], 13)).unwrap();
@@ -109,6 +123,9 @@ fn fused_attention_refuses_bad_shapes_and_scales() {
     );
     let err = inkdrop::nn::fused_attention(&q, &k, &rand(&[1, 2, 6], 3), 2, 0.5).unwrap_err();
     assert!(err.to_string().contains("do not fit together"), "{err}");
+    let none = rand(&[1, 0, 6], 4);
+    let err = inkdrop::nn::fused_attention(&q, &none, &none, 2, 0.5).unwrap_err();
+    assert!(err.to_string().contains("at least one query, key"), "{err}");
     let err = inkdrop::nn::fused_attention(&q, &k, &k, 2, -1.0).unwrap_err();
     assert!(
         err.to_string().contains("must be a positive number"),

@@ -8,13 +8,22 @@
 //! cache, the heads are read in place with strides, and the backward pass recomputes the
 //! probabilities instead of storing them (as FlashAttention does, for the same reason).
 //!
+//! Heads of 1, 2, 4, 8 or 16 channels (the UNets' 8 heads over 32 to 128 channels) take
+//! `attention_lanes` instead, which works on 16 queries at a time, one per lane of a vector: its
+//! forward pass writes nothing of size (N, T), and its backward pass needs matrix products only
+//! for dK and dV. Other widths use the products below.
+//!
 //! Shapes: `q` (B, N, C), `k` and `v` (B, T, C), `C = heads * d`; output (B, N, C).
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::attention_lanes::{self as lanes, Head, Width};
 use super::gemm::{sgemm_serial, MatRef};
 use super::ops::{contiguous_f32, softmax_rows, softmax_rows_backward};
+
+/// Query rows per parallel task of the narrow-head forward pass: 4 blocks of 16 lanes.
+const ROWS_PER_TASK: usize = 64;
 
 /// `softmax(scale q k^T) v` per head; see the module docs. `scale` is usually `1 / sqrt(d)`
 /// and must be positive (the row maximum is taken before scaling).
@@ -64,6 +73,9 @@ impl Dims {
         }
         if heads == 0 || c % heads != 0 {
             bail!("attention: width {c} is not divisible by {heads} heads");
+        }
+        if n == 0 || t == 0 || c == 0 {
+            bail!("attention: q {q:?} and k {k:?} must have at least one query, key and channel");
         }
         Ok(Dims {
             b,
@@ -121,6 +133,110 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+impl FusedAttention {
+    /// The forward pass for heads of [`Width`] (`attention_lanes`), one task per
+    /// (batch item, block of query rows), every head in turn. Returns O, (B, N, C).
+    fn forward_narrow(&self, w: Width, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (n, t, c) = (dm.n, dm.t, dm.c);
+        let mut out = vec![0f32; dm.b * n * c];
+        let items = out.par_chunks_mut(n * c).zip(q.par_chunks(n * c));
+        items.enumerate().for_each(|(bi, (ob, qb))| {
+            let (kb, vb) = (&k[bi * t * c..][..t * c], &v[bi * t * c..][..t * c]); // (T, C)
+            let blocks = ob.par_chunks_mut(ROWS_PER_TASK * c);
+            blocks.zip(qb.par_chunks(ROWS_PER_TASK * c)).for_each_init(
+                lanes::Scratch::default,
+                |scratch, (o, q)| {
+                    let rows = q.len() / c;
+                    scratch.fit(rows, t, false);
+                    for hi in 0..dm.h {
+                        let a = lanes::Forward {
+                            q, // (rows, C)
+                            k: kb,
+                            v: vb,
+                            n: rows,
+                            t,
+                        };
+                        let head = Head {
+                            stride: c,
+                            col: hi * dm.d,
+                        };
+                        lanes::forward(w, a, head, self.scale, o, scratch);
+                    }
+                },
+            );
+        });
+        out
+    }
+
+    /// The backward pass for heads of [`Width`] (`attention_lanes`), one task per batch
+    /// item, every head in turn.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the op's inputs, output and gradient"
+    )]
+    fn backward_narrow(
+        &self,
+        w: Width,
+        dm: Dims,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, o, g) = (
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            res.contiguous()?,
+            grad.contiguous()?,
+        );
+        let (sq, lq) = q.storage_and_layout();
+        let (sk, lk) = k.storage_and_layout();
+        let (sv, lv) = v.storage_and_layout();
+        let (so, lo) = o.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let (qd, kd, vd) = (cpu_f32(&sq, lq)?, cpu_f32(&sk, lk)?, cpu_f32(&sv, lv)?);
+        let (od, gd) = (cpu_f32(&so, lo)?, cpu_f32(&sg, lg)?);
+        let (b, n, t, c) = (dm.b, dm.n, dm.t, dm.c);
+        let mut dq = vec![0f32; b * n * c];
+        let mut dk = vec![0f32; b * t * c];
+        let mut dv = vec![0f32; b * t * c];
+        let items = (
+            dq.par_chunks_mut(n * c),
+            dk.par_chunks_mut(t * c),
+            dv.par_chunks_mut(t * c),
+        );
+        items.into_par_iter().enumerate().for_each_init(
+            lanes::Scratch::default,
+            |scratch, (bi, (dq, dk, dv))| {
+                scratch.fit(n, t, true);
+                let a = lanes::Backward {
+                    q: &qd[bi * n * c..][..n * c],
+                    k: &kd[bi * t * c..][..t * c],
+                    v: &vd[bi * t * c..][..t * c],
+                    o: &od[bi * n * c..][..n * c],
+                    g: &gd[bi * n * c..][..n * c],
+                    n,
+                    t,
+                };
+                for hi in 0..dm.h {
+                    let head = Head {
+                        stride: c,
+                        col: hi * dm.d,
+                    };
+                    lanes::backward(w, a, head, self.scale, dq, (&mut *dk, &mut *dv), scratch);
+                }
+            },
+        );
+        let dev = q.device();
+        let dq = Tensor::from_vec(dq, (b, n, c), dev)?;
+        let dk = Tensor::from_vec(dk, (b, t, c), dev)?;
+        let dv = Tensor::from_vec(dv, (b, t, c), dev)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "inkdrop-attention"
@@ -142,6 +258,10 @@ impl CustomOp3 for FusedAttention {
             contiguous_f32(s2, l2, name)?,
             contiguous_f32(s3, l3, name)?,
         );
+        if let Some(w) = Width::of(dm.d) {
+            let out = self.forward_narrow(w, dm, q, k, v);
+            return Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, dm.c))));
+        }
         let (n, t, d) = (dm.n, dm.t, dm.d);
         let mut heads = vec![0f32; dm.b * dm.h * n * d]; // (B, h, N, d)
         heads.par_chunks_mut(n * d).enumerate().for_each_init(
@@ -167,10 +287,13 @@ impl CustomOp3 for FusedAttention {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = Dims::of(q.dims(), k.dims(), v.dims(), self.heads)?;
+        if let Some(w) = Width::of(dm.d) {
+            return self.backward_narrow(w, dm, q, k, v, res, grad);
+        }
         let (q, k, v, grad) = (
             q.contiguous()?,
             k.contiguous()?,

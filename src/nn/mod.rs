@@ -6,6 +6,7 @@
 //! `mlp.fc1`, ...) so the same code could load real weights.
 
 pub mod attention;
+mod attention_lanes;
 pub mod conv;
 mod conv_stride1;
 mod conv_winograd;
