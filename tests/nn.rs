@@ -135,7 +135,9 @@ fn fused_attention_refuses_bad_shapes_and_scales() {
 
 #[test]
 fn layer_norm_matches_reference_values_and_all_three_gradients() {
-    for shape in [vec![1, 3], vec![4, 9, 33], vec![2, 128]] {
+    // The last shape's 2,100 rows are split into several parallel chunks, whose partial dw
+    // and db are summed.
+    for shape in [vec![1, 3], vec![4, 9, 33], vec![2, 128], vec![3, 700, 37]] {
         let n = *shape.last().unwrap();
         let x = Var::from_tensor(&rand(&shape, 3)).unwrap();
         let g = Var::from_tensor(&(rand(&[n], 4) + 1.0).unwrap()).unwrap();
@@ -147,17 +149,23 @@ fn layer_norm_matches_reference_values_and_all_three_gradients() {
         let g1 = weighted_sum(&ours, &w).backward().unwrap();
         let g2 = weighted_sum(&theirs, &w).backward().unwrap();
         for (name, v) in [("x", &x), ("weight", &g), ("bias", &b)] {
-            let d = max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-            assert!(d < 1e-4, "{shape:?} d{name}: {d}");
+            let (ours, theirs) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            // Relative to the largest gradient: dweight over 2,100 rows reaches about 50, where
+            // f32 sums in another order differ by a few 1e-5.
+            let size = theirs.abs().unwrap().max_all().unwrap();
+            let size = size.to_scalar::<f32>().unwrap().max(1.0);
+            let d = max_abs_diff(ours, theirs) / size;
+            assert!(d < 1e-5, "{shape:?} d{name}: {d} relative");
         }
     }
 }
 
 #[test]
 fn quick_gelu_and_bias_add_match_reference_gradients() {
-    let x = Var::from_tensor(&(rand(&[5, 7, 12], 7) * 2.0).unwrap()).unwrap();
+    // 5 * 700 rows of 12: several parallel chunks, in the sum too.
+    let x = Var::from_tensor(&(rand(&[5, 700, 12], 7) * 2.0).unwrap()).unwrap();
     let b = Var::from_tensor(&rand(&[12], 8)).unwrap();
-    let w = rand(&[5, 7, 12], 9);
+    let w = rand(&[5, 700, 12], 9);
     let ours = quick_gelu(&bias_add(&x, &b).unwrap()).unwrap();
     let theirs = quick_gelu_reference(&x.broadcast_add(&b).unwrap()).unwrap();
     assert!(max_abs_diff(&ours, &theirs) < 1e-5);

@@ -15,12 +15,12 @@
 //!
 //! Shapes: `q` (B, N, C), `k` and `v` (B, T, C), `C = heads * d`; output (B, N, C).
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention_lanes::{self as lanes, Head, Width};
 use super::gemm::{sgemm_serial, MatRef};
-use super::ops::{contiguous_f32, softmax_rows, softmax_rows_backward};
+use super::ops::{contiguous_f32, softmax_rows, softmax_rows_backward, storage_f32};
 
 /// Query rows per parallel task of the narrow-head forward pass: 4 blocks of 16 lanes.
 const ROWS_PER_TASK: usize = 64;
@@ -125,14 +125,6 @@ fn probs(q: &[f32], k: &[f32], dm: Dims, bi: usize, hi: usize, scale: f32, p: &m
     softmax_rows(p, dm.t, scale);
 }
 
-/// The f32 data of a contiguous CPU tensor's storage (backward-pass inputs, read in place).
-fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    match storage {
-        Storage::Cpu(s) => contiguous_f32(s, layout, "inkdrop-attention backward"),
-        _ => bail!("attention: expects CPU tensors"),
-    }
-}
-
 impl FusedAttention {
     /// The forward pass for heads of [`Width`] (`attention_lanes`), one task per
     /// (batch item, block of query rows), every head in turn. Returns O, (B, N, C).
@@ -196,8 +188,10 @@ impl FusedAttention {
         let (sv, lv) = v.storage_and_layout();
         let (so, lo) = o.storage_and_layout();
         let (sg, lg) = g.storage_and_layout();
-        let (qd, kd, vd) = (cpu_f32(&sq, lq)?, cpu_f32(&sk, lk)?, cpu_f32(&sv, lv)?);
-        let (od, gd) = (cpu_f32(&so, lo)?, cpu_f32(&sg, lg)?);
+        let name = "inkdrop-attention backward";
+        let (qd, kd) = (storage_f32(&sq, lq, name)?, storage_f32(&sk, lk, name)?);
+        let (vd, od) = (storage_f32(&sv, lv, name)?, storage_f32(&so, lo, name)?);
+        let gd = storage_f32(&sg, lg, name)?;
         let (b, n, t, c) = (dm.b, dm.n, dm.t, dm.c);
         let mut dq = vec![0f32; b * n * c];
         let mut dk = vec![0f32; b * t * c];
@@ -305,10 +299,10 @@ impl CustomOp3 for FusedAttention {
         let (sv, lv) = v.storage_and_layout();
         let (sg, lg) = grad.storage_and_layout();
         let (qd, kd, vd, g) = (
-            cpu_f32(&sq, lq)?,
-            cpu_f32(&sk, lk)?,
-            cpu_f32(&sv, lv)?,
-            cpu_f32(&sg, lg)?,
+            storage_f32(&sq, lq, "inkdrop-attention backward")?,
+            storage_f32(&sk, lk, "inkdrop-attention backward")?,
+            storage_f32(&sv, lv, "inkdrop-attention backward")?,
+            storage_f32(&sg, lg, "inkdrop-attention backward")?,
         );
         let (n, t, d) = (dm.n, dm.t, dm.d);
         // Per (batch, head): [dQ (N, d) | dK (T, d) | dV (T, d)].

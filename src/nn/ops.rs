@@ -4,7 +4,9 @@
 //! strided reduction). Both are checked against candle's composed ops and finite differences in
 //! `tests/nn.rs`.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{self, sigmoid, wide_kernels};
@@ -14,6 +16,14 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Res
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
         None => bail!("{op}: expects a contiguous f32 tensor"),
+    }
+}
+
+/// [`contiguous_f32`] of a tensor's storage (what a backward pass reads in place).
+pub(crate) fn storage_f32<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(s) => contiguous_f32(s, l, op),
+        _ => bail!("{op}: expects CPU tensors"),
     }
 }
 
@@ -168,10 +178,15 @@ impl CustomOp2 for BiasAdd {
         if l1.dims().last() != Some(&b.len()) {
             bail!("bias of {} for a last axis of {:?}", b.len(), l1.dims());
         }
-        let mut out = x.to_vec();
-        for row in out.chunks_exact_mut(b.len()) {
-            fastmath::add_assign(row, b);
-        }
+        let chunk = rows_per_task(b.len()) * b.len();
+        // SAFETY: `add_rows` writes every element of each chunk.
+        let (out, ()) = unsafe {
+            written_by(x.len(), |o| {
+                o.par_chunks_mut(chunk)
+                    .zip(x.par_chunks(chunk))
+                    .for_each(|(o, x)| add_rows(o, x, b))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -187,6 +202,16 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+/// `sum_k partials[k]`, added in the order of `k`: per-chunk partial sums of a parallel pass
+/// come out the same, bit for bit, however the threads took the chunks.
+fn sum_in_order(partials: &[Vec<f32>], w: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w];
+    for p in partials {
+        fastmath::add_assign(&mut out, p);
+    }
+    out
+}
+
 /// Column sums of a (..., W) tensor: (W,). The bias gradient.
 struct SumRows;
 
@@ -198,11 +223,17 @@ impl CustomOp1 for SumRows {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let w = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; w];
-        for row in x.chunks_exact(w) {
-            fastmath::add_assign(&mut out, row);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(w)))
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(rows_per_task(w) * w)
+            .map(|rows| {
+                let mut sums = vec![0f32; w];
+                for row in rows.chunks_exact(w) {
+                    fastmath::add_assign(&mut sums, row);
+                }
+                sums
+            })
+            .collect();
+        Ok((CpuStorage::F32(sum_in_order(&partials, w)), Shape::from(w)))
     }
 }
 
@@ -223,8 +254,8 @@ struct LayerNormOp {
 #[inline(always)]
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = fastmath::sum(row) / n;
+    let var = fastmath::sum_map(row, |v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -249,8 +280,15 @@ impl candle_core::CustomOp3 for LayerNormOp {
         if l1.dims().last() != Some(&n) || b.len() != n {
             bail!("layer norm of width {n} for a last axis of {:?}", l1.dims());
         }
-        let mut out = vec![0f32; x.len()];
-        layer_norm_rows(&mut out, x, w, b, self.eps);
+        let chunk = rows_per_task(n) * n;
+        // SAFETY: `layer_norm_rows` writes every element of each chunk.
+        let (out, ()) = unsafe {
+            written_by(x.len(), |o| {
+                o.par_chunks_mut(chunk)
+                    .zip(x.par_chunks(chunk))
+                    .for_each(|(o, x)| layer_norm_rows(o, x, w, b, self.eps))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -262,49 +300,36 @@ impl candle_core::CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let x = x.contiguous()?;
-        let dx = x.apply_op3_no_bwd(
-            &w.contiguous()?,
-            &grad,
-            &LayerNormBackward { eps: self.eps },
-        )?;
-        // dw = sum_rows(g * xhat): recompute xhat with unit weight and zero bias.
-        let n = w.dim(0)?;
-        let ones = Tensor::ones(n, candle_core::DType::F32, x.device())?;
-        let zeros = Tensor::zeros(n, candle_core::DType::F32, x.device())?;
-        let xhat = x.apply_op3_no_bwd(&ones, &zeros, self)?;
-        let dw = (grad.clone() * xhat)?.apply_op1_no_bwd(&SumRows)?;
-        let db = grad.apply_op1_no_bwd(&SumRows)?;
+        let (x, w, g) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let (sx, lx) = x.storage_and_layout();
+        let (sw, lw) = w.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let name = "inkdrop-layer-norm backward";
+        let xs = storage_f32(&sx, lx, name)?;
+        let ws = storage_f32(&sw, lw, name)?;
+        let gs = storage_f32(&sg, lg, name)?;
+        let n = ws.len();
+        let chunk = rows_per_task(n) * n;
+        // One pass: dx row by row, and per chunk of rows the partial sums of dw and db.
+        // SAFETY: `layer_norm_rows_backward` writes every element of each chunk of dx.
+        let (dx, partials) = unsafe {
+            written_by(xs.len(), |dx| {
+                dx.par_chunks_mut(chunk)
+                    .zip(xs.par_chunks(chunk).zip(gs.par_chunks(chunk)))
+                    .map(|(dx, (x, g))| {
+                        let mut dw_db = vec![0f32; 2 * n];
+                        layer_norm_rows_backward(dx, x, g, ws, self.eps, &mut dw_db);
+                        dw_db
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let dw_db = sum_in_order(&partials, 2 * n);
+        let dev = x.device();
+        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
+        let dw = Tensor::from_slice(&dw_db[..n], n, dev)?;
+        let db = Tensor::from_slice(&dw_db[n..], n, dev)?;
         Ok((Some(dx), Some(dw), Some(db)))
-    }
-}
-
-/// The input gradient of [`LayerNormOp`].
-struct LayerNormBackward {
-    eps: f32,
-}
-
-impl candle_core::CustomOp3 for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        "inkdrop-layer-norm-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let g = contiguous_f32(s3, l3, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        layer_norm_rows_backward(&mut out, x, g, w, self.eps);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -464,38 +489,57 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
 }
 
 wide_kernels! {
-    /// [`LayerNormOp`] on each row (of `w.len()`) of `x`.
-    fn layer_norm_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    /// [`LayerNormOp`] on each row (of `w.len()`) of `x`, into memory not yet written.
+    fn layer_norm_rows(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
         let n = w.len();
         for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
             let (mean, rstd) = row_stats(row, eps);
-            for i in 0..n {
-                o[i] = (row[i] - mean) * rstd * w[i] + b[i];
+            for (((o, &x), &w), &b) in o.iter_mut().zip(row).zip(w).zip(b) {
+                o.write((x - mean) * rstd * w + b);
             }
         }
     }
 
-    /// [`LayerNormBackward`] on each row (of `w.len()`) of `x` and its gradient `g`.
-    fn layer_norm_rows_backward(out: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+    /// The backward pass of [`LayerNormOp`] on each row (of `w.len()`) of `x` with its gradient
+    /// `g`: dx into `dx` (memory not yet written), and `dw` and `db` added into `dw_db`
+    /// (`[dw, db]`, 2 * W).
+    fn layer_norm_rows_backward(
+        dx: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32,
+        dw_db: &mut [f32],
+    ) {
         let n = w.len();
+        let (dw, db) = dw_db.split_at_mut(n);
         let mut h = vec![0f32; n];
-        for ((row, gr), o) in x
+        for ((row, gr), dx) in x
             .chunks_exact(n)
             .zip(g.chunks_exact(n))
-            .zip(out.chunks_exact_mut(n))
+            .zip(dx.chunks_exact_mut(n))
         {
             let (mean, rstd) = row_stats(row, eps);
-            let (mut mean_h, mut mean_hx) = (0f32, 0f32);
-            for i in 0..n {
-                h[i] = gr[i] * w[i];
-                mean_h += h[i];
-                mean_hx += h[i] * (row[i] - mean) * rstd;
+            for ((h, &g), &w) in h.iter_mut().zip(gr).zip(w) {
+                *h = g * w;
             }
-            mean_h /= n as f32;
-            mean_hx /= n as f32;
-            for i in 0..n {
-                let xhat = (row[i] - mean) * rstd;
-                o[i] = rstd * (h[i] - mean_h - xhat * mean_hx);
+            let mean_h = fastmath::sum(&h) / n as f32;
+            let mean_hx = fastmath::sum_zip(&h, row, |h, x| h * (x - mean)) * rstd / n as f32;
+            let per_column = dx.iter_mut().zip(dw.iter_mut()).zip(db.iter_mut());
+            for (((dx, dw), db), ((&x, &g), &h)) in per_column.zip(row.iter().zip(gr).zip(&h)) {
+                let xhat = (x - mean) * rstd;
+                dx.write(rstd * (h - mean_h - xhat * mean_hx));
+                *dw += g * xhat;
+                *db += g;
+            }
+        }
+    }
+
+    /// `out = x + b` row by row (`b` one row), into memory not yet written.
+    fn add_rows(out: &mut [MaybeUninit<f32>], x: &[f32], b: &[f32]) {
+        for (o, x) in out.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
+            for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
+                o.write(x + b);
             }
         }
     }
@@ -528,10 +572,11 @@ wide_kernels! {
         let half = d.len();
         let (h, g) = row.split_at(half);
         let (dh, dg) = out.split_at_mut(half);
-        for i in 0..half {
-            let (cdf, pdf) = (normal_cdf(g[i]), normal_pdf(g[i]));
-            dh[i] = d[i] * g[i] * cdf;
-            dg[i] = d[i] * h[i] * (cdf + g[i] * pdf);
+        let outs = dh.iter_mut().zip(dg.iter_mut());
+        for ((dh, dg), ((&h, &g), &d)) in outs.zip(h.iter().zip(g).zip(d)) {
+            let (cdf, pdf) = (normal_cdf(g), normal_pdf(g));
+            *dh = d * g * cdf;
+            *dg = d * h * (cdf + g * pdf);
         }
     }
 }
