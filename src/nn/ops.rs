@@ -436,10 +436,14 @@ impl CustomOp1 for Geglu {
             bail!("geglu: last axis {w} must be even ([h, gate])");
         }
         let half = w / 2;
-        let mut out = vec![0f32; x.len() / 2];
-        out.par_chunks_exact_mut(half)
-            .zip(x.par_chunks_exact(w))
-            .for_each(|(o, row)| geglu_row(o, row));
+        // SAFETY: `geglu_row` writes all of each row of `out`.
+        let (out, ()) = unsafe {
+            written_by(x.len() / 2, |out| {
+                out.par_chunks_exact_mut(half.max(1))
+                    .zip(x.par_chunks_exact(w.max(1)))
+                    .for_each(|(o, row)| geglu_row(o, row))
+            })
+        };
         let mut dims = l.dims().to_vec();
         if let Some(d) = dims.last_mut() {
             *d = half;
@@ -474,10 +478,17 @@ impl CustomOp2 for GegluBackward {
         let dy = contiguous_f32(s2, l2, self.name())?;
         let w = l1.dims().last().copied().unwrap_or(0);
         let half = w / 2;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_exact_mut(w)
-            .zip(x.par_chunks_exact(w).zip(dy.par_chunks_exact(half)))
-            .for_each(|(o, (row, d))| geglu_row_backward(o, row, d));
+        // SAFETY: `geglu_row_backward` writes all of each row of `out`.
+        let (out, ()) = unsafe {
+            written_by(x.len(), |out| {
+                out.par_chunks_exact_mut(w.max(1))
+                    .zip(
+                        x.par_chunks_exact(w.max(1))
+                            .zip(dy.par_chunks_exact(half.max(1))),
+                    )
+                    .for_each(|(o, (row, d))| geglu_row_backward(o, row, d))
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -560,23 +571,23 @@ wide_kernels! {
     }
 
     /// [`Geglu`] on one row `[h, gate]` into `out` (half its length).
-    fn geglu_row(out: &mut [f32], row: &[f32]) {
+    fn geglu_row(out: &mut [MaybeUninit<f32>], row: &[f32]) {
         let (h, g) = row.split_at(out.len());
         for ((oi, &hi), &gi) in out.iter_mut().zip(h).zip(g) {
-            *oi = hi * gi * normal_cdf(gi);
+            oi.write(hi * gi * normal_cdf(gi));
         }
     }
 
     /// [`GegluBackward`] on one row: `out = [dh, dgate]` from the row `[h, gate]` and `d = dy`.
-    fn geglu_row_backward(out: &mut [f32], row: &[f32], d: &[f32]) {
+    fn geglu_row_backward(out: &mut [MaybeUninit<f32>], row: &[f32], d: &[f32]) {
         let half = d.len();
         let (h, g) = row.split_at(half);
         let (dh, dg) = out.split_at_mut(half);
         let outs = dh.iter_mut().zip(dg.iter_mut());
         for ((dh, dg), ((&h, &g), &d)) in outs.zip(h.iter().zip(g).zip(d)) {
             let (cdf, pdf) = (normal_cdf(g), normal_pdf(g));
-            *dh = d * g * cdf;
-            *dg = d * h * (cdf + g * pdf);
+            dh.write(d * g * cdf);
+            dg.write(d * h * (cdf + g * pdf));
         }
     }
 }
