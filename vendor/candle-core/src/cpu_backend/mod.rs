@@ -1478,7 +1478,17 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // inkdrop's patch (vendor/README.md): the gemm calls below write every element of dst
+        // (read_dst is false), so dst is not zero-filled first, a pass over the whole output;
+        // it is written through a raw pointer and its length set afterwards. With k == 0 there
+        // is no product to write, and dst stays zeros.
+        let dst_len = b * m * n;
+        let mut dst: Vec<T> = if k == 0 {
+            vec![T::zero(); dst_len]
+        } else {
+            Vec::with_capacity(dst_len)
+        };
+        let dst_ptr = dst.as_mut_ptr();
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1500,15 +1510,19 @@ impl Map2 for MatMul {
             (b, m, n, k)
         };
         for step in 0..b {
+            if k == 0 {
+                break;
+            }
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            // SAFETY: step * c_skip + c_skip <= dst_len, the capacity of dst.
+            let dst_p = unsafe { dst_ptr.add(step * c_skip) };
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p,
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1541,8 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY: every element was written by the products above (or zeroed when k == 0).
+        unsafe { dst.set_len(dst_len) };
         Ok(dst)
     }
 
