@@ -161,37 +161,15 @@ impl FusedAttention {
     }
 
     /// The backward pass for heads of [`Width`] (`attention_lanes`), one task per batch
-    /// item, every head in turn.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the op's inputs, output and gradient"
-    )]
-    fn backward_narrow(
-        &self,
-        w: Width,
-        dm: Dims,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, o, g) = (
-            q.contiguous()?,
-            k.contiguous()?,
-            v.contiguous()?,
-            res.contiguous()?,
-            grad.contiguous()?,
-        );
-        let (sq, lq) = q.storage_and_layout();
-        let (sk, lk) = k.storage_and_layout();
-        let (sv, lv) = v.storage_and_layout();
-        let (so, lo) = o.storage_and_layout();
-        let (sg, lg) = g.storage_and_layout();
-        let name = "inkdrop-attention backward";
-        let (qd, kd) = (storage_f32(&sq, lq, name)?, storage_f32(&sk, lk, name)?);
-        let (vd, od) = (storage_f32(&sv, lv, name)?, storage_f32(&so, lo, name)?);
-        let gd = storage_f32(&sg, lg, name)?;
+    /// item, every head in turn. Returns dQ, dK, dV in the inputs' layouts.
+    fn backward_narrow(&self, w: Width, dm: Dims, io: Grads) -> [Vec<f32>; 3] {
+        let Grads {
+            q: qd,
+            k: kd,
+            v: vd,
+            o: od,
+            g: gd,
+        } = io;
         let (b, n, t, c) = (dm.b, dm.n, dm.t, dm.c);
         let mut dq = vec![0f32; b * n * c];
         let mut dk = vec![0f32; b * t * c];
@@ -223,12 +201,57 @@ impl FusedAttention {
                 }
             },
         );
-        let dev = q.device();
-        let dq = Tensor::from_vec(dq, (b, n, c), dev)?;
-        let dk = Tensor::from_vec(dk, (b, t, c), dev)?;
-        let dv = Tensor::from_vec(dv, (b, t, c), dev)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        [dq, dk, dv]
     }
+
+    /// The backward pass for other head widths: per (batch, head), the probabilities again and
+    /// four matrix products. Returns dQ, dK, dV in the inputs' layouts.
+    fn backward_wide(&self, dm: Dims, io: Grads) -> [Vec<f32>; 3] {
+        let Grads {
+            q: qd,
+            k: kd,
+            v: vd,
+            g,
+            ..
+        } = io;
+        let (n, t, d) = (dm.n, dm.t, dm.d);
+        // Per (batch, head): [dQ (N, d) | dK (T, d) | dV (T, d)].
+        let per = (n + 2 * t) * d;
+        let mut out = vec![0f32; dm.b * dm.h * per];
+        out.par_chunks_mut(per).enumerate().for_each_init(
+            || (vec![0f32; n * t], vec![0f32; n * t]),
+            |(p, dp), (bh, o)| {
+                let (bi, hi) = (bh / dm.h, bh % dm.h);
+                let (dq, rest) = o.split_at_mut(n * d);
+                let (dk, dv) = rest.split_at_mut(t * d);
+                probs(qd, kd, dm, bi, hi, self.scale, p); // P (N, T)
+                let gh = dm.head(g, n, bi, hi); // G (N, d)
+                let p_mat = MatRef::row_major(p, n, t);
+                sgemm_serial(p_mat.t(), gh, dv, false); // dV = P^T G: (T, d)
+                sgemm_serial(gh, dm.head(vd, t, bi, hi).t(), dp, false); // dP = G V^T: (N, T)
+                softmax_rows_backward(p, dp, t, self.scale); // scale * dS
+                let ds = MatRef::row_major(dp, n, t);
+                sgemm_serial(ds, dm.head(kd, t, bi, hi), dq, false); // dQ: (N, d)
+                sgemm_serial(ds.t(), dm.head(qd, n, bi, hi), dk, false); // dK: (T, d)
+            },
+        );
+        // Each gradient's per-head blocks into its (B, rows, C) layout.
+        [
+            dm.merge_heads(&out, per, 0, n),
+            dm.merge_heads(&out, per, n * d, t),
+            dm.merge_heads(&out, per, (n + t) * d, t),
+        ]
+    }
+}
+
+/// The backward pass's inputs, read in place: Q, K, V, the forward output O and its gradient G.
+#[derive(Clone, Copy)]
+struct Grads<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    o: &'a [f32],
+    g: &'a [f32],
 }
 
 impl CustomOp3 for FusedAttention {
@@ -285,54 +308,34 @@ impl CustomOp3 for FusedAttention {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = Dims::of(q.dims(), k.dims(), v.dims(), self.heads)?;
-        if let Some(w) = Width::of(dm.d) {
-            return self.backward_narrow(w, dm, q, k, v, res, grad);
-        }
-        let (q, k, v, grad) = (
+        let (q, k, v, o, g) = (
             q.contiguous()?,
             k.contiguous()?,
             v.contiguous()?,
+            res.contiguous()?,
             grad.contiguous()?,
         );
         let (sq, lq) = q.storage_and_layout();
         let (sk, lk) = k.storage_and_layout();
         let (sv, lv) = v.storage_and_layout();
-        let (sg, lg) = grad.storage_and_layout();
-        let (qd, kd, vd, g) = (
-            storage_f32(&sq, lq, "inkdrop-attention backward")?,
-            storage_f32(&sk, lk, "inkdrop-attention backward")?,
-            storage_f32(&sv, lv, "inkdrop-attention backward")?,
-            storage_f32(&sg, lg, "inkdrop-attention backward")?,
-        );
-        let (n, t, d) = (dm.n, dm.t, dm.d);
-        // Per (batch, head): [dQ (N, d) | dK (T, d) | dV (T, d)].
-        let per = (n + 2 * t) * d;
-        let mut out = vec![0f32; dm.b * dm.h * per];
-        out.par_chunks_mut(per).enumerate().for_each_init(
-            || (vec![0f32; n * t], vec![0f32; n * t]),
-            |(p, dp), (bh, o)| {
-                let (bi, hi) = (bh / dm.h, bh % dm.h);
-                let (dq, rest) = o.split_at_mut(n * d);
-                let (dk, dv) = rest.split_at_mut(t * d);
-                probs(qd, kd, dm, bi, hi, self.scale, p); // P (N, T)
-                let gh = dm.head(g, n, bi, hi); // G (N, d)
-                let p_mat = MatRef::row_major(p, n, t);
-                sgemm_serial(p_mat.t(), gh, dv, false); // dV = P^T G: (T, d)
-                sgemm_serial(gh, dm.head(vd, t, bi, hi).t(), dp, false); // dP = G V^T: (N, T)
-                softmax_rows_backward(p, dp, t, self.scale); // scale * dS
-                let ds = MatRef::row_major(dp, n, t);
-                sgemm_serial(ds, dm.head(kd, t, bi, hi), dq, false); // dQ: (N, d)
-                sgemm_serial(ds.t(), dm.head(qd, n, bi, hi), dk, false); // dK: (T, d)
-            },
-        );
-        // Each gradient's per-head blocks into its (B, rows, C) layout.
+        let (so, lo) = o.storage_and_layout();
+        let (sg, lg) = g.storage_and_layout();
+        let name = "inkdrop-attention backward";
+        let io = Grads {
+            q: storage_f32(&sq, lq, name)?,
+            k: storage_f32(&sk, lk, name)?,
+            v: storage_f32(&sv, lv, name)?,
+            o: storage_f32(&so, lo, name)?,
+            g: storage_f32(&sg, lg, name)?,
+        };
+        let [dq, dk, dv] = match Width::of(dm.d) {
+            Some(w) => self.backward_narrow(w, dm, io),
+            None => self.backward_wide(dm, io),
+        };
         let dev = q.device();
-        let dq = dm.merge_heads(&out, per, 0, n);
-        let dk = dm.merge_heads(&out, per, n * d, t);
-        let dv = dm.merge_heads(&out, per, (n + t) * d, t);
-        let dq = Tensor::from_vec(dq, (dm.b, n, dm.c), dev)?;
-        let dk = Tensor::from_vec(dk, (dm.b, t, dm.c), dev)?;
-        let dv = Tensor::from_vec(dv, (dm.b, t, dm.c), dev)?;
+        let dq = Tensor::from_vec(dq, (dm.b, dm.n, dm.c), dev)?;
+        let dk = Tensor::from_vec(dk, (dm.b, dm.t, dm.c), dev)?;
+        let dv = Tensor::from_vec(dv, (dm.b, dm.t, dm.c), dev)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
