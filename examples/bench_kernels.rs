@@ -239,13 +239,13 @@ fn attention(args: &Args) -> anyhow::Result<()> {
     // at 16x16 and 8x8 (the reference config, 32 and 64 channels) and 8x8 and 4x4 (ours,
     // 64 and 128).
     let tokens = inkdrop::text::tokenizer::CONTEXT_LENGTH;
-    for (n_q, t, c) in [
-        (256, 256, 32),
-        (256, tokens, 32),
-        (64, 64, 64),
-        (64, tokens, 64),
-        (16, 16, 128),
-        (16, tokens, 128),
+    for (kind, n_q, t, c) in [
+        ("self", 256, 256, 32),
+        ("cross", 256, tokens, 32),
+        ("self", 64, 64, 64),
+        ("cross", 64, tokens, 64),
+        ("self", 16, 16, 128),
+        ("cross", 16, tokens, 128),
     ] {
         let heads = 8;
         let q = Var::from_tensor(&randn(&[n, n_q, c])?)?;
@@ -259,7 +259,7 @@ fn attention(args: &Args) -> anyhow::Result<()> {
         let tb = median_ms(r, || theirs()?.backward().map(drop))?;
         let ob = median_ms(r, || ours()?.backward().map(drop))?;
         attn.row([
-            format!("{} channels each", c / heads),
+            format!("{kind}, {} channels each", c / heads),
             format!("{n}x{n_q}x{c} / {n}x{t}x{c}"),
             format!("{tf:.2}"),
             format!("{of:.2}"),

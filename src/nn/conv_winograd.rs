@@ -223,7 +223,7 @@ fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool
         }
         input_channel_by_tile(x, planes, vc, tl.ts, scratch);
     };
-    let scratch = 2 * tl.padded() + 2 * tl.wp;
+    let scratch = 2 * tl.padded() + 2 * tl.wp + 8 * tl.th * (tl.tw + 1);
     let v = &mut v[..g.c_in * XI * tl.ts];
     for_each_chunk(v, XI * tl.ts, parallel, || vec![0f32; scratch], channel);
 }
@@ -604,7 +604,8 @@ mod tests {
     fn row_kernels_match_tile_by_tile_bit_for_bit() {
         for (h, w, images) in [(4, 4, 3), (6, 8, 2), (4, 16, 2), (8, 18, 1)] {
             let tl = Tiles::new(h, w, images);
-            let (hw, scratch) = (h * w, 2 * tl.padded() + 4 * w + 2 * tl.wp);
+            let rows_scratch = 8 * tl.th * (tl.tw + 1);
+            let (hw, scratch) = (h * w, 2 * tl.padded() + 4 * w + 2 * tl.wp + rows_scratch);
             let x = noise(images * hw, 1);
             let planes = Planes {
                 stride: hw,

@@ -51,17 +51,20 @@ fn b_rows(k: usize, r: [&[f32]; 4], out: &mut [f32]) {
     }
 }
 
-/// Splits a padded plane's even and odd columns: `e` and `o` are (H + 2, W/2 + 1), their
-/// borders zero; image row iy (W floats) becomes padded row iy + 1, whose column 2x + 1 is
-/// pixel 2x (odd, `o[x]`) and column 2x + 2 is pixel 2x + 1 (even, `e[x + 1]`).
+/// Splits a padded plane's even and odd columns, each stored with its even rows first:
+/// `e` and `o` are (H + 2, W/2 + 1) with padded row `r` at row `r / 2` if r is even and
+/// `H/2 + 1 + r / 2` if odd, their borders zero; image row iy (W floats) becomes padded row
+/// iy + 1, whose column 2x + 1 is pixel 2x (odd, `o[x]`) and column 2x + 2 is pixel 2x + 1
+/// (even, `e[x + 1]`). With the rows so ordered, rows 2ty + i of every row of tiles ty form one
+/// contiguous run (see [`input_channel`]).
 #[inline(always)]
 fn split_columns(plane: &[f32], w: usize, e: &mut [f32], o: &mut [f32]) {
     let half = w / 2 + 1;
+    let odd_rows = (plane.len() / w / 2 + 1) * half;
     for (iy, line) in plane.chunks_exact(w).enumerate() {
-        let (er, or) = (
-            &mut e[(iy + 1) * half..][1..half],
-            &mut o[(iy + 1) * half..][..half - 1],
-        );
+        let r = iy + 1;
+        let at = if r % 2 == 0 { 0 } else { odd_rows } + r / 2 * half;
+        let (er, or) = (&mut e[at..][1..half], &mut o[at..][..half - 1]);
         for (pair, (ov, ev)) in line.chunks_exact(2).zip(or.iter_mut().zip(er)) {
             *ov = pair[0];
             *ev = pair[1];
@@ -81,7 +84,7 @@ pub(super) struct Planes {
 
 wide_kernels! {
     /// `V = B^T d B` for every tile of one channel of a chunk of images (`planes` in `x`): tile t = (n * H/2 + ty) * W/2 + tx of row xi goes to `v[xi * ts + t]`.
-    /// `scratch` holds at least 2 (H + 2)(W/2 + 1) + 2 (W/2 + 1) floats.
+    /// `scratch` holds at least 2 (H + 2)(W/2 + 1) + 8 (H/2)(W/2 + 1) floats.
     pub(super) fn input_channel(
         x: &[f32],
         planes: Planes,
@@ -91,24 +94,33 @@ wide_kernels! {
     ) {
         let Planes { stride, images, h, w } = planes;
         let (th, tw, half) = (h / 2, w / 2, w / 2 + 1);
-        let plane = (h + 2) * half;
+        let (plane, band) = ((h + 2) * half, th * half);
         let (e, rest) = scratch.split_at_mut(plane);
         let (o, rest) = rest.split_at_mut(plane);
-        let (ce, rest) = rest.split_at_mut(half);
-        let co = &mut rest[..half];
+        let (ce, rest) = rest.split_at_mut(4 * band);
+        let co = &mut rest[..4 * band];
         e.fill(0.0);
         o.fill(0.0);
+        // Padded rows 2ty, 2ty + 1, 2ty + 2, 2ty + 3 for every ty at once (even rows first).
+        let odd = (th + 1) * half;
+        let starts = [0, odd, half, odd + half];
         for n in 0..images {
             split_columns(&x[n * stride..][..h * w], w, e, o);
+            // Row k of B^T d, down the columns of every tile of the image at once: column
+            // j = 0, 2 of tile (ty, tx) is ce[k][ty][tx], ce[k][ty][tx + 1]; j = 1, 3 likewise
+            // in co.
+            for k in 0..4 {
+                let er = starts.map(|s| &e[s..][..band]);
+                let or = starts.map(|s| &o[s..][..band]);
+                bt_rows(k, er, &mut ce[k * band..][..band]);
+                bt_rows(k, or, &mut co[k * band..][..band]);
+            }
             for ty in 0..th {
                 let t0 = (n * th + ty) * tw;
-                let er = std::array::from_fn(|i| &e[(2 * ty + i) * half..][..half]);
-                let or = std::array::from_fn(|i| &o[(2 * ty + i) * half..][..half]);
                 for k in 0..4 {
-                    bt_rows(k, er, ce); // column j = 0, 2 of each tile: ce[tx], ce[tx + 1]
-                    bt_rows(k, or, co); // column j = 1, 3: co[tx], co[tx + 1]
-                    let (c0, c2) = (&ce[..tw], &ce[1..]);
-                    let (c1, c3) = (&co[..tw], &co[1..]);
+                    let (ce, co) = (&ce[k * band + ty * half..], &co[k * band + ty * half..]);
+                    let (c0, c2) = (&ce[..tw], &ce[1..half]);
+                    let (c1, c3) = (&co[..tw], &co[1..half]);
                     let row = |l: usize| 4 * k + l;
                     let out = |l: usize| (row(l) * ts + t0, tw);
                     let (a, len) = out(0);
