@@ -429,7 +429,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
                     output_plane_by_tile(&rows, g.h, g.w, bias[co], plane);
                 };
                 let y_chunk = &mut y_run[c0 * g.c_out * hw..][..nbc * g.c_out * hw];
-                for_each_chunk(y_chunk, hw, inner, || vec![0f32; 3 * g.w], plane);
+                for_each_chunk(y_chunk, hw, inner, || vec![0f32; 3 * hw], plane);
             }
         })
     };

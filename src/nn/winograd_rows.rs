@@ -137,8 +137,9 @@ wide_kernels! {
     }
 
     /// `y = A^T M A + bias` for the tiles of image n's plane of one output channel: `m` holds
-    /// that channel's 16 rows of tiles, each starting at its image's first tile. `scratch`
-    /// holds at least 6 W/2 floats.
+    /// that channel's 16 rows of tiles, each starting at its image's first tile. Both steps run
+    /// over all of the plane's tiles at once (one loop of H/2 * W/2 each), then each row of
+    /// tiles is interleaved into its two rows of pixels. `scratch` holds at least 3 H W floats.
     pub(super) fn output_plane(
         m: &[&[f32]; 16],
         h: usize,
@@ -148,26 +149,31 @@ wide_kernels! {
         scratch: &mut [f32],
     ) {
         let (th, tw) = (h / 2, w / 2);
-        let (u, rest) = scratch.split_at_mut(4 * tw);
-        let (ye, yo) = rest.split_at_mut(tw);
-        let yo = &mut yo[..tw];
+        let nt = th * tw;
+        let (u, rest) = scratch.split_at_mut(8 * nt);
+        let (ye, yo) = rest.split_at_mut(2 * nt);
+        let yo = &mut yo[..2 * nt];
+        // u[4i + j] = (A^T m)[i] down column j.
+        for (ij, uij) in u.chunks_exact_mut(nt).enumerate() {
+            let (i, j) = (ij / 4, ij % 4);
+            let col = [&m[j][..nt], &m[4 + j][..nt], &m[8 + j][..nt], &m[12 + j][..nt]];
+            if i == 0 {
+                map4(uij, col, |m0, m1, m2, _| m0 + m1 + m2);
+            } else {
+                map4(uij, col, |_, m1, m2, m3| m1 - m2 - m3);
+            }
+        }
+        // Row i of (A^T m) A, plus the bias: pixel columns 2tx (ye) and 2tx + 1 (yo).
+        for i in 0..2 {
+            let ui: [&[f32]; 4] = std::array::from_fn(|j| &u[(4 * i + j) * nt..][..nt]);
+            map4(&mut ye[i * nt..][..nt], ui, |u0, u1, u2, _| u0 + u1 + u2 + bias);
+            map4(&mut yo[i * nt..][..nt], ui, |_, u1, u2, u3| u1 - u2 - u3 + bias);
+        }
         for ty in 0..th {
-            let rows: [&[f32]; 16] = std::array::from_fn(|xi| &m[xi][ty * tw..][..tw]);
             for i in 0..2 {
-                // u[j] = (A^T m)[i] down column j.
-                for (j, uj) in u.chunks_exact_mut(tw).enumerate() {
-                    let col = [rows[j], rows[4 + j], rows[8 + j], rows[12 + j]];
-                    if i == 0 {
-                        map4(uj, col, |m0, m1, m2, _| m0 + m1 + m2);
-                    } else {
-                        map4(uj, col, |_, m1, m2, m3| m1 - m2 - m3);
-                    }
-                }
-                let uj: [&[f32]; 4] = std::array::from_fn(|j| &u[j * tw..][..tw]);
-                map4(ye, uj, |u0, u1, u2, _| u0 + u1 + u2 + bias);
-                map4(yo, uj, |_, u1, u2, u3| u1 - u2 - u3 + bias);
+                let (e, o) = (&ye[i * nt + ty * tw..][..tw], &yo[i * nt + ty * tw..][..tw]);
                 let line = &mut plane[(2 * ty + i) * w..][..w];
-                for (pair, (e, o)) in line.chunks_exact_mut(2).zip(ye.iter().zip(yo.iter())) {
+                for (pair, (e, o)) in line.chunks_exact_mut(2).zip(e.iter().zip(o)) {
                     pair[0] = MaybeUninit::new(*e);
                     pair[1] = MaybeUninit::new(*o);
                 }
