@@ -18,7 +18,7 @@ use inkdrop::support::bench::median_ms;
 
 use candle_core::{Device, Module, Tensor, Var};
 use clap::Parser;
-use inkdrop::nn::{conv2d, fused_attention, group_norm, Padding};
+use inkdrop::nn::{attention_reference, conv2d, fused_attention, group_norm, Padding};
 use inkdrop::support::table::Table;
 
 /// Benchmark conv2d, GroupNorm and attention, ours against candle's.
@@ -252,7 +252,7 @@ fn attention(args: &Args) -> anyhow::Result<()> {
         let k = Var::from_tensor(&randn(&[n, t, c])?)?;
         let v = Var::from_tensor(&randn(&[n, t, c])?)?;
         let scale = 1.0 / ((c / heads) as f64).sqrt();
-        let theirs = || attention_with_candle_ops(&q, &k, &v, heads, scale);
+        let theirs = || attention_reference(&q, &k, &v, heads, scale);
         let ours = || fused_attention(&q, &k, &v, heads, scale);
         let tf = median_ms(r, || theirs().map(drop))?;
         let of = median_ms(r, || ours().map(drop))?;
@@ -270,28 +270,4 @@ fn attention(args: &Args) -> anyhow::Result<()> {
     }
     println!("{attn}");
     Ok(())
-}
-
-/// `softmax(scale q k^T) v` per head with candle's ops: heads split by copies, two batched
-/// matrix products, candle-nn's softmax.
-fn attention_with_candle_ops(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    scale: f64,
-) -> candle_core::Result<Tensor> {
-    let split = |x: &Tensor| -> candle_core::Result<Tensor> {
-        let (b, len, c) = x.dims3()?;
-        x.reshape((b, len, heads, c / heads))?
-            .transpose(1, 2)?
-            .contiguous() // (B, h, len, d)
-    };
-    let (b, n, c) = q.dims3()?;
-    let scores = (split(q)?.matmul(&split(k)?.t()?.contiguous()?)? * scale)?; // (B, h, N, T)
-    let p = candle_nn::ops::softmax_last_dim(&scores)?;
-    p.matmul(&split(v)?)? // (B, h, N, d)
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, n, c))
 }

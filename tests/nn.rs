@@ -46,31 +46,6 @@ fn softmax_gives_exact_zeros_under_a_causal_mask_and_splits_rows_across_threads(
     assert!(p.iter().zip(&m).all(|(&p, &m)| m.is_finite() || p == 0.0));
 }
 
-/// `softmax(scale q k^T) v` per head, written with candle ops (the reference).
-fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Tensor {
-    let split = |x: &Tensor| {
-        let (b, len, c) = x.dims3().unwrap();
-        x.reshape((b, len, heads, c / heads))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap() // (B, h, len, d)
-    };
-    let (qh, kh, vh) = (split(q), split(k), split(v));
-    let s = (qh.matmul(&kh.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
-    let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
-    let (b, n, c) = q.dims3().unwrap();
-    p.matmul(&vh)
-        .unwrap()
-        .transpose(1, 2)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-        .reshape((b, n, c))
-        .unwrap()
-}
-
 #[test]
 fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
     // (B, N, T, C, heads): self- and cross-attention, one head, batch 1, N != T, odd sizes;
@@ -95,7 +70,7 @@ fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
         let w = rand(&[b, n, c], 14);
         let scale = 1.0 / ((c / heads) as f64).sqrt();
         let ours = inkdrop::nn::fused_attention(&q, &k, &v, heads, scale).unwrap();
-        let theirs = attention_reference(&q, &k, &v, heads, scale);
+        let theirs = inkdrop::nn::attention_reference(&q, &k, &v, heads, scale).unwrap();
         assert!(
             max_abs_diff(&ours, &theirs) < 1e-5,
             "{b} {n} {t} {c} {heads}"

@@ -47,6 +47,32 @@ pub fn fused_attention(
     )
 }
 
+/// `softmax(scale q k^T) v` per head written with candle's own ops: the heads split by
+/// transposed copies, two batched matrix products into and out of a (B, heads, N, T) score
+/// tensor, and candle-nn's composed (differentiable) softmax. The reference [`fused_attention`]
+/// is tested and benchmarked against.
+pub fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let split = |x: &Tensor| -> Result<Tensor> {
+        let (b, len, c) = x.dims3()?;
+        x.reshape((b, len, heads, c / heads))?
+            .transpose(1, 2)?
+            .contiguous() // (B, h, len, d)
+    };
+    let (b, n, c) = q.dims3()?;
+    let scores = (split(q)?.matmul(&split(k)?.t()?.contiguous()?)? * scale)?; // (B, h, N, T)
+    let p = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+    p.matmul(&split(v)?)? // (B, h, N, d)
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, n, c))
+}
+
 struct FusedAttention {
     heads: usize,
     scale: f32,
@@ -140,14 +166,14 @@ impl FusedAttention {
                 |scratch, (o, q)| {
                     let rows = q.len() / c;
                     scratch.fit(rows, t, false);
+                    let a = lanes::Forward {
+                        q, // (rows, C)
+                        k: kb,
+                        v: vb,
+                        n: rows,
+                        t,
+                    };
                     for hi in 0..dm.h {
-                        let a = lanes::Forward {
-                            q, // (rows, C)
-                            k: kb,
-                            v: vb,
-                            n: rows,
-                            t,
-                        };
                         let head = Head {
                             stride: c,
                             col: hi * dm.d,

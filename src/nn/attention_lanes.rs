@@ -236,8 +236,9 @@ fn forward_head<const D: usize>(a: Forward, h: Head, scale: f32, o: &mut [f32], 
     }
 }
 
-/// The backward pass of one head up to dK and dV: dQ into the head's columns of `dq`, and P^T and dS^T, (T, np) with
-/// np = N rounded up to 16, into `pt` and `dst` (for the products that give dV and dK).
+/// The backward pass of one head up to dK and dV: dQ into the head's columns of `dq`, and
+/// P^T and dS^T, (T, np) with np = N rounded up to 16, into `pt` and `dst` (for the products
+/// that give dV and dK).
 #[inline(always)]
 fn backward_queries<const D: usize>(
     a: Backward,

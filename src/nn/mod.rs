@@ -21,7 +21,7 @@ mod winograd_rows;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-pub use attention::fused_attention;
+pub use attention::{attention_reference, fused_attention};
 pub use conv::{conv2d, Padding};
 pub use group_norm::group_norm;
 pub use layers2d::{upsample_nearest2x, Conv2d, GroupNorm};
