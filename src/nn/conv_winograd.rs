@@ -39,14 +39,14 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::{
-    copy_short, for_each_chunk, image_runs, split_runs, with_scratch, written_by_runs, Geometry,
-    Padding,
+    for_each_chunk, image_runs, split_runs, with_scratch, written_by_runs, Geometry, Padding,
 };
 use super::fastmath::sum_wide;
 use super::gemm::{sgemm_serial, MatRef};
 use super::ops::{write_slice, written_by};
 use super::winograd_rows::{
-    input_channel, input_grad_plane, output_grad_channel, output_plane, Planes,
+    input_channel, input_grad_channel, input_grad_scratch, input_scratch, output_channel,
+    output_grad_channel, output_grad_scratch, output_scratch, Planes,
 };
 
 /// Positions in a transformed 4x4 tile.
@@ -79,12 +79,14 @@ pub(super) fn applies(g: &Geometry) -> bool {
         && run * (g.h / 2) * (g.w / 2) >= MIN_TILES
 }
 
+#[cfg(test)] // the tile-by-tile reference only (tests below)
 /// `B^T d = [d0 - d2, d1 + d2, d2 - d1, d1 - d3]`
 #[inline(always)]
 fn bt(d: [f32; 4]) -> [f32; 4] {
     [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
 }
 
+#[cfg(test)] // the tile-by-tile reference only (tests below)
 /// `B v = [v0, v1 - v2 + v3, v1 + v2 - v0, -v3]`, the adjoint of [`bt`].
 #[inline(always)]
 fn b(v: [f32; 4]) -> [f32; 4] {
@@ -109,12 +111,14 @@ fn gt(u: [f32; 4]) -> [f32; 3] {
     [u[0] + s, (u[1] - u[2]) * 0.5, s + u[3]]
 }
 
+#[cfg(test)] // the tile-by-tile reference only (tests below)
 /// `A^T m = [m0 + m1 + m2, m1 - m2 - m3]`
 #[inline(always)]
 fn at(m: [f32; 4]) -> [f32; 2] {
     [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
 }
 
+#[cfg(test)] // the tile-by-tile reference only (tests below)
 /// `A y = [y0, y0 + y1, y0 - y1, -y1]`, the adjoint of [`at`].
 #[inline(always)]
 fn a(y: [f32; 2]) -> [f32; 4] {
@@ -131,15 +135,11 @@ fn two_d<const I: usize, const O: usize>(
     from_fn(|k| f(from_fn(|j| cols[j][k])))
 }
 
-/// From this image width on, the transforms run a whole row of tiles at a time
-/// ([`super::winograd_rows`], vectorised); below it, tile by tile (at 8x8 and 4x4 a row holds
-/// 4 or 2 tiles, too few for the row kernels to pay: measured 1.3-1.5x slower there, and 1.2x
-/// faster at 32x32). Both give the same bits.
-const ROWS_FROM_WIDTH: usize = 16;
-
-/// The output tiles of a chunk of images: `t = (n * th + ty) * tw + tx` covers output pixels
-/// (2ty..2ty+2, 2tx..2tx+2) of the chunk's image n and reads padded pixels (2ty..2ty+4,
-/// 2tx..2tx+4).
+/// The output tiles of a chunk of images: `t = (ty * tw + tx) * images + n` covers output
+/// pixels (2ty..2ty+2, 2tx..2tx+2) of the chunk's image n and reads padded pixels
+/// (2ty..2ty+4, 2tx..2tx+4). The images are interleaved so that the transforms of
+/// [`super::winograd_rows`] run over a row of tiles of all of them at once (at 8x8 a row of
+/// one image holds only 4 tiles).
 #[derive(Clone, Copy)]
 struct Tiles {
     th: usize,
@@ -148,8 +148,6 @@ struct Tiles {
     t: usize,
     /// Distance between two positions' rows of tiles in a (C, 16, T) buffer: T + SKEW.
     ts: usize,
-    /// Row length of a padded plane: W + 2.
-    wp: usize,
 }
 
 impl Tiles {
@@ -161,25 +159,12 @@ impl Tiles {
             tw,
             t: images * th * tw,
             ts: images * th * tw + SKEW,
-            wp: w + 2,
         }
     }
 
-    /// Floats in a padded plane: (H + 2) rows of W + 2.
-    fn padded(&self) -> usize {
-        (2 * self.th + 2) * self.wp
-    }
-
-    /// Tile (ty, tx) of image n, as (t, ty, tx).
-    fn each(&self, n: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-        (0..self.th).flat_map(move |ty| {
-            (0..self.tw).map(move |tx| ((n * self.th + ty) * self.tw + tx, ty, tx))
-        })
-    }
-
-    /// Where the 4x4 input tile of output tile (ty, tx) starts in a padded plane.
-    fn corner(&self, ty: usize, tx: usize) -> usize {
-        2 * ty * self.wp + 2 * tx
+    /// Images in the chunk.
+    fn images(&self) -> usize {
+        self.t / (self.th * self.tw)
     }
 
     /// Distance between the 16 (rows, T) matrices of a (16, rows, T) buffer.
@@ -205,10 +190,11 @@ fn rows_of(tl: Tiles, data: &[f32], block: usize, r: usize) -> [&[f32]; XI] {
 }
 
 /// `V = B^T d B` for every input tile of the chunk `x` (images, C_in, H, W): `v` is
-/// (C_in, 16, T), rows `ts` apart (the `SKEW` floats between rows are never read).
+/// (C_in, 16, T), rows `ts` apart (the `SKEW` floats between rows are never read), the tiles
+/// numbered as [`Tiles`] says.
 fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool) {
     let hw = g.h * g.w;
-    let images = tl.t / (tl.th * tl.tw);
+    let images = tl.images();
     let planes = Planes {
         stride: g.c_in * hw,
         images,
@@ -216,14 +202,9 @@ fn input_tiles(g: &Geometry, tl: Tiles, x: &[f32], v: &mut [f32], parallel: bool
         w: g.w,
     };
     let channel = |scratch: &mut Vec<f32>, (c, vc): (usize, &mut [f32])| {
-        let x = &x[c * hw..];
-        if g.w >= ROWS_FROM_WIDTH {
-            input_channel(x, planes, vc, tl.ts, scratch);
-            return;
-        }
-        input_channel_by_tile(x, planes, vc, tl.ts, scratch);
+        input_channel(&x[c * hw..], planes, vc, tl.ts, scratch);
     };
-    let scratch = 2 * tl.padded() + 2 * tl.wp + 8 * tl.th * (tl.tw + 1);
+    let scratch = input_scratch(g.h, g.w, images);
     let v = &mut v[..g.c_in * XI * tl.ts];
     for_each_chunk(v, XI * tl.ts, parallel, || vec![0f32; scratch], channel);
 }
@@ -254,114 +235,6 @@ fn u_at<'a>(g: &Geometry, u: &'a [f32], xi: usize) -> MatRef<'a> {
         cols: g.c_in,
         rs: g.c_in * XI,
         cs: XI,
-    }
-}
-
-/// [`input_channel`] tile by tile, for narrow images: `pad` is a zero-bordered padded plane
-/// (its border is never written).
-fn input_channel_by_tile(x: &[f32], planes: Planes, v: &mut [f32], ts: usize, pad: &mut [f32]) {
-    let Planes {
-        stride,
-        images,
-        h,
-        w,
-    } = planes;
-    let wp = w + 2;
-    let tl = Tiles::new(h, w, images);
-    let mut block = vec![[0f32; XI]; tl.th * tl.tw]; // one image's tiles, tile-major
-    for n in 0..images {
-        let plane = &x[n * stride..][..h * w];
-        for (iy, line) in plane.chunks_exact(w).enumerate() {
-            copy_short(&mut pad[(iy + 1) * wp + 1..][..w], line);
-        }
-        for ((_, ty, tx), out) in tl.each(n).zip(block.iter_mut()) {
-            let corner = &pad[tl.corner(ty, tx)..][..3 * wp + 4];
-            let d = from_fn(|i| {
-                let r = &corner[i * wp..][..4];
-                [r[0], r[1], r[2], r[3]]
-            }); // (4, 4)
-            out.copy_from_slice(two_d(d, bt).as_flattened());
-        }
-        write_tiles(&block, v, ts, n);
-    }
-}
-
-/// One image's transformed tiles (tile-major, `block[tile][xi]`) into the 16 rows of a
-/// (16, T) buffer whose rows are `ts` apart: row xi, tiles `n * tiles..(n + 1) * tiles`. Row
-/// by row, each a contiguous run, rather than 16 scattered, bounds-checked stores per tile:
-/// 4-9% off a 3x3 convolution at 8x8 (forward and backward, batch 32).
-fn write_tiles(block: &[[f32; XI]], v: &mut [f32], ts: usize, n: usize) {
-    let tiles = block.len();
-    for (xi, row) in v.chunks_mut(ts).take(XI).enumerate() {
-        for (dst, tile) in row[n * tiles..][..tiles].iter_mut().zip(block) {
-            *dst = tile[xi];
-        }
-    }
-}
-
-/// [`output_plane`] tile by tile, for narrow images.
-fn output_plane_by_tile(
-    m: &[&[f32]; 16],
-    h: usize,
-    w: usize,
-    bias: f32,
-    plane: &mut [MaybeUninit<f32>],
-) {
-    let tl = Tiles::new(h, w, 1);
-    for (t, ty, tx) in tl.each(0) {
-        let y = two_d(from_fn(|i| from_fn(|j| m[i * 4 + j][t])), at); // (2, 2)
-        for (i, y) in y.iter().enumerate() {
-            let out = &mut plane[(2 * ty + i) * w + 2 * tx..][..2];
-            out[0] = MaybeUninit::new(y[0] + bias);
-            out[1] = MaybeUninit::new(y[1] + bias);
-        }
-    }
-}
-
-/// [`output_grad_channel`] tile by tile, for narrow images.
-fn output_grad_channel_by_tile(dy: &[f32], planes: Planes, dm: &mut [f32], ts: usize) {
-    let Planes {
-        stride,
-        images,
-        h,
-        w,
-    } = planes;
-    let tl = Tiles::new(h, w, images);
-    let mut block = vec![[0f32; XI]; tl.th * tl.tw]; // one image's tiles, tile-major
-    for n in 0..images {
-        let plane = &dy[n * stride..][..h * w];
-        for ((_, ty, tx), out) in tl.each(n).zip(block.iter_mut()) {
-            let top = &plane[2 * ty * w + 2 * tx..][..w + 2];
-            let d = [[top[0], top[1]], [top[w], top[w + 1]]]; // (2, 2)
-            out.copy_from_slice(two_d(d, a).as_flattened());
-        }
-        write_tiles(&block, dm, ts, n);
-    }
-}
-
-/// [`input_grad_plane`] tile by tile, for narrow images.
-fn input_grad_plane_by_tile(
-    dv: &[&[f32]; 16],
-    h: usize,
-    w: usize,
-    plane: &mut [f32],
-    pad: &mut [f32],
-) {
-    let tl = Tiles::new(h, w, 1);
-    let (pad, wp) = (&mut pad[..tl.padded()], tl.wp);
-    pad.fill(0.0);
-    for (t, ty, tx) in tl.each(0) {
-        let d = two_d(from_fn(|i| from_fn(|j| dv[i * 4 + j][t])), b); // (4, 4)
-        let corner = &mut pad[tl.corner(ty, tx)..][..3 * wp + 4];
-        for (i, d) in d.iter().enumerate() {
-            let dst = &mut corner[i * wp..][..4];
-            for j in 0..4 {
-                dst[j] += d[j];
-            }
-        }
-    }
-    for (iy, line) in plane.chunks_exact_mut(w).enumerate() {
-        copy_short(line, &pad[(iy + 1) * wp + 1..][..w]);
     }
 }
 
@@ -416,20 +289,24 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
                 per_position(m, mb, g.c_out * tl.t, inner, |xi, m| {
                     sgemm_serial(u_at(g, &u, xi), tiles_at(tl, v, g.c_in, xi), m, false);
                 });
-                let m = &*m;
                 // y = A^T M A + b per tile.
-                let plane = |scratch: &mut Vec<f32>, (nc, plane): (usize, &mut [_])| {
-                    let (n, co) = (nc / g.c_out, nc % g.c_out);
-                    let tiles = n * tl.th * tl.tw;
-                    let rows = rows_of(tl, m, mb, co).map(|row| &row[tiles..]);
-                    if g.w >= ROWS_FROM_WIDTH {
-                        output_plane(&rows, g.h, g.w, bias[co], plane, scratch);
-                        return;
-                    }
-                    output_plane_by_tile(&rows, g.h, g.w, bias[co], plane);
-                };
                 let y_chunk = &mut y_run[c0 * g.c_out * hw..][..nbc * g.c_out * hw];
-                for_each_chunk(y_chunk, hw, inner, || vec![0f32; 3 * hw], plane);
+                let (m, images) = (&*m, tl.images());
+                let channel = |scratch: &mut Vec<f32>, co: usize, y: &mut [MaybeUninit<f32>]| {
+                    let (rows, shape) = (rows_of(tl, m, mb, co), (g.h, g.w, images));
+                    output_channel(&rows, shape, bias[co], y, g.c_out * hw, scratch);
+                };
+                if images == 1 {
+                    // One image: each channel's plane is one chunk, written in parallel.
+                    let scratch = || vec![0f32; output_scratch(g.h, g.w, 1)];
+                    for_each_chunk(y_chunk, hw, inner, scratch, |s, (co, y)| channel(s, co, y));
+                } else {
+                    // A channel's planes are C_out H W floats apart: one channel after another.
+                    let mut scratch = vec![0f32; output_scratch(g.h, g.w, images)];
+                    for co in 0..g.c_out {
+                        channel(&mut scratch, co, &mut y_chunk[co * hw..]);
+                    }
+                }
             }
         })
     };
@@ -439,7 +316,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
 }
 
 /// `dM = A dY A^T` for every output tile of the chunk `dy` (images, C_out, H, W): `dm` is
-/// (C_out, 16, T), rows `ts` apart; adds each channel's sum of dy to `db`.
+/// (C_out, 16, T), rows `ts` apart, the tiles numbered as [`Tiles`] says; adds each channel's sum of dy to `db`.
 fn output_grad_tiles(
     g: &Geometry,
     tl: Tiles,
@@ -449,7 +326,7 @@ fn output_grad_tiles(
     parallel: bool,
 ) {
     let hw = g.h * g.w;
-    let images = tl.t / (tl.th * tl.tw);
+    let images = tl.images();
     let planes = Planes {
         stride: g.c_out * hw,
         images,
@@ -457,15 +334,11 @@ fn output_grad_tiles(
         w: g.w,
     };
     let channel = |scratch: &mut Vec<f32>, (co, dmc): (usize, &mut [f32])| {
-        let dy = &dy[co * hw..];
-        if g.w >= ROWS_FROM_WIDTH {
-            output_grad_channel(dy, planes, dmc, tl.ts, scratch);
-            return;
-        }
-        output_grad_channel_by_tile(dy, planes, dmc, tl.ts);
+        output_grad_channel(&dy[co * hw..], planes, dmc, tl.ts, scratch);
     };
     let dm = &mut dm[..g.c_out * XI * tl.ts];
-    for_each_chunk(dm, XI * tl.ts, parallel, || vec![0f32; 3 * g.w], channel);
+    let scratch = output_grad_scratch(g.w, images);
+    for_each_chunk(dm, XI * tl.ts, parallel, || vec![0f32; scratch], channel);
     for (co, db) in db.iter_mut().enumerate() {
         for n in 0..images {
             *db += sum_wide(&dy[(n * g.c_out + co) * hw..][..hw]);
@@ -542,20 +415,21 @@ pub(super) fn backward(
                 });
                 // dx = B dV B^T per tile, added onto a padded plane whose inside is the image's
                 // gradient (neighbouring tiles overlap by two pixels).
-                let dv = &*dv;
-                let plane = |scratch: &mut Vec<f32>, (nc, plane): (usize, &mut [f32])| {
-                    let (n, c) = (nc / g.c_in, nc % g.c_in);
-                    let tiles = n * tl.th * tl.tw;
-                    let rows = rows_of(tl, dv, vb, c).map(|row| &row[tiles..]);
-                    if g.w >= ROWS_FROM_WIDTH {
-                        input_grad_plane(&rows, g.h, g.w, plane, scratch);
-                        return;
-                    }
-                    input_grad_plane_by_tile(&rows, g.h, g.w, plane, scratch);
-                };
                 let dx_chunk = &mut dx_run[c0 * g.c_in * hw..][..nbc * g.c_in * hw];
-                let scratch = 2 * full.padded() + 4 * g.w;
-                for_each_chunk(dx_chunk, hw, inner, || vec![0f32; scratch], plane);
+                let (dv, images) = (&*dv, tl.images());
+                let channel = |scratch: &mut Vec<f32>, c: usize, dx: &mut [f32]| {
+                    let (rows, shape) = (rows_of(tl, dv, vb, c), (g.h, g.w, images));
+                    input_grad_channel(&rows, shape, dx, g.c_in * hw, scratch);
+                };
+                if images == 1 {
+                    let scratch = || vec![0f32; input_grad_scratch(g.h, g.w, 1)];
+                    for_each_chunk(dx_chunk, hw, inner, scratch, |s, (c, dx)| channel(s, c, dx));
+                } else {
+                    let mut scratch = vec![0f32; input_grad_scratch(g.h, g.w, images)];
+                    for c in 0..g.c_in {
+                        channel(&mut scratch, c, &mut dx_chunk[c * hw..]);
+                    }
+                }
             }
         });
         part
@@ -598,50 +472,214 @@ mod tests {
         xs.iter().map(|x| x.to_bits()).collect()
     }
 
+    use super::super::conv::copy_short;
+
+    impl Tiles {
+        /// Row length of a padded plane: W + 2.
+        fn wp(&self) -> usize {
+            2 * self.tw + 2
+        }
+
+        /// Floats in a padded plane: (H + 2) rows of W + 2.
+        fn padded(&self) -> usize {
+            (2 * self.th + 2) * self.wp()
+        }
+
+        /// Tile (ty, tx) of image n, as (t, ty, tx).
+        fn each(&self, n: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+            (0..self.th).flat_map(move |ty| {
+                (0..self.tw).map(move |tx| ((n * self.th + ty) * self.tw + tx, ty, tx))
+            })
+        }
+
+        /// Where the 4x4 input tile of output tile (ty, tx) starts in a padded plane.
+        fn corner(&self, ty: usize, tx: usize) -> usize {
+            2 * ty * self.wp() + 2 * tx
+        }
+    }
+
+    /// [`input_channel`] tile by tile, with `two_d` as the module's formulas write it, image by
+    /// image (the reference the row kernels are held to): `pad` is a zero-bordered padded plane
+    /// (its border is never written).
+    fn input_channel_by_tile(x: &[f32], planes: Planes, v: &mut [f32], ts: usize, pad: &mut [f32]) {
+        let Planes {
+            stride,
+            images,
+            h,
+            w,
+        } = planes;
+        let wp = w + 2;
+        let tl = Tiles::new(h, w, images);
+        let mut block = vec![[0f32; XI]; tl.th * tl.tw]; // one image's tiles, tile-major
+        for n in 0..images {
+            let plane = &x[n * stride..][..h * w];
+            for (iy, line) in plane.chunks_exact(w).enumerate() {
+                copy_short(&mut pad[(iy + 1) * wp + 1..][..w], line);
+            }
+            for ((_, ty, tx), out) in tl.each(n).zip(block.iter_mut()) {
+                let corner = &pad[tl.corner(ty, tx)..][..3 * wp + 4];
+                let d = from_fn(|i| {
+                    let r = &corner[i * wp..][..4];
+                    [r[0], r[1], r[2], r[3]]
+                }); // (4, 4)
+                out.copy_from_slice(two_d(d, bt).as_flattened());
+            }
+            write_tiles(&block, v, ts, n);
+        }
+    }
+
+    /// One image's transformed tiles (tile-major, `block[tile][xi]`) into the 16 rows of a
+    /// (16, T) buffer whose rows are `ts` apart: row xi, tiles `n * tiles..(n + 1) * tiles`.
+    fn write_tiles(block: &[[f32; XI]], v: &mut [f32], ts: usize, n: usize) {
+        let tiles = block.len();
+        for (xi, row) in v.chunks_mut(ts).take(XI).enumerate() {
+            for (dst, tile) in row[n * tiles..][..tiles].iter_mut().zip(block) {
+                *dst = tile[xi];
+            }
+        }
+    }
+
+    /// [`output_channel`] tile by tile, for one image.
+    fn output_plane_by_tile(
+        m: &[&[f32]; 16],
+        h: usize,
+        w: usize,
+        bias: f32,
+        plane: &mut [MaybeUninit<f32>],
+    ) {
+        let tl = Tiles::new(h, w, 1);
+        for (t, ty, tx) in tl.each(0) {
+            let y = two_d(from_fn(|i| from_fn(|j| m[i * 4 + j][t])), at); // (2, 2)
+            for (i, y) in y.iter().enumerate() {
+                let out = &mut plane[(2 * ty + i) * w + 2 * tx..][..2];
+                out[0] = MaybeUninit::new(y[0] + bias);
+                out[1] = MaybeUninit::new(y[1] + bias);
+            }
+        }
+    }
+
+    /// [`output_grad_channel`] tile by tile, image by image.
+    fn output_grad_channel_by_tile(dy: &[f32], planes: Planes, dm: &mut [f32], ts: usize) {
+        let Planes {
+            stride,
+            images,
+            h,
+            w,
+        } = planes;
+        let tl = Tiles::new(h, w, images);
+        let mut block = vec![[0f32; XI]; tl.th * tl.tw]; // one image's tiles, tile-major
+        for n in 0..images {
+            let plane = &dy[n * stride..][..h * w];
+            for ((_, ty, tx), out) in tl.each(n).zip(block.iter_mut()) {
+                let top = &plane[2 * ty * w + 2 * tx..][..w + 2];
+                let d = [[top[0], top[1]], [top[w], top[w + 1]]]; // (2, 2)
+                out.copy_from_slice(two_d(d, a).as_flattened());
+            }
+            write_tiles(&block, dm, ts, n);
+        }
+    }
+
+    /// [`input_grad_channel`] tile by tile, for one image.
+    fn input_grad_plane_by_tile(
+        dv: &[&[f32]; 16],
+        h: usize,
+        w: usize,
+        plane: &mut [f32],
+        pad: &mut [f32],
+    ) {
+        let tl = Tiles::new(h, w, 1);
+        let (pad, wp) = (&mut pad[..tl.padded()], tl.wp());
+        pad.fill(0.0);
+        for (t, ty, tx) in tl.each(0) {
+            let d = two_d(from_fn(|i| from_fn(|j| dv[i * 4 + j][t])), b); // (4, 4)
+            let corner = &mut pad[tl.corner(ty, tx)..][..3 * wp + 4];
+            for (i, d) in d.iter().enumerate() {
+                let dst = &mut corner[i * wp..][..4];
+                for j in 0..4 {
+                    dst[j] += d[j];
+                }
+            }
+        }
+        for (iy, line) in plane.chunks_exact_mut(w).enumerate() {
+            copy_short(line, &pad[(iy + 1) * wp + 1..][..w]);
+        }
+    }
+
     /// The row kernels of `winograd_rows` give the same bits as the tile-by-tile transforms,
-    /// on widths either side of where the path switches.
+    /// on narrow and wide images, one image and several interleaved.
     #[test]
     fn row_kernels_match_tile_by_tile_bit_for_bit() {
-        for (h, w, images) in [(4, 4, 3), (6, 8, 2), (4, 16, 2), (8, 18, 1)] {
-            let tl = Tiles::new(h, w, images);
-            let rows_scratch = 8 * tl.th * (tl.tw + 1);
-            let (hw, scratch) = (h * w, 2 * tl.padded() + 4 * w + 2 * tl.wp + rows_scratch);
-            let x = noise(images * hw, 1);
-            let planes = Planes {
-                stride: hw,
-                images,
-                h,
-                w,
-            };
-            let (mut rows, mut tiles) = (vec![0f32; XI * tl.ts], vec![0f32; XI * tl.ts]);
-            input_channel(&x, planes, &mut rows, tl.ts, &mut vec![0f32; scratch]);
-            let mut pad = vec![0f32; scratch];
-            input_channel_by_tile(&x, planes, &mut tiles, tl.ts, &mut pad);
-            assert_eq!(bits(&rows), bits(&tiles), "V = B^T d B, {h}x{w}");
-
-            let (mut rows, mut tiles) = (vec![0f32; XI * tl.ts], vec![0f32; XI * tl.ts]);
-            output_grad_channel(&x, planes, &mut rows, tl.ts, &mut vec![0f32; scratch]);
-            output_grad_channel_by_tile(&x, planes, &mut tiles, tl.ts);
-            assert_eq!(bits(&rows), bits(&tiles), "dM = A dY A^T, {h}x{w}");
-
-            let m = noise(XI * tl.ts, 2);
-            let per_image = tl.th * tl.tw;
-            let m_rows: [&[f32]; XI] = from_fn(|xi| &m[xi * tl.ts..][..per_image]);
-            let mut rows = vec![MaybeUninit::new(0f32); hw];
-            let mut tiles = vec![MaybeUninit::new(0f32); hw];
-            output_plane(&m_rows, h, w, 0.25, &mut rows, &mut vec![0f32; scratch]);
-            output_plane_by_tile(&m_rows, h, w, 0.25, &mut tiles);
-            // SAFETY: both planes were initialised above.
-            let read = |p: Vec<MaybeUninit<f32>>| -> Vec<f32> {
-                p.into_iter().map(|v| unsafe { v.assume_init() }).collect()
-            };
-            let (rows, tiles) = (read(rows), read(tiles));
-            assert_eq!(bits(&rows), bits(&tiles), "y = A^T M A + b, {h}x{w}");
-
-            let (mut rows, mut tiles) = (vec![0f32; hw], vec![0f32; hw]);
-            input_grad_plane(&m_rows, h, w, &mut rows, &mut vec![0f32; scratch]);
-            input_grad_plane_by_tile(&m_rows, h, w, &mut tiles, &mut vec![0f32; scratch]);
-            assert_eq!(bits(&rows), bits(&tiles), "dx = B dV B^T, {h}x{w}");
+        for (h, w, images) in [(4, 4, 3), (6, 8, 2), (8, 8, 1), (4, 16, 2), (8, 18, 1)] {
+            row_kernels_match(h, w, images);
         }
+    }
+
+    fn row_kernels_match(h: usize, w: usize, images: usize) {
+        let tl = Tiles::new(h, w, images);
+        let (hw, per_image) = (h * w, tl.th * tl.tw);
+        let planes = Planes {
+            stride: hw,
+            images,
+            h,
+            w,
+        };
+        // Where tile t of image n sits among the interleaved images, for t = n * per_image + tile.
+        let at = |t: usize| (t % per_image) * images + t / per_image;
+        let same = |rows: &[f32], tiles: &[f32], what: &str| {
+            for xi in 0..XI {
+                for t in 0..tl.t {
+                    let (r, b) = (rows[xi * tl.ts + at(t)], tiles[xi * tl.ts + t]);
+                    assert_eq!(r.to_bits(), b.to_bits(), "{what}, {h}x{w}, {images} images");
+                }
+            }
+        };
+        let x = noise(images * hw, 1);
+        let mut rows = vec![0f32; XI * tl.ts];
+        let mut tiles = vec![0f32; XI * tl.ts];
+        let mut scratch = vec![0f32; input_scratch(h, w, images)];
+        input_channel(&x, planes, &mut rows, tl.ts, &mut scratch);
+        let mut pad = vec![0f32; tl.padded()];
+        input_channel_by_tile(&x, planes, &mut tiles, tl.ts, &mut pad);
+        same(&rows, &tiles, "V = B^T d B");
+
+        let mut scratch = vec![0f32; output_grad_scratch(w, images)];
+        output_grad_channel(&x, planes, &mut rows, tl.ts, &mut scratch);
+        output_grad_channel_by_tile(&x, planes, &mut tiles, tl.ts);
+        same(&rows, &tiles, "dM = A dY A^T");
+
+        // 16 rows of interleaved tiles, and the same values image by image.
+        let m = noise(XI * tl.ts, 2);
+        let m_rows: [&[f32]; XI] = from_fn(|xi| &m[xi * tl.ts..][..tl.t]);
+        let m_ref: Vec<Vec<f32>> = (0..XI)
+            .map(|xi| (0..tl.t).map(|t| m_rows[xi][at(t)]).collect())
+            .collect();
+        let mut y_rows = vec![MaybeUninit::new(0f32); images * hw];
+        let mut scratch = vec![0f32; output_scratch(h, w, images)];
+        output_channel(&m_rows, (h, w, images), 0.25, &mut y_rows, hw, &mut scratch);
+        let mut dx_rows = vec![0f32; images * hw];
+        let mut scratch = vec![0f32; input_grad_scratch(h, w, images)];
+        input_grad_channel(&m_rows, (h, w, images), &mut dx_rows, hw, &mut scratch);
+        let mut y_tiles = vec![MaybeUninit::new(0f32); images * hw];
+        let mut dx_tiles = vec![0f32; images * hw];
+        for n in 0..images {
+            let rows: [&[f32]; XI] = from_fn(|xi| &m_ref[xi][n * per_image..]);
+            output_plane_by_tile(&rows, h, w, 0.25, &mut y_tiles[n * hw..][..hw]);
+            input_grad_plane_by_tile(&rows, h, w, &mut dx_tiles[n * hw..][..hw], &mut pad);
+        }
+        // SAFETY: both outputs were initialised above.
+        let read = |p: Vec<MaybeUninit<f32>>| -> Vec<f32> {
+            p.into_iter().map(|v| unsafe { v.assume_init() }).collect()
+        };
+        let (y_rows, y_tiles) = (read(y_rows), read(y_tiles));
+        assert_eq!(
+            bits(&y_rows),
+            bits(&y_tiles),
+            "y = A^T M A + b, {h}x{w}, {images} images"
+        );
+        assert_eq!(
+            bits(&dx_rows),
+            bits(&dx_tiles),
+            "dx = B dV B^T, {h}x{w}, {images} images"
+        );
     }
 }
