@@ -1,9 +1,10 @@
 //! The fused ops against candle's composed ops (values and gradients) and against finite
 //! differences, on odd shapes.
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Module, Tensor, Var, D};
 use inkdrop::nn::{
-    bias_add, layer_norm, layer_norm_reference, quick_gelu, quick_gelu_reference, softmax_last_dim,
+    bias_add, layer_norm, layer_norm_reference, linear, linear_no_bias, quick_gelu,
+    quick_gelu_reference, softmax_last_dim,
 };
 
 mod common;
@@ -148,6 +149,51 @@ fn quick_gelu_and_bias_add_match_reference_gradients() {
     let g2 = weighted_sum(&theirs, &w).backward().unwrap();
     assert!(max_abs_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap()) < 1e-5);
     assert!(max_abs_diff(g1.get(&b).unwrap(), g2.get(&b).unwrap()) < 1e-4);
+}
+
+#[test]
+fn linear_matches_the_composed_product_values_and_all_three_gradients() {
+    // (leading dims, in, out, bias): one row, odd widths, a 3-D input, rows across threads.
+    let cases = [
+        (vec![1], 1, 1, true),
+        (vec![7], 5, 3, true),
+        (vec![2, 33], 17, 9, false),
+        (vec![3, 700], 64, 96, true),
+    ];
+    for (lead, din, dout, with_bias) in cases {
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let layer = if with_bias {
+            linear(din, dout, vb.pp("l"))
+        } else {
+            linear_no_bias(din, dout, vb.pp("l"))
+        }
+        .unwrap();
+        let vars = varmap.data().lock().unwrap().clone();
+        let (w, b) = (&vars["l.weight"], vars.get("l.bias"));
+        let shape = [lead.clone(), vec![din]].concat();
+        let x = Var::from_tensor(&rand(&shape, 3)).unwrap();
+        let ours = layer.forward(&x).unwrap();
+        let rows = shape[..shape.len() - 1].iter().product::<usize>();
+        let product = x.reshape((rows, din)).unwrap().matmul(&w.t().unwrap());
+        let mut theirs = product.unwrap();
+        if let Some(b) = b {
+            theirs = theirs.broadcast_add(b).unwrap();
+        }
+        let theirs = theirs.reshape([lead, vec![dout]].concat()).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5, "{shape:?} -> {dout}");
+        let r = rand(ours.dims(), 4);
+        let g1 = weighted_sum(&ours, &r).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &r).backward().unwrap();
+        let mut params = vec![("x", x.as_tensor()), ("weight", w.as_tensor())];
+        params.extend(b.map(|b| ("bias", b.as_tensor())));
+        for (name, t) in params {
+            let (a, e) = (g1.get(t).unwrap(), g2.get(t).unwrap());
+            assert_eq!(a.dims(), t.dims(), "d{name}");
+            assert!(max_abs_diff(a, e) < 1e-4, "d{name}, {shape:?} -> {dout}");
+        }
+    }
 }
 
 /// Central finite differences of a scalar function, checked against autograd, element by element.

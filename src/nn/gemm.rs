@@ -1,6 +1,8 @@
 //! A safe wrapper around the `gemm` crate's f32 matrix product, the one primitive the fused
 //! convolution kernels in [`super::conv`] are built from.
 
+use std::mem::MaybeUninit;
+
 /// A read-only matrix view: `a[i, j] = data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
@@ -60,14 +62,43 @@ pub fn sgemm_with(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, paralle
     gemm_raw(a, b, c, b.cols, accumulate, parallel && big);
 }
 
+/// `c = a @ b` into memory not yet written: every element of `c`, row-major (a.rows, b.cols),
+/// is written (none read), on all threads for products of more than about 64^3 multiply-adds.
+/// Saves the pass that zeroing an output of megabytes first would cost.
+pub fn sgemm_uninit(a: MatRef, b: MatRef, c: &mut [MaybeUninit<f32>]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    check(a, b, c.len(), n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.iter_mut().take(m * n).for_each(|v| _ = v.write(0.0));
+        return;
+    }
+    // SAFETY: `check` keeps every index inside the slices; with k > 0 and `accumulate` off,
+    // gemm writes each (i, j) of `c` once without reading it, and MaybeUninit<f32> has f32's
+    // layout.
+    unsafe {
+        call_gemm(
+            a,
+            b,
+            c.as_mut_ptr().cast(),
+            n,
+            false,
+            m * k * n >= 64 * 64 * 64,
+        )
+    }
+}
+
 /// [`sgemm_serial`] into a strided output: `c[i * rs + j] (+)= (a @ b)[i, j]`, for writing
 /// straight into a window of a wider buffer (a block of columns of a padded image).
 pub fn sgemm_serial_into(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool) {
     gemm_raw(a, b, c, rs, accumulate, false);
 }
 
-/// The call into `gemm`, with `c` row-major at row stride `rs`.
-fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, threaded: bool) {
+/// Panics unless `a @ b` is defined and fits a row-major output of `len` floats at row
+/// stride `rs`.
+fn check(a: MatRef, b: MatRef, len: usize, rs: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "sgemm: inner dimensions differ");
     assert!(a.fits() && b.fits(), "sgemm: view out of bounds");
@@ -78,9 +109,15 @@ fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, th
         "sgemm: output rows of {n} overlap at row stride {rs}"
     );
     assert!(
-        m == 0 || n == 0 || (m - 1) * rs + n <= c.len(),
+        m == 0 || n == 0 || (m - 1) * rs + n <= len,
         "sgemm: output view out of bounds"
     );
+}
+
+/// The call into `gemm`, with `c` row-major at row stride `rs`.
+fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, threaded: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    check(a, b, c.len(), rs);
     if m == 0 || n == 0 {
         return;
     }
@@ -90,20 +127,37 @@ fn gemm_raw(a: MatRef, b: MatRef, c: &mut [f32], rs: usize, accumulate: bool, th
         }
         return;
     }
+    // SAFETY: `check` keeps every index the views describe inside their slices and gives each
+    // (i, j) its own element of `c`, which is borrowed mutably, so it aliases neither input.
+    unsafe { call_gemm(a, b, c.as_mut_ptr(), rs, accumulate, threaded) }
+}
+
+/// `gemm::gemm` for f32 views.
+///
+/// # Safety
+/// The views and `c` (row-major at row stride `rs`) must be in bounds as [`check`] checks, `c`
+/// must alias neither input, and k, m, n must be positive.
+unsafe fn call_gemm(
+    a: MatRef,
+    b: MatRef,
+    c: *mut f32,
+    rs: usize,
+    accumulate: bool,
+    threaded: bool,
+) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let parallelism = if threaded {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the asserts above keep every index the views describe inside their slices and
-    // give each (i, j) its own element of `c`, which is borrowed mutably, so it aliases
-    // neither input.
+    // SAFETY: as the caller promises.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             rs as isize,
             accumulate,

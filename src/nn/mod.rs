@@ -14,6 +14,7 @@ pub mod fastmath;
 pub mod gemm;
 pub mod group_norm;
 pub mod layers2d;
+pub mod linear;
 pub mod ops;
 pub mod resnet;
 mod winograd_rows;
@@ -25,59 +26,9 @@ pub use attention::{attention_reference, fused_attention};
 pub use conv::{conv2d, Padding};
 pub use group_norm::group_norm;
 pub use layers2d::{upsample_nearest2x, Conv2d, GroupNorm};
+pub use linear::{linear, linear_no_bias, Linear};
 pub use ops::{bias_add, geglu, layer_norm, quick_gelu, softmax_last_dim};
 pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-
-/// A fully connected layer, `y = x W^T + b`, with candle-nn's initialisation and names
-/// (`weight` (out, in), `bias` (out)) but a fused bias add (see [`ops`]).
-#[derive(Clone, Debug)]
-pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-}
-
-impl Module for Linear {
-    /// (..., in) -> (..., out)
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (rows, din) = (
-            dims[..dims.len() - 1].iter().product::<usize>(),
-            dims[dims.len() - 1],
-        );
-        let y = x.reshape((rows, din))?.matmul(&self.weight.t()?)?; // (rows, out)
-        let y = match &self.bias {
-            Some(b) => bias_add(&y, b)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap_or(&mut 0) = self.weight.dim(0)?;
-        y.reshape(out_dims)
-    }
-}
-
-/// A [`Linear`] layer with bias (`prefix.weight`, `prefix.bias`).
-pub fn linear(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear> {
-    let l = candle_nn::linear(din, dout, vb)?;
-    Ok(Linear {
-        weight: l.weight().clone(),
-        bias: l.bias().cloned(),
-    })
-}
-
-/// A [`Linear`] layer without bias.
-pub fn linear_no_bias(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear> {
-    let l = candle_nn::linear_no_bias(din, dout, vb)?;
-    Ok(Linear {
-        weight: l.weight().clone(),
-        bias: None,
-    })
-}
 
 /// LayerNorm over the last axis, written with differentiable ops:
 /// `y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`.
