@@ -41,7 +41,7 @@ use rayon::prelude::*;
 use super::conv::{
     for_each_chunk, image_runs, split_runs, with_scratch, written_by_runs, Geometry, Padding,
 };
-use super::fastmath::sum_wide;
+use super::fastmath::{add_assign, sum_wide};
 use super::gemm::{sgemm_serial, MatRef};
 use super::ops::{write_slice, written_by};
 use super::winograd_rows::{
@@ -434,20 +434,33 @@ pub(super) fn backward(
         });
         part
     };
-    let partials: Vec<Partial> = runs.into_par_iter().zip(dx_runs).map(run).collect();
-    for part in &partials {
-        db.iter_mut().zip(&part.db).for_each(|(d, s)| *d += s);
+    let mut partials: Vec<Partial> = runs.into_par_iter().zip(dx_runs).map(run).collect();
+    // dU and db summed over the threads, in thread order.
+    let Some((sum, rest)) = partials.split_first_mut() else {
+        return; // no images: dW and db stay zero
+    };
+    for part in rest {
+        add_assign(&mut sum.du_t, &part.du_t);
+        add_assign(&mut sum.db, &part.db);
     }
-    // dW = G^T dU G for every channel pair, dU summed over the threads.
-    dw.par_chunks_mut(g.c_in * 9)
+    add_assign(db, &sum.db);
+    // dW = G^T dU G for every channel pair, a block of output channels per task: dU^T is
+    // (16, C_in, C_out), so the block's entries for one input channel are a run of each of
+    // the 16 rows (read down the output channels one at a time, each read took its own cache
+    // line).
+    const BLOCK: usize = 16;
+    let du_t = &sum.du_t;
+    dw.par_chunks_mut(BLOCK * g.c_in * 9)
         .enumerate()
-        .for_each(|(co, dw)| {
-            for (ci, k) in dw.chunks_exact_mut(9).enumerate() {
-                let at = ci * g.c_out + co;
-                let du = from_fn(|i| {
-                    from_fn(|j| partials.iter().map(|p| p.du_t[(i * 4 + j) * ub + at]).sum())
-                }); // (4, 4)
-                k.copy_from_slice(two_d(du, gt).as_flattened()); // (3, 3)
+        .for_each(|(block, dw)| {
+            let outputs = dw.len() / (g.c_in * 9);
+            for ci in 0..g.c_in {
+                for o in 0..outputs {
+                    let at = ci * g.c_out + block * BLOCK + o;
+                    let du = from_fn(|i| from_fn(|j| du_t[(i * 4 + j) * ub + at])); // (4, 4)
+                    let k = &mut dw[(o * g.c_in + ci) * 9..][..9];
+                    k.copy_from_slice(two_d(du, gt).as_flattened()); // (3, 3)
+                }
             }
         });
 }
