@@ -590,18 +590,27 @@ impl CustomOp3 for Conv2dBackward {
         let dy = contiguous_f32(s3, l3, "conv2d output gradient")?;
         let (k, p, nb) = (g.k(), g.p(), g.chunk());
         let nx = if self.input_grad { x.len() } else { 0 };
-        let mut out = vec![0f32; nx + g.c_out * k + g.c_out];
+        let len = nx + g.c_out * k + g.c_out;
+        let path = g.path();
+        if path == Path::Winograd {
+            // SAFETY: the Winograd backward writes every element of dx (when asked for), dW
+            // and db, so the output needs no zeroing pass first.
+            let (out, ()) = unsafe {
+                written_by(len, |out| {
+                    let (dx, rest) = out.split_at_mut(nx);
+                    let (dw, db) = rest.split_at_mut(g.c_out * k);
+                    let dx = self.input_grad.then_some(dx);
+                    super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
+                })
+            };
+            return Ok((CpuStorage::F32(out), Shape::from(len)));
+        }
+        let mut out = vec![0f32; len];
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(g.c_out * k);
-        let path = g.path();
-        if path != Path::Columns {
+        if path == Path::PaddedPlane {
             let dx = self.input_grad.then_some(dx);
-            if path == Path::Winograd {
-                super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
-            } else {
-                super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
-            }
-            let len = out.len();
+            super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
             return Ok((CpuStorage::F32(out), Shape::from(len)));
         }
         // Each thread takes its own run of images: its dx is its own, its dW and db are partial

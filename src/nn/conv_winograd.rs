@@ -354,7 +354,7 @@ struct Partial {
 }
 
 /// The gradients (dx if asked for, dW, db) of [`forward`], written into `dx` (N, C_in, H, W),
-/// `dw` (C_out, C_in, 3, 3) and `db` (C_out).
+/// `dw` (C_out, C_in, 3, 3) and `db` (C_out): every element of each, none read.
 ///
 /// Each thread takes its own run of images, chunk by chunk, with its own dx and partial sums
 /// of dU and db, added at the end.
@@ -363,9 +363,9 @@ pub(super) fn backward(
     x: &[f32],
     w: &[f32],
     dy: &[f32],
-    dx: Option<&mut [f32]>,
-    dw: &mut [f32],
-    db: &mut [f32],
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    dw: &mut [MaybeUninit<f32>],
+    db: &mut [MaybeUninit<f32>],
 ) {
     let u = weight_tiles(g, w);
     let (hw, nb) = (g.h * g.w, chunk(g));
@@ -374,7 +374,7 @@ pub(super) fn backward(
     let runs = image_runs(g.n);
     let inner = runs.len() == 1;
     let input_grad = dx.is_some();
-    let dx_runs: Vec<&mut [f32]> = match dx {
+    let dx_runs: Vec<&mut [MaybeUninit<f32>]> = match dx {
         Some(dx) => split_runs(dx, &runs, g.c_in * hw),
         None => runs.iter().map(|_| &mut [][..]).collect(),
     };
@@ -384,7 +384,7 @@ pub(super) fn backward(
     } else {
         0
     };
-    let run = |((b0, nr), dx_run): ((usize, usize), &mut [f32])| {
+    let run = |((b0, nr), dx_run): ((usize, usize), &mut [MaybeUninit<f32>])| {
         let mut part = Partial {
             du_t: vec![0f32; XI * ub],
             db: vec![0f32; g.c_out],
@@ -417,7 +417,7 @@ pub(super) fn backward(
                 // gradient (neighbouring tiles overlap by two pixels).
                 let dx_chunk = &mut dx_run[c0 * g.c_in * hw..][..nbc * g.c_in * hw];
                 let (dv, images) = (&*dv, tl.images());
-                let channel = |scratch: &mut Vec<f32>, c: usize, dx: &mut [f32]| {
+                let channel = |scratch: &mut Vec<f32>, c: usize, dx: &mut [MaybeUninit<f32>]| {
                     let (rows, shape) = (rows_of(tl, dv, vb, c), (g.h, g.w, images));
                     input_grad_channel(&rows, shape, dx, g.c_in * hw, scratch);
                 };
@@ -437,13 +437,15 @@ pub(super) fn backward(
     let mut partials: Vec<Partial> = runs.into_par_iter().zip(dx_runs).map(run).collect();
     // dU and db summed over the threads, in thread order.
     let Some((sum, rest)) = partials.split_first_mut() else {
-        return; // no images: dW and db stay zero
+        // No images.
+        dw.iter_mut().chain(db).for_each(|v| _ = v.write(0.0));
+        return;
     };
     for part in rest {
         add_assign(&mut sum.du_t, &part.du_t);
         add_assign(&mut sum.db, &part.db);
     }
-    add_assign(db, &sum.db);
+    write_slice(db, &sum.db);
     // dW = G^T dU G for every channel pair, a block of output channels per task: dU^T is
     // (16, C_in, C_out), so the block's entries for one input channel are a run of each of
     // the 16 rows (read down the output channels one at a time, each read took its own cache
@@ -459,7 +461,7 @@ pub(super) fn backward(
                     let at = ci * g.c_out + block * BLOCK + o;
                     let du = from_fn(|i| from_fn(|j| du_t[(i * 4 + j) * ub + at])); // (4, 4)
                     let k = &mut dw[(o * g.c_in + ci) * 9..][..9];
-                    k.copy_from_slice(two_d(du, gt).as_flattened()); // (3, 3)
+                    write_slice(k, two_d(du, gt).as_flattened()); // (3, 3)
                 }
             }
         });
@@ -669,7 +671,7 @@ mod tests {
         let mut y_rows = vec![MaybeUninit::new(0f32); images * hw];
         let mut scratch = vec![0f32; output_scratch(h, w, images)];
         output_channel(&m_rows, (h, w, images), 0.25, &mut y_rows, hw, &mut scratch);
-        let mut dx_rows = vec![0f32; images * hw];
+        let mut dx_rows = vec![MaybeUninit::new(0f32); images * hw];
         let mut scratch = vec![0f32; input_grad_scratch(h, w, images)];
         input_grad_channel(&m_rows, (h, w, images), &mut dx_rows, hw, &mut scratch);
         let mut y_tiles = vec![MaybeUninit::new(0f32); images * hw];
@@ -683,7 +685,7 @@ mod tests {
         let read = |p: Vec<MaybeUninit<f32>>| -> Vec<f32> {
             p.into_iter().map(|v| unsafe { v.assume_init() }).collect()
         };
-        let (y_rows, y_tiles) = (read(y_rows), read(y_tiles));
+        let (y_rows, y_tiles, dx_rows) = (read(y_rows), read(y_tiles), read(dx_rows));
         assert_eq!(
             bits(&y_rows),
             bits(&y_tiles),

@@ -305,7 +305,7 @@ wide_kernels! {
     pub(super) fn input_grad_channel(
         dv: &[&[f32]; 16],
         (h, w, lanes): (usize, usize, usize),
-        dx: &mut [f32],
+        dx: &mut [MaybeUninit<f32>],
         stride: usize,
         scratch: &mut [f32],
     ) {
@@ -344,7 +344,7 @@ wide_kernels! {
             let plane = &mut dx[n * stride..][..h * w];
             for (iy, line) in plane.chunks_exact_mut(w).enumerate() {
                 let at = (iy + 1) * half + n;
-                merge_pairs(line, &o[at..], &e[at + lanes..], lanes, |v| v);
+                merge_pairs(line, &o[at..], &e[at + lanes..], lanes, MaybeUninit::new);
             }
         }
     }
