@@ -150,8 +150,8 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(1),
         },
-        // Winograd tile by tile (narrower than 16), square so the gradients are compared with
-        // candle's, and batch 1 (one run, parallel inside).
+        // Winograd on a narrow image, square so the gradients are compared with candle's, and
+        // batch 1 (one run, parallel inside).
         Case {
             x: [1, 16, 12, 12],
             c_out: 16,
@@ -182,41 +182,69 @@ fn cases() -> Vec<Case> {
 #[test]
 fn conv2d_matches_candle_values_and_gradients() {
     for (i, c) in cases().iter().enumerate() {
-        let seed = 10 * i as u64;
-        let x = Var::from_tensor(&rand(&c.x, seed)).unwrap();
-        let w = Var::from_tensor(&rand(&[c.c_out, c.x[1], c.k, c.k], seed + 1)).unwrap();
-        let b = Var::from_tensor(&rand(&[c.c_out], seed + 2)).unwrap();
-        let ours = conv2d(&x, &w, &b, c.stride, c.pad).unwrap();
-        let theirs = candle_conv(&x, &w, &b, c.stride, c.pad);
-        assert_eq!(ours.dims(), theirs.dims(), "case {i}");
-        let scale = theirs
-            .abs()
-            .unwrap()
-            .max_keepdim(0)
-            .unwrap()
-            .max_all()
-            .unwrap();
-        let tol = 1e-5 * (1.0 + scale.to_scalar::<f32>().unwrap());
-        assert!(max_abs_diff(&ours, &theirs) < tol, "case {i}: values");
-        let r = rand(ours.dims(), seed + 3);
-        let g1 = weighted_sum(&ours, &r).backward().unwrap();
-        let g2 = weighted_sum(&theirs, &r).backward().unwrap();
-        // candle's backward reuses the H padding for W, so only square maps with equal
-        // padding are compared with it; the others are covered by finite differences.
-        let candle_ok = c.x[2] == c.x[3] && c.pad.top == c.pad.left && c.pad.bottom == c.pad.right;
-        if candle_ok {
-            for (name, v) in [("dx", &x), ("dW", &w), ("db", &b)] {
-                let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
-                let tol = 1e-4
-                    * (1.0
-                        + e.abs()
-                            .unwrap()
-                            .max_all()
-                            .unwrap()
-                            .to_scalar::<f32>()
-                            .unwrap());
-                assert!(max_abs_diff(a, e) < tol, "case {i}: {name}");
-            }
+        check_against_candle(i, c);
+    }
+}
+
+/// With more threads than images the batch is one run, parallel inside, and Winograd's chunk
+/// holds several interleaved images (written channel by channel): the case a 2-core machine
+/// never reaches on its own.
+#[test]
+fn conv2d_matches_candle_with_more_threads_than_images() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let cases = [[3, 16, 8, 8], [2, 24, 4, 4], [3, 16, 16, 16]].map(|x| Case {
+        x,
+        c_out: 16,
+        k: 3,
+        stride: 1,
+        pad: Padding::same(1),
+    });
+    pool.install(|| {
+        for (i, c) in cases.iter().enumerate() {
+            check_against_candle(100 + i, c);
+        }
+    });
+}
+
+/// Values and (on square maps with equal padding) gradients of case `i` against candle's.
+fn check_against_candle(i: usize, c: &Case) {
+    let seed = 10 * i as u64;
+    let x = Var::from_tensor(&rand(&c.x, seed)).unwrap();
+    let w = Var::from_tensor(&rand(&[c.c_out, c.x[1], c.k, c.k], seed + 1)).unwrap();
+    let b = Var::from_tensor(&rand(&[c.c_out], seed + 2)).unwrap();
+    let ours = conv2d(&x, &w, &b, c.stride, c.pad).unwrap();
+    let theirs = candle_conv(&x, &w, &b, c.stride, c.pad);
+    assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+    let scale = theirs
+        .abs()
+        .unwrap()
+        .max_keepdim(0)
+        .unwrap()
+        .max_all()
+        .unwrap();
+    let tol = 1e-5 * (1.0 + scale.to_scalar::<f32>().unwrap());
+    assert!(max_abs_diff(&ours, &theirs) < tol, "case {i}: values");
+    let r = rand(ours.dims(), seed + 3);
+    let g1 = weighted_sum(&ours, &r).backward().unwrap();
+    let g2 = weighted_sum(&theirs, &r).backward().unwrap();
+    // candle's backward reuses the H padding for W, so only square maps with equal
+    // padding are compared with it; the others are covered by finite differences.
+    let candle_ok = c.x[2] == c.x[3] && c.pad.top == c.pad.left && c.pad.bottom == c.pad.right;
+    if candle_ok {
+        for (name, v) in [("dx", &x), ("dW", &w), ("db", &b)] {
+            let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            let tol = 1e-4
+                * (1.0
+                    + e.abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap());
+            assert!(max_abs_diff(a, e) < tol, "case {i}: {name}");
         }
     }
 }
