@@ -268,6 +268,29 @@ fn per_position(
     );
 }
 
+/// `f(scratch, c, planes)` for every channel c of a chunk `out` (images, C, H, W) that the
+/// transforms write: `planes` starts at channel c's plane of the first image, the next
+/// image's lying C H W floats on. With one image each channel's plane is a chunk of its own,
+/// written in parallel when `parallel`; with several, the channels' planes interleave, so one
+/// channel after another. Each task has `scratch` floats of working memory.
+fn for_each_channel(
+    out: &mut [MaybeUninit<f32>],
+    (channels, hw, images): (usize, usize, usize),
+    parallel: bool,
+    scratch: usize,
+    f: impl Fn(&mut Vec<f32>, usize, &mut [MaybeUninit<f32>]) + Send + Sync,
+) {
+    if images == 1 {
+        let init = || vec![0f32; scratch];
+        for_each_chunk(out, hw, parallel, init, |s, (c, plane)| f(s, c, plane));
+        return;
+    }
+    let mut s = vec![0f32; scratch];
+    for c in 0..channels {
+        f(&mut s, c, &mut out[c * hw..]);
+    }
+}
+
 /// `y = conv2d(x, W) + b` for a 3x3 kernel, stride 1, padding 1; returns (N, C_out, H, W).
 ///
 /// Each thread takes its own run of images, chunk by chunk: input tiles, the 16 products, the
@@ -292,21 +315,17 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
                 // y = A^T M A + b per tile.
                 let y_chunk = &mut y_run[c0 * g.c_out * hw..][..nbc * g.c_out * hw];
                 let (m, images) = (&*m, tl.images());
-                let channel = |scratch: &mut Vec<f32>, co: usize, y: &mut [MaybeUninit<f32>]| {
-                    let (rows, shape) = (rows_of(tl, m, mb, co), (g.h, g.w, images));
-                    output_channel(&rows, shape, bias[co], y, g.c_out * hw, scratch);
-                };
-                if images == 1 {
-                    // One image: each channel's plane is one chunk, written in parallel.
-                    let scratch = || vec![0f32; output_scratch(g.h, g.w, 1)];
-                    for_each_chunk(y_chunk, hw, inner, scratch, |s, (co, y)| channel(s, co, y));
-                } else {
-                    // A channel's planes are C_out H W floats apart: one channel after another.
-                    let mut scratch = vec![0f32; output_scratch(g.h, g.w, images)];
-                    for co in 0..g.c_out {
-                        channel(&mut scratch, co, &mut y_chunk[co * hw..]);
-                    }
-                }
+                let scratch = output_scratch(g.h, g.w, images);
+                for_each_channel(
+                    y_chunk,
+                    (g.c_out, hw, images),
+                    inner,
+                    scratch,
+                    |s, co, y| {
+                        let (rows, shape) = (rows_of(tl, m, mb, co), (g.h, g.w, images));
+                        output_channel(&rows, shape, bias[co], y, g.c_out * hw, s);
+                    },
+                );
             }
         })
     };
@@ -316,7 +335,8 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
 }
 
 /// `dM = A dY A^T` for every output tile of the chunk `dy` (images, C_out, H, W): `dm` is
-/// (C_out, 16, T), rows `ts` apart, the tiles numbered as [`Tiles`] says; adds each channel's sum of dy to `db`.
+/// (C_out, 16, T), rows `ts` apart, the tiles numbered as [`Tiles`] says; adds each channel's
+/// sum of dy to `db`.
 fn output_grad_tiles(
     g: &Geometry,
     tl: Tiles,
@@ -417,19 +437,17 @@ pub(super) fn backward(
                 // gradient (neighbouring tiles overlap by two pixels).
                 let dx_chunk = &mut dx_run[c0 * g.c_in * hw..][..nbc * g.c_in * hw];
                 let (dv, images) = (&*dv, tl.images());
-                let channel = |scratch: &mut Vec<f32>, c: usize, dx: &mut [MaybeUninit<f32>]| {
-                    let (rows, shape) = (rows_of(tl, dv, vb, c), (g.h, g.w, images));
-                    input_grad_channel(&rows, shape, dx, g.c_in * hw, scratch);
-                };
-                if images == 1 {
-                    let scratch = || vec![0f32; input_grad_scratch(g.h, g.w, 1)];
-                    for_each_chunk(dx_chunk, hw, inner, scratch, |s, (c, dx)| channel(s, c, dx));
-                } else {
-                    let mut scratch = vec![0f32; input_grad_scratch(g.h, g.w, images)];
-                    for c in 0..g.c_in {
-                        channel(&mut scratch, c, &mut dx_chunk[c * hw..]);
-                    }
-                }
+                let scratch = input_grad_scratch(g.h, g.w, images);
+                for_each_channel(
+                    dx_chunk,
+                    (g.c_in, hw, images),
+                    inner,
+                    scratch,
+                    |s, c, dx| {
+                        let (rows, shape) = (rows_of(tl, dv, vb, c), (g.h, g.w, images));
+                        input_grad_channel(&rows, shape, dx, g.c_in * hw, s);
+                    },
+                );
             }
         });
         part

@@ -58,8 +58,12 @@ pub fn sgemm_serial(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
 /// [`sgemm`] when `parallel`, else [`sgemm_serial`]: for kernels that split their work across
 /// threads themselves unless there is too little of it to split.
 pub fn sgemm_with(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, parallel: bool) {
-    let big = a.rows * a.cols * b.cols >= 64 * 64 * 64;
-    gemm_raw(a, b, c, b.cols, accumulate, parallel && big);
+    gemm_raw(a, b, c, b.cols, accumulate, parallel && big(a, b));
+}
+
+/// Whether `a @ b` has enough multiply-adds (about 64^3) to pay for splitting across threads.
+fn big(a: MatRef, b: MatRef) -> bool {
+    a.rows * a.cols * b.cols >= 64 * 64 * 64
 }
 
 /// `c = a @ b` into memory not yet written: every element of `c`, row-major (a.rows, b.cols),
@@ -78,16 +82,7 @@ pub fn sgemm_uninit(a: MatRef, b: MatRef, c: &mut [MaybeUninit<f32>]) {
     // SAFETY: `check` keeps every index inside the slices; with k > 0 and `accumulate` off,
     // gemm writes each (i, j) of `c` once without reading it, and MaybeUninit<f32> has f32's
     // layout.
-    unsafe {
-        call_gemm(
-            a,
-            b,
-            c.as_mut_ptr().cast(),
-            n,
-            false,
-            m * k * n >= 64 * 64 * 64,
-        )
-    }
+    unsafe { call_gemm(a, b, c.as_mut_ptr().cast(), n, false, big(a, b)) }
 }
 
 /// [`sgemm_serial`] into a strided output: `c[i * rs + j] (+)= (a @ b)[i, j]`, for writing

@@ -87,7 +87,8 @@ impl CustomOp2 for MatmulWt {
         }
         let x = MatRef::row_major(x, rows, din);
         let w_t = MatRef::row_major(w, dout, din).t(); // (in, out)
-                                                       // SAFETY: `sgemm_uninit` writes every element of the (rows, out) output.
+
+        // SAFETY: `sgemm_uninit` writes every element of the (rows, out) output.
         let (y, ()) = unsafe { written_by(rows * dout, |y| sgemm_uninit(x, w_t, y)) };
         Ok((CpuStorage::F32(y), Shape::from((rows, dout))))
     }

@@ -6,10 +6,10 @@
 //! into their even columns `E` and odd columns `O` (W/2 + 1 each), column j of every tile in a
 //! row is one contiguous slice, `E[tx]`, `O[tx]`, `E[tx + 1]`, `O[tx + 1]` for j = 0..4.
 //!
-//! On narrow images (the UNet's 8x8 and 4x4 levels: rows of 4 or 2 tiles) such slices would be
-//! too short to pay, so the images of a chunk are interleaved: every pixel becomes `lanes`
-//! floats, one per image, and a row of tiles of all the images is one slice of W/2 * lanes
-//! floats. The tiles are numbered accordingly, `t = (ty * W/2 + tx) * lanes + n` for tile
+//! The images of a chunk are interleaved: every pixel becomes `lanes` floats, one per image,
+//! and a row of tiles of all the images is one slice of W/2 * lanes floats. (On the UNet's 8x8
+//! and 4x4 levels one image's row holds 4 or 2 tiles, too few to pay; a chunk at 32x32 holds a
+//! single image, `lanes` = 1.) The tiles are numbered accordingly, `t = (ty * W/2 + tx) * lanes + n` for tile
 //! (ty, tx) of the chunk's image n; the products of `conv_winograd` do not mind the order.
 //!
 //! Every transform applies its 1-D map down the columns first, then along the rows, in the same
