@@ -116,6 +116,23 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(2),
         },
+        // Stride 2 on rows wide enough for the blocks of 16 pairs that split (and rejoin) a
+        // row's even and odd pixels and the 16-float copies of the column rows, plus the
+        // leftover pairs and, at odd widths, the last single pixel.
+        Case {
+            x: [2, 3, 67, 67],
+            c_out: 4,
+            k: 3,
+            stride: 2,
+            pad: Padding::same(1),
+        },
+        Case {
+            x: [1, 2, 34, 34],
+            c_out: 3,
+            k: 3,
+            stride: 2,
+            pad: Padding::same(1),
+        },
         // The column-matrix path with several chunks per thread's run of images (3 images per
         // chunk at this size).
         Case {

@@ -27,7 +27,8 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::ops::{contiguous_f32, written_by};
+use super::fastmath::wide_kernels;
+use super::ops::{contiguous_f32, write_slice, written_by};
 
 use super::gemm::{sgemm_with, MatRef};
 
@@ -200,6 +201,7 @@ impl PaddedPlane {
 
     /// Stride 2: the parts of padded row `r` that image pixels 2x (`.0`) and 2x + 1 (`.1`)
     /// go to, in order. Column c = ix + pad_left is in phase c % 2 at c / 2.
+    #[inline(always)]
     fn pairs(&mut self, g: &Geometry, iy: usize) -> (&mut [f32], &mut [f32]) {
         let (row, ws, pl) = ((iy + g.pad.top) * self.ws, self.ws, g.pad.left);
         let (even, odd) = self.buf.split_at_mut(self.phase);
@@ -212,19 +214,18 @@ impl PaddedPlane {
     }
 
     /// Copies image row `iy` into its padded row.
+    #[inline(always)]
     fn put_row(&mut self, g: &Geometry, iy: usize, line: &[f32]) {
         if g.stride == 1 {
             let at = (iy + g.pad.top) * self.ws + g.pad.left;
             copy_short(&mut self.buf[at..at + g.w], line);
         } else if g.stride == 2 {
             let (first, second) = self.pairs(g, iy);
-            let pairs = line.chunks_exact(2);
-            if let [last] = pairs.remainder() {
-                first[g.w / 2] = *last;
+            let half = g.w / 2;
+            if g.w % 2 == 1 {
+                first[half] = line[g.w - 1];
             }
-            for (pair, (a, b)) in pairs.zip(first.iter_mut().zip(second)) {
-                (*a, *b) = (pair[0], pair[1]);
-            }
+            deinterleave(&mut first[..half], &mut second[..half], &line[..2 * half]);
         } else {
             let mut buf = std::mem::take(&mut self.buf);
             self.each_pixel(g, iy, |ix, at| buf[at] = line[ix]);
@@ -232,29 +233,27 @@ impl PaddedPlane {
         }
     }
 
-    /// Adds image row `iy` of the plane onto `line`.
-    fn add_row_to(&mut self, g: &Geometry, iy: usize, line: &mut [f32]) {
+    /// Writes image row `iy` of the plane into `line` (memory not yet written).
+    #[inline(always)]
+    fn write_row_to(&mut self, g: &Geometry, iy: usize, line: &mut [MaybeUninit<f32>]) {
         if g.stride == 1 {
             let at = (iy + g.pad.top) * self.ws + g.pad.left;
-            add_short(line, &self.buf[at..at + g.w]);
+            write_slice(line, &self.buf[at..at + g.w]);
         } else if g.stride == 2 {
-            let w = g.w;
+            let (w, half) = (g.w, g.w / 2);
             let (first, second) = self.pairs(g, iy);
-            let mut pairs = line.chunks_exact_mut(2);
-            for (pair, (a, b)) in (&mut pairs).zip(first.iter().zip(second.iter())) {
-                pair[0] += a;
-                pair[1] += b;
+            if w % 2 == 1 {
+                line[w - 1].write(first[half]);
             }
-            if let [last] = pairs.into_remainder() {
-                *last += first[w / 2];
-            }
+            write_interleaved(&mut line[..2 * half], &first[..half], &second[..half]);
         } else {
-            self.each_pixel(g, iy, |ix, at| line[ix] += self.buf[at]);
+            self.each_pixel(g, iy, |ix, at| _ = line[ix].write(self.buf[at]));
         }
     }
 
     /// Where kernel tap (ky, kx) reads (or writes) its `W_out` consecutive floats for output
     /// row 0, and how far apart its output rows are.
+    #[inline(always)]
     fn tap(&self, g: &Geometry, ky: usize, kx: usize) -> (usize, usize) {
         let start = (kx % g.stride) * self.phase + ky * self.ws + kx / g.stride;
         (start, g.stride * self.ws)
@@ -269,8 +268,44 @@ impl PaddedPlane {
 /// with no bounds to test (at 8x8 a row is 8 floats, so tests and fills would cost more than
 /// the copies).
 fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32], parallel: bool) {
-    let (p, hw, kk) = (g.p(), g.h * g.w, g.kh * g.kw);
+    let kk = g.kh * g.kw;
     let channel = |pad: &mut PaddedPlane, (c, rows): (usize, &mut [f32])| {
+        im2col_channel(g, x, nb, pad, c, rows)
+    };
+    for_each_chunk(
+        col,
+        kk * nb * g.p(),
+        parallel,
+        || PaddedPlane::new(g),
+        channel,
+    );
+}
+
+/// The adjoint of [`im2col`]: sums every column entry back onto the input pixel it was read
+/// from. `dx` holds `nb` images (nb, C_in, H, W), each element written (not accumulated into).
+///
+/// Each task takes one image channel and sums its taps into a zeroed padded plane (in the
+/// order ky, kx, as a direct sum would), then writes the plane's inside into `dx`.
+fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [MaybeUninit<f32>], parallel: bool) {
+    let hw = g.h * g.w;
+    let plane = |pad: &mut PaddedPlane, (bc, plane): (usize, &mut [MaybeUninit<f32>])| {
+        col2im_plane(g, col, nb, pad, bc, plane)
+    };
+    let dx = &mut dx[..nb * g.c_in * hw];
+    for_each_chunk(dx, hw, parallel, || PaddedPlane::new(g), plane);
+}
+
+wide_kernels! {
+    /// [`im2col`]'s work for input channel `c`: its `kh*kw` rows of the column matrix, `rows`.
+    fn im2col_channel(
+        g: &Geometry,
+        x: &[f32],
+        nb: usize,
+        pad: &mut PaddedPlane,
+        c: usize,
+        rows: &mut [f32],
+    ) {
+        let (p, hw) = (g.p(), g.h * g.w);
         for b in 0..nb {
             let plane = &x[(b * g.c_in + c) * hw..][..hw];
             for (iy, line) in plane.chunks_exact(g.w).enumerate() {
@@ -286,18 +321,18 @@ fn im2col(g: &Geometry, x: &[f32], nb: usize, col: &mut [f32], parallel: bool) {
                 }
             }
         }
-    };
-    for_each_chunk(col, kk * nb * p, parallel, || PaddedPlane::new(g), channel);
-}
+    }
 
-/// The adjoint of [`im2col`]: adds every column entry back onto the input pixel it was read
-/// from. `dx` holds `nb` images (nb, C_in, H, W) and is accumulated into.
-///
-/// Each task takes one image channel and sums its taps into a zeroed padded plane (in the
-/// order ky, kx, as a direct sum would), then adds the plane's inside onto `dx`.
-fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32], parallel: bool) {
-    let (p, hw) = (g.p(), g.h * g.w);
-    let plane = |pad: &mut PaddedPlane, (bc, plane): (usize, &mut [f32])| {
+    /// [`col2im`]'s work for plane `bc` = (image, channel) of `dx`, `plane`.
+    fn col2im_plane(
+        g: &Geometry,
+        col: &[f32],
+        nb: usize,
+        pad: &mut PaddedPlane,
+        bc: usize,
+        plane: &mut [MaybeUninit<f32>],
+    ) {
+        let p = g.p();
         let (b, c) = (bc / g.c_in, bc % g.c_in);
         pad.buf.fill(0.0);
         for ky in 0..g.kh {
@@ -312,20 +347,23 @@ fn col2im(g: &Geometry, col: &[f32], nb: usize, dx: &mut [f32], parallel: bool) 
             }
         }
         for (iy, line) in plane.chunks_exact_mut(g.w).enumerate() {
-            pad.add_row_to(g, iy, line);
+            pad.write_row_to(g, iy, line);
         }
-    };
-    let dx = &mut dx[..nb * g.c_in * hw];
-    for_each_chunk(dx, hw, parallel, || PaddedPlane::new(g), plane);
+    }
 }
 
-/// `dst = src` for the short rows of small images: whole groups of four floats are moved as
-/// fixed-size arrays (one vector move each), the rest one by one, so an 8-float row costs two
-/// moves instead of a call to `memcpy`.
+/// `dst = src` for the short rows of small images: whole groups of 16 floats, then of four,
+/// are moved as fixed-size arrays (one vector move each inside a wide kernel), the rest one by
+/// one, so an 8-float row costs two moves instead of a call to `memcpy`.
 #[inline(always)]
 pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut d4 = dst.chunks_exact_mut(4);
-    let mut s4 = src.chunks_exact(4);
+    let mut d16 = dst.chunks_exact_mut(16);
+    let mut s16 = src.chunks_exact(16);
+    for (d, s) in (&mut d16).zip(&mut s16) {
+        d[..16].copy_from_slice(&s[..16]);
+    }
+    let mut d4 = d16.into_remainder().chunks_exact_mut(4);
+    let mut s4 = s16.remainder().chunks_exact(4);
     for (d, s) in (&mut d4).zip(&mut s4) {
         d[..4].copy_from_slice(&s[..4]);
     }
@@ -334,15 +372,62 @@ pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// `dst += src` for short rows, in groups of four like [`copy_short`].
+/// `even[i] = line[2i]`, `odd[i] = line[2i + 1]`: in blocks of 16 pairs (fixed-size arrays,
+/// which a wide kernel turns into vector permutes), the rest pair by pair.
+#[inline(always)]
+fn deinterleave(even: &mut [f32], odd: &mut [f32], line: &[f32]) {
+    let mut l32 = line.chunks_exact(32);
+    let (mut e16, mut o16) = (even.chunks_exact_mut(16), odd.chunks_exact_mut(16));
+    for ((l, e), o) in (&mut l32).zip(&mut e16).zip(&mut o16) {
+        let l: &[f32; 32] = l.try_into().unwrap();
+        let (e, o): (&mut [f32; 16], &mut [f32; 16]) =
+            (e.try_into().unwrap(), o.try_into().unwrap());
+        *e = std::array::from_fn(|i| l[2 * i]);
+        *o = std::array::from_fn(|i| l[2 * i + 1]);
+    }
+    let rest = l32.remainder().chunks_exact(2);
+    for ((pair, e), o) in rest.zip(e16.into_remainder()).zip(o16.into_remainder()) {
+        (*e, *o) = (pair[0], pair[1]);
+    }
+}
+
+/// `line[2i] = even[i]`, `line[2i + 1] = odd[i]` (memory not yet written), the adjoint of
+/// [`deinterleave`], blocked the same way.
+#[inline(always)]
+fn write_interleaved(line: &mut [MaybeUninit<f32>], even: &[f32], odd: &[f32]) {
+    let mut l32 = line.chunks_exact_mut(32);
+    let (mut e16, mut o16) = (even.chunks_exact(16), odd.chunks_exact(16));
+    for ((l, e), o) in (&mut l32).zip(&mut e16).zip(&mut o16) {
+        let (e, o): (&[f32; 16], &[f32; 16]) = (e.try_into().unwrap(), o.try_into().unwrap());
+        let mut pairs = [0f32; 32];
+        for i in 0..16 {
+            pairs[2 * i] = e[i];
+            pairs[2 * i + 1] = o[i];
+        }
+        write_slice(l, &pairs);
+    }
+    let rest = l32.into_remainder().chunks_exact_mut(2);
+    for ((pair, &e), &o) in rest.zip(e16.remainder()).zip(o16.remainder()) {
+        pair[0].write(e);
+        pair[1].write(o);
+    }
+}
+
+/// `dst += src` for short rows, in groups of 16 and four like [`copy_short`].
 #[inline(always)]
 fn add_short(dst: &mut [f32], src: &[f32]) {
-    let mut d4 = dst.chunks_exact_mut(4);
-    let mut s4 = src.chunks_exact(4);
+    let mut d16 = dst.chunks_exact_mut(16);
+    let mut s16 = src.chunks_exact(16);
+    for (d, s) in (&mut d16).zip(&mut s16) {
+        let (d, s): (&mut [f32; 16], &[f32; 16]) = (d.try_into().unwrap(), s.try_into().unwrap());
+        // Read both rows whole, then write: element by element, LLVM keeps it scalar.
+        *d = std::array::from_fn(|i| d[i] + s[i]);
+    }
+    let mut d4 = d16.into_remainder().chunks_exact_mut(4);
+    let mut s4 = s16.remainder().chunks_exact(4);
     for (d, s) in (&mut d4).zip(&mut s4) {
-        for i in 0..4 {
-            d[i] += s[i];
-        }
+        let (d, s): (&mut [f32; 4], &[f32; 4]) = (d.try_into().unwrap(), s.try_into().unwrap());
+        *d = std::array::from_fn(|i| d[i] + s[i]);
     }
     for (d, s) in d4.into_remainder().iter_mut().zip(s4.remainder()) {
         *d += *s;
@@ -588,7 +673,7 @@ impl CustomOp3 for Conv2dBackward {
         let x = contiguous_f32(s1, l1, "conv2d input")?;
         let w = contiguous_f32(s2, l2, "conv2d weight")?;
         let dy = contiguous_f32(s3, l3, "conv2d output gradient")?;
-        let (k, p, nb) = (g.k(), g.p(), g.chunk());
+        let k = g.k();
         let nx = if self.input_grad { x.len() } else { 0 };
         let len = nx + g.c_out * k + g.c_out;
         let path = g.path();
@@ -605,72 +690,96 @@ impl CustomOp3 for Conv2dBackward {
             };
             return Ok((CpuStorage::F32(out), Shape::from(len)));
         }
-        let mut out = vec![0f32; len];
-        let (dx, rest) = out.split_at_mut(nx);
-        let (dw, db) = rest.split_at_mut(g.c_out * k);
         if path == Path::PaddedPlane {
+            let mut out = vec![0f32; len];
+            let (dx, rest) = out.split_at_mut(nx);
+            let (dw, db) = rest.split_at_mut(g.c_out * k);
             let dx = self.input_grad.then_some(dx);
             super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
             return Ok((CpuStorage::F32(out), Shape::from(len)));
         }
-        // Each thread takes its own run of images: its dx is its own, its dW and db are partial
-        // sums, added at the end. The weight gradient is accumulated transposed,
-        // dW^T = col @ dy^T (K, C_out): the matrix-product kernels run 5x faster in this
-        // orientation when the inner dimension (N*P) is long and the output small.
-        let hw = g.h * g.w;
-        let runs = image_runs(g.n);
-        let inner = runs.len() == 1;
-        let dx_runs: Vec<&mut [f32]> = if self.input_grad {
-            split_runs(dx, &runs, g.c_in * hw)
-        } else {
-            runs.iter().map(|_| &mut [][..]).collect()
-        };
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = runs
-            .into_par_iter()
-            .zip(dx_runs)
-            .map(|((b0, nr), dx_run)| {
-                let (mut dw_t, mut db_run) = (vec![0f32; k * g.c_out], vec![0f32; g.c_out]);
-                with_scratch(k * nb * p, g.c_out * nb * p, |col, dy_cols| {
-                    for c0 in (0..nr).step_by(nb) {
-                        let nbc = nb.min(nr - c0);
-                        let dy_chunk = &dy[(b0 + c0) * g.c_out * p..][..nbc * g.c_out * p];
-                        let dy_cols = &mut dy_cols[..g.c_out * nbc * p];
-                        let gather = |_: &mut (), (i, dst): (usize, &mut [f32])| {
-                            let (co, b) = (i / nbc, i % nbc);
-                            dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
-                        }; // (C_out, nb*P)
-                        for_each_chunk(dy_cols, p, inner, || (), gather);
-                        for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
-                            db_run[co] += super::fastmath::sum_wide(row);
-                        }
-                        let col = &mut col[..k * nbc * p];
-                        im2col(&g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
-                        let dy_mat = MatRef::row_major(dy_cols, g.c_out, nbc * p);
-                        let col_mat = MatRef::row_major(col, k, nbc * p);
-                        sgemm_with(col_mat, dy_mat.t(), &mut dw_t, true, inner); // (K, C_out)
-                        if self.input_grad {
-                            let w_t = MatRef::row_major(w, g.c_out, k).t();
-                            sgemm_with(w_t, dy_mat, col, false, inner); // (K, nb*P)
-                            col2im(&g, col, nbc, &mut dx_run[c0 * g.c_in * hw..], inner);
-                        }
-                    }
-                });
-                (dw_t, db_run)
+        // SAFETY: `columns_backward` writes every element of dx (when asked for), dW and db.
+        let (out, ()) = unsafe {
+            written_by(len, |out| {
+                let (dx, rest) = out.split_at_mut(nx);
+                let (dw, db) = rest.split_at_mut(g.c_out * k);
+                let dx = self.input_grad.then_some(dx);
+                columns_backward(&g, x, w, dy, dx, dw, db);
             })
-            .collect();
-        for (co, row) in dw.chunks_exact_mut(k).enumerate() {
-            for (kk, d) in row.iter_mut().enumerate() {
-                *d = partials
+        };
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// The column-matrix backward pass: writes every element of `dx` (if given), `dW` and `db`.
+///
+/// Each thread takes its own run of images: its dx is its own, its dW and db are partial sums,
+/// added at the end. The weight gradient is accumulated transposed, dW^T = col @ dy^T
+/// (K, C_out): the matrix-product kernels run 5x faster in this orientation when the inner
+/// dimension (N*P) is long and the output small.
+fn columns_backward(
+    g: &Geometry,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [MaybeUninit<f32>]>,
+    dw: &mut [MaybeUninit<f32>],
+    db: &mut [MaybeUninit<f32>],
+) {
+    let (k, p, nb) = (g.k(), g.p(), g.chunk());
+    let hw = g.h * g.w;
+    let runs = image_runs(g.n);
+    let inner = runs.len() == 1;
+    let input_grad = dx.is_some();
+    let dx_runs: Vec<&mut [MaybeUninit<f32>]> = match dx {
+        Some(dx) => split_runs(dx, &runs, g.c_in * hw),
+        None => runs.iter().map(|_| &mut [][..]).collect(),
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = runs
+        .into_par_iter()
+        .zip(dx_runs)
+        .map(|((b0, nr), dx_run)| {
+            let (mut dw_t, mut db_run) = (vec![0f32; k * g.c_out], vec![0f32; g.c_out]);
+            with_scratch(k * nb * p, g.c_out * nb * p, |col, dy_cols| {
+                for c0 in (0..nr).step_by(nb) {
+                    let nbc = nb.min(nr - c0);
+                    let dy_chunk = &dy[(b0 + c0) * g.c_out * p..][..nbc * g.c_out * p];
+                    let dy_cols = &mut dy_cols[..g.c_out * nbc * p];
+                    let gather = |_: &mut (), (i, dst): (usize, &mut [f32])| {
+                        let (co, b) = (i / nbc, i % nbc);
+                        dst.copy_from_slice(&dy_chunk[(b * g.c_out + co) * p..][..p]);
+                    }; // (C_out, nb*P)
+                    for_each_chunk(dy_cols, p, inner, || (), gather);
+                    for (co, row) in dy_cols.chunks_exact(nbc * p).enumerate() {
+                        db_run[co] += super::fastmath::sum_wide(row);
+                    }
+                    let col = &mut col[..k * nbc * p];
+                    im2col(g, &x[(b0 + c0) * g.c_in * hw..], nbc, col, inner);
+                    let dy_mat = MatRef::row_major(dy_cols, g.c_out, nbc * p);
+                    let col_mat = MatRef::row_major(col, k, nbc * p);
+                    sgemm_with(col_mat, dy_mat.t(), &mut dw_t, true, inner); // (K, C_out)
+                    if input_grad {
+                        let w_t = MatRef::row_major(w, g.c_out, k).t();
+                        sgemm_with(w_t, dy_mat, col, false, inner); // (K, nb*P)
+                        col2im(g, col, nbc, &mut dx_run[c0 * g.c_in * hw..], inner);
+                    }
+                }
+            });
+            (dw_t, db_run)
+        })
+        .collect();
+    for (co, row) in dw.chunks_exact_mut(k).enumerate() {
+        for (kk, d) in row.iter_mut().enumerate() {
+            d.write(
+                partials
                     .iter()
                     .map(|(dw_t, _)| dw_t[kk * g.c_out + co])
-                    .sum();
-            }
+                    .sum(),
+            );
         }
-        for (_, db_run) in &partials {
-            db.iter_mut().zip(db_run).for_each(|(d, s)| *d += s);
-        }
-        let len = out.len();
-        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+    for (co, d) in db.iter_mut().enumerate() {
+        d.write(partials.iter().map(|(_, db_run)| db_run[co]).sum());
     }
 }
 
