@@ -137,6 +137,17 @@ fn write_rows<'a>(dst: &mut [MaybeUninit<f32>], rows: impl Iterator<Item = (usiz
     dst[at..].fill(ZERO);
 }
 
+/// `dst` as memory to be written, for [`write_rows`] into a buffer that is already
+/// initialised (a thread's reused scratch).
+///
+/// # Safety
+/// Only initialised values may be written through the view (as `write_rows` does), so that
+/// `dst` is still initialised afterwards.
+unsafe fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller writes only values.
+    unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<f32>]) }
+}
+
 /// `col[(c, ky, kx), jj] = x_pad[c, j0 + jj + ky*Wp + kx]` for one block: (K, cw).
 fn block_columns(g: &Geometry, e: &Ext, x_pad: &[f32], j0: usize, col: &mut [f32]) {
     let kk = g.kh * g.kw;
@@ -290,27 +301,11 @@ pub(super) fn backward(
     let k = g.k();
     let input_grad = dx.is_some();
     let x_pad = padded_planes(g, &e, x);
-    // dy on the padded grid, zero at the positions that are not outputs: (blocks, C_out, cw).
     let p = g.h_out * g.w_out;
-    // SAFETY: `write_rows` writes each of a block's C_out rows of `cw` columns in full: dy at
-    // the output rows, zero between them.
-    let (dy_ext, ()) = unsafe {
-        written_by(e.blocks * g.c_out * e.cw, |dy_ext| {
-            dy_ext
-                .par_chunks_mut(g.c_out * e.cw)
-                .enumerate()
-                .for_each(|(block, dst)| {
-                    let rows = rows_in_block(g, &e, block); // in increasing order
-                    for (co, dst) in dst.chunks_exact_mut(e.cw).enumerate() {
-                        let lines = rows.iter().map(|&(n, oy, start)| {
-                            let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
-                            (start, src)
-                        });
-                        write_rows(dst, lines);
-                    }
-                })
-        })
-    };
+    // As in the forward pass: with few input channels, one product of depth C_out for all K
+    // rows of the block's column gradient, then nine shifted row additions, instead of nine
+    // products each C_in rows tall.
+    let columns = g.c_in < MIN_TAP_DEPTH;
     let partials: Vec<Partial> = e
         .runs()
         .into_par_iter()
@@ -323,29 +318,46 @@ pub(super) fn backward(
                 base,
                 span,
             };
-            let mut col = vec![0f32; k * e.cw];
-            for block in b0..b0 + nb {
-                let j0 = block * e.cw;
-                let dy_block = &dy_ext[block * g.c_out * e.cw..][..g.c_out * e.cw];
-                let dy_mat = MatRef::row_major(dy_block, g.c_out, e.cw);
-                for (co, row) in dy_block.chunks_exact(e.cw).enumerate() {
-                    part.db[co] += sum_wide(row);
-                }
-                block_columns(g, &e, &x_pad, j0, &mut col);
-                sgemm_serial(
-                    MatRef::row_major(&col, k, e.cw),
-                    dy_mat.t(),
-                    &mut part.dw_t,
-                    true,
-                );
-                if input_grad {
-                    for t in 0..g.kh * g.kw {
-                        let w_t = weight_tap(g, w, t).t(); // (C_in, C_out)
-                        let dst = &mut part.dx_pad[j0 - base + e.shift(g, t)..];
-                        sgemm_serial_into(w_t, dy_mat, dst, span, true); // (C_in, cw)
+            // (K, cw) columns (reused for their gradient) and the block's dy, (C_out, cw).
+            with_scratch(k * e.cw, g.c_out * e.cw, |col, dy_block| {
+                for block in b0..b0 + nb {
+                    let j0 = block * e.cw;
+                    // dy on the block's stretch of the padded grid, zero at the positions
+                    // that are not outputs.
+                    let rows = rows_in_block(g, &e, block); // in increasing order
+                    for (co, dst) in dy_block.chunks_exact_mut(e.cw).enumerate() {
+                        let lines = rows.iter().map(|&(n, oy, start)| {
+                            let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
+                            (start, src)
+                        });
+                        // SAFETY: `write_rows` writes only values.
+                        write_rows(unsafe { as_uninit(dst) }, lines);
+                        part.db[co] += sum_wide(dst);
+                    }
+                    let dy_mat = MatRef::row_major(dy_block, g.c_out, e.cw);
+                    block_columns(g, &e, &x_pad, j0, col);
+                    let col_mat = MatRef::row_major(col, k, e.cw);
+                    sgemm_serial(col_mat, dy_mat.t(), &mut part.dw_t, true); // (K, C_out)
+                    if !input_grad {
+                        continue;
+                    }
+                    if columns {
+                        let w_mat = MatRef::row_major(w, g.c_out, k).t(); // (K, C_out)
+                        sgemm_serial(w_mat, dy_mat, col, false); // (K, cw)
+                        let kk = g.kh * g.kw;
+                        for (r, src) in col.chunks_exact(e.cw).enumerate() {
+                            let at = (r / kk) * span + j0 - base + e.shift(g, r % kk);
+                            add_assign(&mut part.dx_pad[at..at + e.cw], src);
+                        }
+                    } else {
+                        for t in 0..g.kh * g.kw {
+                            let w_t = weight_tap(g, w, t).t(); // (C_in, C_out)
+                            let dst = &mut part.dx_pad[j0 - base + e.shift(g, t)..];
+                            sgemm_serial_into(w_t, dy_mat, dst, span, true); // (C_in, cw)
+                        }
                     }
                 }
-            }
+            });
             part
         })
         .collect();
