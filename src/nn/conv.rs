@@ -434,6 +434,19 @@ fn add_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// The input gradient `dx` cut into one piece per run of images ([`split_runs`]), or an empty
+/// piece per run when no input gradient is asked for.
+pub(super) fn input_grad_runs<'a>(
+    dx: Option<&'a mut [MaybeUninit<f32>]>,
+    runs: &[(usize, usize)],
+    per_image: usize,
+) -> Vec<&'a mut [MaybeUninit<f32>]> {
+    match dx {
+        Some(dx) => split_runs(dx, runs, per_image),
+        None => runs.iter().map(|_| &mut [][..]).collect(),
+    }
+}
+
 /// `f(scratch, (i, chunk))` for each `size`-long chunk of `data`, split across rayon's threads
 /// when `parallel` (each task's `scratch` made by `init`), else in order on the calling thread.
 pub(super) fn for_each_chunk<E: Send, T>(
@@ -731,10 +744,7 @@ fn columns_backward(
     let runs = image_runs(g.n);
     let inner = runs.len() == 1;
     let input_grad = dx.is_some();
-    let dx_runs: Vec<&mut [MaybeUninit<f32>]> = match dx {
-        Some(dx) => split_runs(dx, &runs, g.c_in * hw),
-        None => runs.iter().map(|_| &mut [][..]).collect(),
-    };
+    let dx_runs = input_grad_runs(dx, &runs, g.c_in * hw);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = runs
         .into_par_iter()
         .zip(dx_runs)

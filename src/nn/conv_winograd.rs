@@ -39,7 +39,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::conv::{
-    for_each_chunk, image_runs, split_runs, with_scratch, written_by_runs, Geometry, Padding,
+    for_each_chunk, image_runs, input_grad_runs, with_scratch, written_by_runs, Geometry, Padding,
 };
 use super::fastmath::{add_assign, sum_wide};
 use super::gemm::{sgemm_serial, MatRef};
@@ -394,10 +394,7 @@ pub(super) fn backward(
     let runs = image_runs(g.n);
     let inner = runs.len() == 1;
     let input_grad = dx.is_some();
-    let dx_runs: Vec<&mut [MaybeUninit<f32>]> = match dx {
-        Some(dx) => split_runs(dx, &runs, g.c_in * hw),
-        None => runs.iter().map(|_| &mut [][..]).collect(),
-    };
+    let dx_runs = input_grad_runs(dx, &runs, g.c_in * hw);
     let (v_len, dm_len) = (g.c_in * XI * full.ts, g.c_out * XI * full.ts);
     let dv_len = if input_grad {
         XI * full.block(g.c_in)
