@@ -62,9 +62,25 @@ fn cases() -> Vec<Case> {
             stride: 1,
             pad: Padding::same(1),
         },
+        // 1x1, stride 1, no padding: the pointwise path, also with batch 1 on an odd number
+        // of pixels and with channels == height == width.
         Case {
             x: [3, 6, 8, 8],
             c_out: 2,
+            k: 1,
+            stride: 1,
+            pad: Padding::same(0),
+        },
+        Case {
+            x: [1, 7, 5, 5],
+            c_out: 3,
+            k: 1,
+            stride: 1,
+            pad: Padding::same(0),
+        },
+        Case {
+            x: [2, 4, 4, 4],
+            c_out: 4,
             k: 1,
             stride: 1,
             pad: Padding::same(0),
@@ -307,23 +323,25 @@ fn conv2d_gradients_match_finite_differences_on_non_square_and_asymmetric_cases(
     };
     // 5x7 takes the column-matrix path, 20x22 the padded-plane path (see `Geometry` in
     // src/nn/conv.rs), 16 channels at 8x16 the Winograd path, the stride-2 cases the column
-    // path with even and odd left padding (the stride's column phases) and an odd width.
-    for (shape, c_out, stride, pad) in [
-        ([1, 2, 5, 7], 3, 1, Padding::same(1)),
-        ([1, 2, 20, 22], 3, 1, Padding::same(1)),
-        ([1, 16, 8, 16], 17, 1, Padding::same(1)),
-        ([2, 3, 6, 6], 3, 2, asym),
-        ([1, 3, 7, 9], 3, 2, Padding::same(2)),
+    // path with even and odd left padding (the stride's column phases) and an odd width, the
+    // 1x1 kernel on 3x7 the pointwise path.
+    for (shape, c_out, k, stride, pad) in [
+        ([1, 2, 5, 7], 3, 3, 1, Padding::same(1)),
+        ([1, 2, 20, 22], 3, 3, 1, Padding::same(1)),
+        ([1, 16, 8, 16], 17, 3, 1, Padding::same(1)),
+        ([2, 3, 6, 6], 3, 3, 2, asym),
+        ([1, 3, 7, 9], 3, 3, 2, Padding::same(2)),
+        ([3, 5, 3, 7], 4, 1, 1, Padding::same(0)),
     ] {
         let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
-        let w = Var::from_tensor(&rand(&[c_out, shape[1], 3, 3], 2)).unwrap();
+        let w = Var::from_tensor(&rand(&[c_out, shape[1], k, k], 2)).unwrap();
         let b = Var::from_tensor(&rand(&[c_out], 3)).unwrap();
         let out = conv2d(&x, &w, &b, stride, pad).unwrap();
         let r = rand(out.dims(), 4);
         let loss = || weighted_sum(&conv2d(&x, &w, &b, stride, pad).unwrap(), &r);
         let n = x.elem_count();
         check_finite_differences(&x, &loss, &[0, 1, n / 2, n - 1]);
-        check_finite_differences(&w, &loss, &[0, 7, w.elem_count() - 1]);
+        check_finite_differences(&w, &loss, &[0, 7 % w.elem_count(), w.elem_count() - 1]);
         check_finite_differences(&b, &loss, &[0, 2]);
     }
 }

@@ -16,11 +16,12 @@
 //! convolution rather than at every step of it.
 //! Checked against candle's conv2d and finite differences in `tests/conv.rs`.
 //!
-//! Two faster paths take the layers they fit, and this file picks: 3x3 convolutions with stride
-//! 1 and padding 1 on even-sided images go through Winograd's F(2x2, 3x3)
-//! (`conv_winograd.rs`, 16/36 of the multiplications), and other stride-1 convolutions on
-//! large images through `conv_stride1.rs` (no column matrix). The column matrix remains
-//! for stride 2, thin inputs (an RGB image) and small batches.
+//! Three faster paths take the layers they fit, and this file picks: 3x3 convolutions with
+//! stride 1 and padding 1 on even-sided images go through Winograd's F(2x2, 3x3)
+//! (`conv_winograd.rs`, 16/36 of the multiplications), 1x1 convolutions through
+//! `conv_pointwise.rs` (one product per image, on the NCHW layout as it is), and other stride-1
+//! convolutions on large images through `conv_stride1.rs` (no column matrix). The column
+//! matrix remains for stride 2, thin inputs (an RGB image) and small batches.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -123,11 +124,14 @@ impl Geometry {
 
     /// Which kernel computes this convolution, forward and backward alike: Winograd where it
     /// applies (3x3, stride 1, padding 1: the UNet's and VAE's convolutions from 4x4 to 32x32),
-    /// else the padded-plane path (1x1 convolutions, the RGB layers at 32x32), else the column
+    /// else the pointwise path (1x1, stride 1, no padding: the shortcuts and the transformers'
+    /// projections), else the padded-plane path (the RGB layers at 32x32), else the column
     /// matrix (stride 2, a 4-channel input, sampling at batch 2).
     fn path(&self) -> Path {
         if super::conv_winograd::applies(self) {
             Path::Winograd
+        } else if super::conv_pointwise::applies(self) {
+            Path::Pointwise
         } else if self.fast_path() {
             Path::PaddedPlane
         } else {
@@ -149,10 +153,11 @@ impl Geometry {
     }
 }
 
-/// The three ways [`Conv2d`] computes a convolution; see [`Geometry::path`].
+/// The four ways [`Conv2d`] computes a convolution; see [`Geometry::path`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Path {
     Winograd,
+    Pointwise,
     PaddedPlane,
     Columns,
 }
@@ -582,6 +587,7 @@ impl CustomOp3 for Conv2d {
         }
         let fast = match g.path() {
             Path::Winograd => Some(super::conv_winograd::forward(&g, x, w, bias)),
+            Path::Pointwise => Some(super::conv_pointwise::forward(&g, x, w, bias)),
             Path::PaddedPlane => Some(super::conv_stride1::forward(&g, x, w, bias)),
             Path::Columns => None,
         };
@@ -690,15 +696,19 @@ impl CustomOp3 for Conv2dBackward {
         let nx = if self.input_grad { x.len() } else { 0 };
         let len = nx + g.c_out * k + g.c_out;
         let path = g.path();
-        if path == Path::Winograd {
-            // SAFETY: the Winograd backward writes every element of dx (when asked for), dW
-            // and db, so the output needs no zeroing pass first.
+        if matches!(path, Path::Winograd | Path::Pointwise) {
+            // SAFETY: both backward passes write every element of dx (when asked for), dW and
+            // db, so the output needs no zeroing pass first.
             let (out, ()) = unsafe {
                 written_by(len, |out| {
                     let (dx, rest) = out.split_at_mut(nx);
                     let (dw, db) = rest.split_at_mut(g.c_out * k);
                     let dx = self.input_grad.then_some(dx);
-                    super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
+                    if path == Path::Winograd {
+                        super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
+                    } else {
+                        super::conv_pointwise::backward(&g, x, w, dy, dx, dw, db);
+                    }
                 })
             };
             return Ok((CpuStorage::F32(out), Shape::from(len)));
@@ -816,6 +826,19 @@ mod tests {
 
     /// The shapes `tests/conv.rs` means to run through the Winograd path take it with 1 to 4
     /// threads (which path a convolution takes depends on its images per thread).
+    #[test]
+    fn one_by_one_convolutions_take_the_pointwise_path() {
+        for (x, c_out) in [([3, 6, 8, 8], 2), ([1, 7, 5, 5], 3), ([2, 4, 4, 4], 4)] {
+            let g = Geometry::new(&x, &[c_out, x[1], 1, 1], 1, Padding::same(0)).unwrap();
+            assert!(g.path() == Path::Pointwise, "{x:?} -> {c_out}");
+        }
+        // With padding or a stride, a 1x1 kernel reads zeros or skips pixels: not pointwise.
+        let g = Geometry::new(&[1, 3, 6, 6], &[2, 3, 1, 1], 2, Padding::same(0)).unwrap();
+        assert!(g.path() != Path::Pointwise);
+        let g = Geometry::new(&[1, 3, 6, 6], &[2, 3, 1, 1], 1, Padding::same(1)).unwrap();
+        assert!(g.path() != Path::Pointwise);
+    }
+
     #[test]
     fn winograd_test_shapes_take_the_winograd_path() {
         let shapes = [

@@ -1,8 +1,8 @@
 //! The fast path of [`super::conv`] for stride-1 convolutions with the same padding `p` on all
-//! sides, `p` smaller than the kernel, on images large enough that the padding costs little
-//! (1x1 convolutions, which have no padding, at any size, and the 3x3 ones at 32x32 that
-//! [`super::conv_winograd`] does not take: the VAE's RGB `conv_in` and `conv_out`; see
-//! `Geometry::fast_path`).
+//! sides, `p` smaller than the kernel, on images large enough that the padding costs little:
+//! the 3x3 ones at 32x32 that [`super::conv_winograd`] does not take, the VAE's RGB `conv_in`
+//! and `conv_out` (see `Geometry::fast_path`; 1x1 convolutions have their own path,
+//! [`super::conv_pointwise`]).
 //!
 //! The input is copied once into a zero-padded, channel-major buffer `x_pad` (C_in, L): every
 //! image's planes laid end to end, each row followed by `p` zeros and each image preceded by `p`

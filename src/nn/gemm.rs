@@ -70,6 +70,12 @@ fn big(a: MatRef, b: MatRef) -> bool {
 /// is written (none read), on all threads for products of more than about 64^3 multiply-adds.
 /// Saves the pass that zeroing an output of megabytes first would cost.
 pub fn sgemm_uninit(a: MatRef, b: MatRef, c: &mut [MaybeUninit<f32>]) {
+    sgemm_uninit_with(a, b, c, true);
+}
+
+/// [`sgemm_uninit`], on the calling thread alone unless `parallel` (for products that are
+/// already one task of a parallel loop).
+pub fn sgemm_uninit_with(a: MatRef, b: MatRef, c: &mut [MaybeUninit<f32>], parallel: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     check(a, b, c.len(), n);
     if m == 0 || n == 0 {
@@ -82,7 +88,7 @@ pub fn sgemm_uninit(a: MatRef, b: MatRef, c: &mut [MaybeUninit<f32>]) {
     // SAFETY: `check` keeps every index inside the slices; with k > 0 and `accumulate` off,
     // gemm writes each (i, j) of `c` once without reading it, and MaybeUninit<f32> has f32's
     // layout.
-    unsafe { call_gemm(a, b, c.as_mut_ptr().cast(), n, false, big(a, b)) }
+    unsafe { call_gemm(a, b, c.as_mut_ptr().cast(), n, false, parallel && big(a, b)) }
 }
 
 /// [`sgemm_serial`] into a strided output: `c[i * rs + j] (+)= (a @ b)[i, j]`, for writing

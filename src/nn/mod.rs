@@ -8,6 +8,7 @@
 pub mod attention;
 mod attention_lanes;
 pub mod conv;
+mod conv_pointwise;
 mod conv_stride1;
 mod conv_winograd;
 pub mod fastmath;
