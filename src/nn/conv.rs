@@ -452,6 +452,24 @@ pub(super) fn input_grad_runs<'a>(
     }
 }
 
+/// Writes `dw` (C_out, K) and `db` (C_out,) from the runs' partial sums: each run's weight
+/// gradient transposed, (K, C_out), and its bias gradient, added in the runs' order.
+pub(super) fn write_partials(
+    partials: &[(Vec<f32>, Vec<f32>)],
+    dw: &mut [MaybeUninit<f32>],
+    db: &mut [MaybeUninit<f32>],
+) {
+    let (c_out, k) = (db.len(), dw.len() / db.len().max(1));
+    for (co, row) in dw.chunks_exact_mut(k).enumerate() {
+        for (kk, d) in row.iter_mut().enumerate() {
+            d.write(partials.iter().map(|(dw_t, _)| dw_t[kk * c_out + co]).sum());
+        }
+    }
+    for (co, d) in db.iter_mut().enumerate() {
+        d.write(partials.iter().map(|(_, db_run)| db_run[co]).sum());
+    }
+}
+
 /// `f(scratch, (i, chunk))` for each `size`-long chunk of `data`, split across rayon's threads
 /// when `parallel` (each task's `scratch` made by `init`), else in order on the calling thread.
 pub(super) fn for_each_chunk<E: Send, T>(
@@ -788,19 +806,7 @@ fn columns_backward(
             (dw_t, db_run)
         })
         .collect();
-    for (co, row) in dw.chunks_exact_mut(k).enumerate() {
-        for (kk, d) in row.iter_mut().enumerate() {
-            d.write(
-                partials
-                    .iter()
-                    .map(|(dw_t, _)| dw_t[kk * g.c_out + co])
-                    .sum(),
-            );
-        }
-    }
-    for (co, d) in db.iter_mut().enumerate() {
-        d.write(partials.iter().map(|(_, db_run)| db_run[co]).sum());
-    }
+    write_partials(&partials, dw, db);
 }
 
 /// `y[n, o] = b[o] + sum_{c, ky, kx} W[o, c, ky, kx] * x[n, c, s*i + ky - pad, s*j + kx - pad]`:

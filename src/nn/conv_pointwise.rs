@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::conv::{image_runs, input_grad_runs, Geometry};
+use super::conv::{image_runs, input_grad_runs, write_partials, Geometry};
 use super::fastmath::sum_wide;
 use super::gemm::{sgemm_uninit_with, sgemm_with, MatRef};
 use super::ops::written_by;
@@ -92,18 +92,7 @@ pub(super) fn backward(
             (dw_t, db_run)
         })
         .collect();
-    for (j, d) in dw.iter_mut().enumerate() {
-        let (co, ci) = (j / g.c_in, j % g.c_in);
-        d.write(
-            partials
-                .iter()
-                .map(|(dw_t, _)| dw_t[ci * g.c_out + co])
-                .sum(),
-        );
-    }
-    for (co, d) in db.iter_mut().enumerate() {
-        d.write(partials.iter().map(|(_, db_run)| db_run[co]).sum());
-    }
+    write_partials(&partials, dw, db);
 }
 
 /// `out` as plain floats once every element has been written.
