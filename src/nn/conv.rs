@@ -714,23 +714,6 @@ impl CustomOp3 for Conv2dBackward {
         let nx = if self.input_grad { x.len() } else { 0 };
         let len = nx + g.c_out * k + g.c_out;
         let path = g.path();
-        if matches!(path, Path::Winograd | Path::Pointwise) {
-            // SAFETY: both backward passes write every element of dx (when asked for), dW and
-            // db, so the output needs no zeroing pass first.
-            let (out, ()) = unsafe {
-                written_by(len, |out| {
-                    let (dx, rest) = out.split_at_mut(nx);
-                    let (dw, db) = rest.split_at_mut(g.c_out * k);
-                    let dx = self.input_grad.then_some(dx);
-                    if path == Path::Winograd {
-                        super::conv_winograd::backward(&g, x, w, dy, dx, dw, db);
-                    } else {
-                        super::conv_pointwise::backward(&g, x, w, dy, dx, dw, db);
-                    }
-                })
-            };
-            return Ok((CpuStorage::F32(out), Shape::from(len)));
-        }
         if path == Path::PaddedPlane {
             let mut out = vec![0f32; len];
             let (dx, rest) = out.split_at_mut(nx);
@@ -739,13 +722,19 @@ impl CustomOp3 for Conv2dBackward {
             super::conv_stride1::backward(&g, x, w, dy, dx, dw, db);
             return Ok((CpuStorage::F32(out), Shape::from(len)));
         }
-        // SAFETY: `columns_backward` writes every element of dx (when asked for), dW and db.
+        // SAFETY: the other three backward passes write every element of dx (when asked for),
+        // dW and db, so the output needs no zeroing pass first.
         let (out, ()) = unsafe {
             written_by(len, |out| {
                 let (dx, rest) = out.split_at_mut(nx);
                 let (dw, db) = rest.split_at_mut(g.c_out * k);
                 let dx = self.input_grad.then_some(dx);
-                columns_backward(&g, x, w, dy, dx, dw, db);
+                match path {
+                    Path::Winograd => super::conv_winograd::backward(&g, x, w, dy, dx, dw, db),
+                    Path::Pointwise => super::conv_pointwise::backward(&g, x, w, dy, dx, dw, db),
+                    Path::Columns => columns_backward(&g, x, w, dy, dx, dw, db),
+                    Path::PaddedPlane => unreachable!("the padded-plane path returned above"),
+                }
             })
         };
         Ok((CpuStorage::F32(out), Shape::from(len)))
@@ -830,8 +819,6 @@ pub fn conv2d(
 mod tests {
     use super::*;
 
-    /// The shapes `tests/conv.rs` means to run through the Winograd path take it with 1 to 4
-    /// threads (which path a convolution takes depends on its images per thread).
     #[test]
     fn one_by_one_convolutions_take_the_pointwise_path() {
         for (x, c_out) in [([3, 6, 8, 8], 2), ([1, 7, 5, 5], 3), ([2, 4, 4, 4], 4)] {
@@ -845,6 +832,8 @@ mod tests {
         assert!(g.path() != Path::Pointwise);
     }
 
+    /// The shapes `tests/conv.rs` means to run through the Winograd path take it with 1 to 4
+    /// threads (which path a convolution takes depends on its images per thread).
     #[test]
     fn winograd_test_shapes_take_the_winograd_path() {
         let shapes = [

@@ -38,9 +38,10 @@ pub(super) fn forward(g: &Geometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f
         y.par_chunks_mut(g.c_out * p)
             .zip(x.par_chunks(g.c_in * p))
             .for_each(|(y_n, x_n)| {
-                let x_n = MatRef::row_major(x_n, g.c_in, p); // (C_in, P)
-                sgemm_uninit_with(w_mat, x_n, y_n, inner); // (C_out, P)
-                                                           // SAFETY: written in full by the product just above.
+                // y[n] = W x[n]: (C_out, C_in) @ (C_in, P).
+                let x_n = MatRef::row_major(x_n, g.c_in, p);
+                sgemm_uninit_with(w_mat, x_n, y_n, inner);
+                // SAFETY: written in full by the product just above.
                 let y_n = unsafe { assume_written(y_n) };
                 for (row, &b) in y_n.chunks_exact_mut(p).zip(bias) {
                     row.iter_mut().for_each(|v| *v += b);
