@@ -32,9 +32,7 @@ use rayon::prelude::*;
 use super::conv::{contiguous_runs, with_scratch, Geometry};
 use super::fastmath::{add_assign, add_scalar, sum_wide};
 use super::gemm::{sgemm_serial, sgemm_serial_into, MatRef};
-use super::ops::{write_slice, written_by};
-
-const ZERO: MaybeUninit<f32> = MaybeUninit::new(0.0);
+use super::ops::written_by;
 
 /// Below this many input channels the forward pass builds the column matrix instead of
 /// multiplying each tap's window in place.
@@ -117,35 +115,30 @@ fn padded_planes(g: &Geometry, e: &Ext, x: &[f32]) -> Vec<f32> {
                         let lines = plane.chunks_exact(g.w).enumerate();
                         lines.map(move |(iy, line)| (e.input_row(n, iy), line))
                     });
-                    write_rows(row, lines);
+                    write_rows(row, lines, MaybeUninit::new);
                 })
         })
     };
     x_pad
 }
 
-/// Writes every element of `dst`: each `(start, src)` of `rows` at `dst[start..]`, zero
-/// everywhere else. The rows must come in increasing order of `start` and not overlap (a row
-/// out of order panics on its slice).
-fn write_rows<'a>(dst: &mut [MaybeUninit<f32>], rows: impl Iterator<Item = (usize, &'a [f32])>) {
+/// Writes every element of `dst` as `put(value)`: each `(start, src)` of `rows` at
+/// `dst[start..]`, zero everywhere else. The rows must come in increasing order of `start` and
+/// not overlap (a row out of order panics on its slice). `put` is `MaybeUninit::new` for memory
+/// not yet written, the identity for a buffer that is.
+fn write_rows<'a, T: Copy>(
+    dst: &mut [T],
+    rows: impl Iterator<Item = (usize, &'a [f32])>,
+    put: impl Fn(f32) -> T,
+) {
     let mut at = 0;
     for (start, src) in rows {
-        dst[at..start].fill(ZERO);
-        write_slice(&mut dst[start..start + src.len()], src);
+        dst[at..start].fill(put(0.0));
+        let row = &mut dst[start..start + src.len()];
+        row.iter_mut().zip(src).for_each(|(d, &v)| *d = put(v));
         at = start + src.len();
     }
-    dst[at..].fill(ZERO);
-}
-
-/// `dst` as memory to be written, for [`write_rows`] into a buffer that is already
-/// initialised (a thread's reused scratch).
-///
-/// # Safety
-/// Only initialised values may be written through the view (as `write_rows` does), so that
-/// `dst` is still initialised afterwards.
-unsafe fn as_uninit(dst: &mut [f32]) -> &mut [MaybeUninit<f32>] {
-    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller writes only values.
-    unsafe { &mut *(std::ptr::from_mut(dst) as *mut [MaybeUninit<f32>]) }
+    dst[at..].fill(put(0.0));
 }
 
 /// `col[(c, ky, kx), jj] = x_pad[c, j0 + jj + ky*Wp + kx]` for one block: (K, cw).
@@ -330,8 +323,7 @@ pub(super) fn backward(
                             let src = &dy[(n * g.c_out + co) * p + oy * g.w_out..][..g.w_out];
                             (start, src)
                         });
-                        // SAFETY: `write_rows` writes only values.
-                        write_rows(unsafe { as_uninit(dst) }, lines);
+                        write_rows(dst, lines, |v| v);
                         part.db[co] += sum_wide(dst);
                     }
                     let dy_mat = MatRef::row_major(dy_block, g.c_out, e.cw);
