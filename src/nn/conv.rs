@@ -250,7 +250,12 @@ impl PaddedPlane {
             if w % 2 == 1 {
                 line[w - 1].write(first[half]);
             }
-            write_interleaved(&mut line[..2 * half], &first[..half], &second[..half]);
+            interleave(
+                &mut line[..2 * half],
+                &first[..half],
+                &second[..half],
+                MaybeUninit::new,
+            );
         } else {
             self.each_pixel(g, iy, |ix, at| _ = line[ix].write(self.buf[at]));
         }
@@ -380,7 +385,7 @@ pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// `even[i] = line[2i]`, `odd[i] = line[2i + 1]`: in blocks of 16 pairs (fixed-size arrays,
 /// which a wide kernel turns into vector permutes), the rest pair by pair.
 #[inline(always)]
-fn deinterleave(even: &mut [f32], odd: &mut [f32], line: &[f32]) {
+pub(super) fn deinterleave(even: &mut [f32], odd: &mut [f32], line: &[f32]) {
     let mut l32 = line.chunks_exact(32);
     let (mut e16, mut o16) = (even.chunks_exact_mut(16), odd.chunks_exact_mut(16));
     for ((l, e), o) in (&mut l32).zip(&mut e16).zip(&mut o16) {
@@ -396,10 +401,10 @@ fn deinterleave(even: &mut [f32], odd: &mut [f32], line: &[f32]) {
     }
 }
 
-/// `line[2i] = even[i]`, `line[2i + 1] = odd[i]` (memory not yet written), the adjoint of
-/// [`deinterleave`], blocked the same way.
+/// `line[2i] = put(even[i])`, `line[2i + 1] = put(odd[i])`, the inverse of [`deinterleave`],
+/// blocked the same way (`put` = `MaybeUninit::new` for memory not yet written).
 #[inline(always)]
-fn write_interleaved(line: &mut [MaybeUninit<f32>], even: &[f32], odd: &[f32]) {
+pub(super) fn interleave<T>(line: &mut [T], even: &[f32], odd: &[f32], put: impl Fn(f32) -> T) {
     let mut l32 = line.chunks_exact_mut(32);
     let (mut e16, mut o16) = (even.chunks_exact(16), odd.chunks_exact(16));
     for ((l, e), o) in (&mut l32).zip(&mut e16).zip(&mut o16) {
@@ -409,12 +414,12 @@ fn write_interleaved(line: &mut [MaybeUninit<f32>], even: &[f32], odd: &[f32]) {
             pairs[2 * i] = e[i];
             pairs[2 * i + 1] = o[i];
         }
-        write_slice(l, &pairs);
+        l.iter_mut().zip(pairs).for_each(|(d, v)| *d = put(v));
     }
     let rest = l32.into_remainder().chunks_exact_mut(2);
     for ((pair, &e), &o) in rest.zip(e16.remainder()).zip(o16.remainder()) {
-        pair[0].write(e);
-        pair[1].write(o);
+        pair[0] = put(e);
+        pair[1] = put(o);
     }
 }
 
