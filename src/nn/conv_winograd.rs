@@ -357,7 +357,7 @@ fn output_grad_tiles(
         output_grad_channel(&dy[co * hw..], planes, dmc, tl.ts, scratch);
     };
     let dm = &mut dm[..g.c_out * XI * tl.ts];
-    let scratch = output_grad_scratch(g.w, images);
+    let scratch = output_grad_scratch(g.h, g.w, images);
     for_each_chunk(dm, XI * tl.ts, parallel, || vec![0f32; scratch], channel);
     for (co, db) in db.iter_mut().enumerate() {
         for n in 0..images {
@@ -639,7 +639,15 @@ mod tests {
     /// on narrow and wide images, one image and several interleaved.
     #[test]
     fn row_kernels_match_tile_by_tile_bit_for_bit() {
-        for (h, w, images) in [(4, 4, 3), (6, 8, 2), (8, 8, 1), (4, 16, 2), (8, 18, 1)] {
+        for (h, w, images) in [
+            (4, 4, 3),
+            (6, 8, 2),
+            (8, 8, 1),
+            (4, 16, 2),
+            (8, 18, 1),
+            (2, 2, 3),
+            (2, 4, 1),
+        ] {
             row_kernels_match(h, w, images);
         }
     }
@@ -672,7 +680,7 @@ mod tests {
         input_channel_by_tile(&x, planes, &mut tiles, tl.ts, &mut pad);
         same(&rows, &tiles, "V = B^T d B");
 
-        let mut scratch = vec![0f32; output_grad_scratch(w, images)];
+        let mut scratch = vec![0f32; output_grad_scratch(h, w, images)];
         output_grad_channel(&x, planes, &mut rows, tl.ts, &mut scratch);
         output_grad_channel_by_tile(&x, planes, &mut tiles, tl.ts);
         same(&rows, &tiles, "dM = A dY A^T");

@@ -1,10 +1,15 @@
-//! The tile transforms of [`super::conv_winograd`], many tiles at a time, so that each step is
-//! one loop over a row of tiles (vectorised, and compiled for AVX-512 and AVX2 as well as the
-//! baseline, like the other element-wise kernels).
+//! The tile transforms of [`super::conv_winograd`], all the tiles of a chunk at a time, so that
+//! each step is one loop over a long run of floats (vectorised, and compiled for AVX-512 and
+//! AVX2 as well as the baseline, like the other element-wise kernels).
 //!
-//! A tile's 4 columns are the padded image's columns 2tx..2tx+4: with the padded rows split
-//! into their even columns `E` and odd columns `O` (W/2 + 1 each), column j of every tile in a
-//! row is one contiguous slice, `E[tx]`, `O[tx]`, `E[tx + 1]`, `O[tx + 1]` for j = 0..4.
+//! A tile's 4 columns are the padded image's columns 2tx..2tx+4. With each image row split
+//! into its even and its odd pixels (W/2 each) and the rows stored even rows first, the same
+//! column of every tile of the chunk is one contiguous run: columns 1 and 2 are the even and
+//! the odd pixel tx, and columns 0 and 3 are the same runs read one tile back and one tile on,
+//! with the tiles at the image's left and right edges (whose column 0 or 3 is padding) set
+//! apart. Every step then runs once over all the tiles: on a 32x32 image a row of tiles is
+//! 16 floats, and loops of 16 floats ran 4 floats at a time (LLVM unrolls its vector loop to
+//! 64 and leaves short rows to a narrow remainder loop).
 //!
 //! The images of a chunk are interleaved: every pixel becomes `lanes` floats, one per image,
 //! and a row of tiles of all the images is one slice of W/2 * lanes floats. (On the UNet's 8x8
@@ -35,6 +40,12 @@ fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     for (o, (a, b)) in out.iter_mut().zip(a.iter().zip(b)) {
         *o = f(*a, *b);
     }
+}
+
+/// `out[x] += a[x]`
+#[inline(always)]
+fn add_to(out: &mut [f32], a: &[f32]) {
+    out.iter_mut().zip(a).for_each(|(o, a)| *o += a);
 }
 
 /// Row k of `B^T d` for the four rows `r` of a band of tiles (one of E or O).
@@ -96,33 +107,28 @@ fn merge_pairs<T>(line: &mut [T], even: &[f32], odd: &[f32], lanes: usize, put: 
     }
 }
 
-/// Splits `lanes` image planes of `h` x `w` (`stride` floats apart in `x`) into their padded
-/// even and odd columns, interleaved, each stored with its even rows first: `e` and `o` are
-/// (H + 2, W/2 + 1, lanes) with padded row `r` at row `r / 2` if r is even and
-/// `H/2 + 1 + r / 2` if odd, their borders zero; image row iy becomes padded row iy + 1, whose
-/// column 2x + 1 is pixel 2x (odd, `o[x]`) and column 2x + 2 is pixel 2x + 1 (even,
-/// `e[x + 1]`). With the rows so ordered, rows 2ty + i of every row of tiles ty form one
-/// contiguous run (see [`input_channel`]).
+/// Splits `lanes` image planes of `h` x `w` (`stride` floats apart in `x`) into their even
+/// and odd pixels, interleaved: `ev` and `od` are (H + 2, W/2, lanes) with image row iy at
+/// padded row r = iy + 1, stored at row `r / 2` if r is even and `H/2 + 1 + r / 2` if odd
+/// (even rows first); the two padding rows are left as they are (zero). With the rows so
+/// ordered, rows 2ty + i of every row of tiles ty form one contiguous run (see
+/// [`input_channel`]).
 #[inline(always)]
-fn split_columns(
+fn split_rows(
     x: &[f32],
     stride: usize,
     lanes: usize,
     (h, w): (usize, usize),
-    e: &mut [f32],
-    o: &mut [f32],
+    ev: &mut [f32],
+    od: &mut [f32],
 ) {
-    let half = (w / 2 + 1) * lanes;
-    let odd_rows = (h / 2 + 1) * half;
+    let row = (w / 2) * lanes;
+    let odd_rows = (h / 2 + 1) * row;
     for n in 0..lanes {
         for (iy, line) in x[n * stride..][..h * w].chunks_exact(w).enumerate() {
             let r = iy + 1;
-            let at = if r % 2 == 0 { 0 } else { odd_rows } + r / 2 * half + n;
-            let (er, or) = (
-                &mut e[at + lanes..][..half - lanes],
-                &mut o[at..][..half - lanes],
-            );
-            split_pairs(line, or, er, lanes);
+            let at = if r % 2 == 0 { 0 } else { odd_rows } + r / 2 * row + n;
+            split_pairs(line, &mut ev[at..], &mut od[at..], lanes);
         }
     }
 }
@@ -139,8 +145,8 @@ pub(super) struct Planes {
 
 /// Floats of scratch that [`input_channel`] needs.
 pub(super) fn input_scratch(h: usize, w: usize, lanes: usize) -> usize {
-    let half = (w / 2 + 1) * lanes;
-    2 * (h + 2) * half + 8 * (h / 2) * half
+    let row = (w / 2) * lanes;
+    2 * (h + 2) * row + 8 * (h / 2) * row
 }
 
 /// Floats of scratch that [`output_channel`] needs.
@@ -149,18 +155,24 @@ pub(super) fn output_scratch(h: usize, w: usize, lanes: usize) -> usize {
 }
 
 /// Floats of scratch that [`output_grad_channel`] needs.
-pub(super) fn output_grad_scratch(w: usize, lanes: usize) -> usize {
-    3 * w * lanes
+pub(super) fn output_grad_scratch(h: usize, w: usize, lanes: usize) -> usize {
+    3 * h * w * lanes
 }
 
 /// Floats of scratch that [`input_grad_channel`] needs.
 pub(super) fn input_grad_scratch(h: usize, w: usize, lanes: usize) -> usize {
-    2 * (h + 2) * (w / 2 + 1) * lanes + 4 * w * lanes
+    let row = (w / 2) * lanes;
+    2 * (h + 2) * row + 8 * (h / 2) * row
 }
 
 wide_kernels! {
     /// `V = B^T d B` for every tile of one channel of a chunk of images (`planes` in `x`):
     /// tile t of row xi goes to `v[xi * ts + t]`. `scratch` holds [`input_scratch`] floats.
+    ///
+    /// Column j of tile tx is padded column 2tx + j: the odd pixel tx - 1 (zero for tx = 0),
+    /// the even pixel tx, the odd pixel tx, the even pixel tx + 1 (zero for the last tile).
+    /// Both steps run over all the tiles of the chunk at once, the shifted columns as the same
+    /// rows read `lanes` floats on, with the tiles at the image's edges set apart.
     pub(super) fn input_channel(
         x: &[f32],
         planes: Planes,
@@ -169,38 +181,47 @@ wide_kernels! {
         scratch: &mut [f32],
     ) {
         let Planes { stride, images: lanes, h, w } = planes;
-        let (th, half, row) = (h / 2, (w / 2 + 1) * lanes, (w / 2) * lanes);
-        let (plane, band) = ((h + 2) * half, th * half);
-        let (e, rest) = scratch.split_at_mut(plane);
-        let (o, rest) = rest.split_at_mut(plane);
-        let (ce, rest) = rest.split_at_mut(4 * band);
-        let co = &mut rest[..4 * band];
-        e.fill(0.0);
-        o.fill(0.0);
-        // Padded rows 2ty, 2ty + 1, 2ty + 2, 2ty + 3 for every ty at once (even rows first).
-        let odd = (th + 1) * half;
-        let starts = [0, odd, half, odd + half];
-        split_columns(x, stride, lanes, (h, w), e, o);
-        // Row k of B^T d, down the columns of every tile at once: column j = 0, 2 of tile
-        // (ty, tx) is ce[k][ty][tx], ce[k][ty][tx + 1]; j = 1, 3 likewise in co (each entry
-        // `lanes` floats).
-        for k in 0..4 {
-            let er = starts.map(|s| &e[s..][..band]);
-            let or = starts.map(|s| &o[s..][..band]);
-            bt_rows(k, er, &mut ce[k * band..][..band]);
-            bt_rows(k, or, &mut co[k * band..][..band]);
+        let (th, row) = (h / 2, (w / 2) * lanes);
+        let (plane, band) = ((h + 2) * row, th * row);
+        let (ev, rest) = scratch.split_at_mut(plane);
+        let (od, rest) = rest.split_at_mut(plane);
+        let (cev, rest) = rest.split_at_mut(4 * band);
+        let cod = &mut rest[..4 * band];
+        // Only the padding rows (padded rows 0 and H + 1) need zeros; the rest is overwritten.
+        let odd = (th + 1) * row;
+        for pad in [0, odd + th * row] {
+            ev[pad..][..row].fill(0.0);
+            od[pad..][..row].fill(0.0);
         }
-        for ty in 0..th {
-            let t0 = ty * row;
-            for k in 0..4 {
-                let (ce, co) = (&ce[k * band + ty * half..], &co[k * band + ty * half..]);
-                let (c0, c2) = (&ce[..row], &ce[lanes..half]);
-                let (c1, c3) = (&co[..row], &co[lanes..half]);
-                let out = |l: usize| (4 * k + l) * ts + t0;
-                map2(&mut v[out(0)..][..row], c0, c2, |c0, c2| c0 - c2);
-                map2(&mut v[out(1)..][..row], c1, c2, |c1, c2| c1 + c2);
-                map2(&mut v[out(2)..][..row], c2, c1, |c2, c1| c2 - c1);
-                map2(&mut v[out(3)..][..row], c1, c3, |c1, c3| c1 - c3);
+        split_rows(x, stride, lanes, (h, w), ev, od);
+        // Padded rows 2ty, 2ty + 1, 2ty + 2, 2ty + 3 for every ty at once (even rows first).
+        let starts = [0, odd, row, odd + row];
+        // Row k of B^T d, down the columns of every tile at once: cev[k] for the even pixels,
+        // cod[k] for the odd ones.
+        for k in 0..4 {
+            let er = starts.map(|s| &ev[s..][..band]);
+            let or = starts.map(|s| &od[s..][..band]);
+            bt_rows(k, er, &mut cev[k * band..][..band]);
+            bt_rows(k, or, &mut cod[k * band..][..band]);
+        }
+        for k in 0..4 {
+            // Columns 1 and 2 of every tile; column 0 is c2 one tile back, column 3 is c1 one
+            // tile on.
+            let (c1, c2) = (&cev[k * band..][..band], &cod[k * band..][..band]);
+            let out = |l: usize| (4 * k + l) * ts;
+            let v0 = &mut v[out(0)..][..band];
+            map2(&mut v0[lanes..], &c2[..band - lanes], &c2[lanes..], |c0, c2| c0 - c2);
+            for r in (0..band).step_by(row) {
+                // Tile tx = 0: its column 0 is padding.
+                map2(&mut v0[r..][..lanes], &c2[r..], &c2[r..], |_, c2| 0.0 - c2);
+            }
+            map2(&mut v[out(1)..][..band], c1, c2, |c1, c2| c1 + c2);
+            map2(&mut v[out(2)..][..band], c2, c1, |c2, c1| c2 - c1);
+            let v3 = &mut v[out(3)..][..band];
+            map2(&mut v3[..band - lanes], &c1[..band - lanes], &c1[lanes..], |c1, c3| c1 - c3);
+            for r in (row - lanes..band).step_by(row) {
+                // The last tile of a row: its column 3 is padding.
+                map2(&mut v3[r..][..lanes], &c1[r..], &c1[r..], |c1, _| c1 - 0.0);
             }
         }
     }
@@ -249,8 +270,9 @@ wide_kernels! {
     }
 
     /// `dM = A dY A^T` for every tile of one output channel of a chunk of images (`planes` in
-    /// `dy`): tile t of row xi goes to `dm[xi * ts + t]`. `scratch` holds
-    /// [`output_grad_scratch`] floats.
+    /// `dy`): tile t of row xi goes to `dm[xi * ts + t]`. Both steps run over all the tiles
+    /// at once: rows 2ty and 2ty + 1 of every row of tiles are two contiguous runs of the
+    /// even and odd pixels, even rows first. `scratch` holds [`output_grad_scratch`] floats.
     pub(super) fn output_grad_channel(
         dy: &[f32],
         planes: Planes,
@@ -259,47 +281,49 @@ wide_kernels! {
         scratch: &mut [f32],
     ) {
         let Planes { stride, images: lanes, h, w } = planes;
-        let (th, row) = (h / 2, (w / 2) * lanes);
-        let (ye, rest) = scratch.split_at_mut(2 * row);
-        let (yo, rest) = rest.split_at_mut(2 * row);
-        let (c0, c1) = rest.split_at_mut(row);
-        let c1 = &mut c1[..row];
-        for ty in 0..th {
-            let t0 = ty * row;
-            // Even and odd columns of the tile rows 2ty and 2ty + 1, images interleaved.
-            for n in 0..lanes {
-                let lines = &dy[n * stride + 2 * ty * w..][..2 * w];
-                for (i, line) in lines.chunks_exact(w).enumerate() {
-                    let at = i * row + n;
-                    split_pairs(line, &mut ye[at..], &mut yo[at..], lanes);
+        let (row, band) = ((w / 2) * lanes, (h / 2) * (w / 2) * lanes);
+        let (ev, rest) = scratch.split_at_mut(2 * band);
+        let (od, rest) = rest.split_at_mut(2 * band);
+        let (c0, c1) = rest.split_at_mut(band);
+        let c1 = &mut c1[..band];
+        for n in 0..lanes {
+            for (r, line) in dy[n * stride..][..h * w].chunks_exact(w).enumerate() {
+                let at = (r % 2) * band + (r / 2) * row + n;
+                split_pairs(line, &mut ev[at..], &mut od[at..], lanes);
+            }
+        }
+        let (e0, e1) = ev.split_at(band);
+        let (o0, o1) = od.split_at(band);
+        for k in 0..4 {
+            // Row k of A d, down column 0 (even) and column 1 (odd).
+            for (c, (d0, d1)) in [(&mut *c0, (e0, e1)), (&mut *c1, (o0, o1))] {
+                match k {
+                    0 => c.copy_from_slice(d0),
+                    1 => map2(c, d0, d1, |a, b| a + b),
+                    2 => map2(c, d0, d1, |a, b| a - b),
+                    _ => map2(c, d1, d1, |_, b| -b),
                 }
             }
-            let (e0, e1) = ye.split_at(row);
-            let (o0, o1) = yo.split_at(row);
-            for k in 0..4 {
-                // Row k of A d, down column 0 (even) and column 1 (odd).
-                for (c, (d0, d1)) in [(&mut *c0, (e0, e1)), (&mut *c1, (o0, o1))] {
-                    match k {
-                        0 => c.copy_from_slice(d0),
-                        1 => map2(c, d0, d1, |a, b| a + b),
-                        2 => map2(c, d0, d1, |a, b| a - b),
-                        _ => map2(c, d1, d1, |_, b| -b),
-                    }
-                }
-                let at = |l: usize| (4 * k + l) * ts + t0;
-                dm[at(0)..][..row].copy_from_slice(c0);
-                map2(&mut dm[at(1)..][..row], c0, c1, |a, b| a + b);
-                map2(&mut dm[at(2)..][..row], c0, c1, |a, b| a - b);
-                map2(&mut dm[at(3)..][..row], c1, c1, |_, b| -b);
-            }
+            let at = |l: usize| (4 * k + l) * ts;
+            dm[at(0)..][..band].copy_from_slice(c0);
+            map2(&mut dm[at(1)..][..band], c0, c1, |a, b| a + b);
+            map2(&mut dm[at(2)..][..band], c0, c1, |a, b| a - b);
+            map2(&mut dm[at(3)..][..band], c1, c1, |_, b| -b);
         }
     }
 
     /// `dx = B dV B^T` for `lanes` image planes of one input channel, image n's at
-    /// `dx[n * stride..]`: the tiles are added onto padded planes in the order (ty, tx)
-    /// (neighbours overlap by two pixels), whose insides are written to dx. `dv` holds that
-    /// channel's 16 rows of tiles (of the `lanes` images, interleaved). `scratch` holds
+    /// `dx[n * stride..]`: `dv` holds that channel's 16 rows of tiles (of the `lanes` images,
+    /// interleaved). Neighbouring tiles overlap by two pixels; each padded pixel sums its tiles'
+    /// values in the order (ty, tx), as a tile-by-tile sum would. `scratch` holds
     /// [`input_grad_scratch`] floats.
+    ///
+    /// Both steps run over all the tiles of the chunk at once. Row k of every tile lands on
+    /// padded row 2ty + k, kept with the other padded rows of its parity (k = 2 one row of
+    /// tiles on from k = 0), and column l on padded column 2tx + l: the odd pixel tx - 1 + l/2
+    /// for l = 0, 2, the even pixel tx + (l - 1)/2 for l = 1, 3, so columns 0 and 3 are
+    /// added `lanes` floats on or back, with the padding columns they hold at the image's
+    /// edges set to zero first.
     pub(super) fn input_grad_channel(
         dv: &[&[f32]; 16],
         (h, w, lanes): (usize, usize, usize),
@@ -307,42 +331,53 @@ wide_kernels! {
         stride: usize,
         scratch: &mut [f32],
     ) {
-        let (th, half, row) = (h / 2, (w / 2 + 1) * lanes, (w / 2) * lanes);
-        let padded = (h + 2) * half;
-        let (e, rest) = scratch.split_at_mut(padded);
-        let (o, rest) = rest.split_at_mut(padded);
-        let (c, d) = rest.split_at_mut(4 * row);
-        let d = &mut d[..4 * row];
-        e.fill(0.0);
-        o.fill(0.0);
-        for ty in 0..th {
-            let rows: [&[f32]; 16] = std::array::from_fn(|xi| &dv[xi][ty * row..][..row]);
-            for k in 0..4 {
-                // c[j] = (B v)[k] down column j, then d[l] = (B c)[l] along the row.
-                for (j, cj) in c.chunks_exact_mut(row).enumerate() {
-                    b_rows(k, [rows[j], rows[4 + j], rows[8 + j], rows[12 + j]], cj);
-                }
-                let cj: [&[f32]; 4] = std::array::from_fn(|j| &c[j * row..][..row]);
-                for (l, dl) in d.chunks_exact_mut(row).enumerate() {
-                    b_rows(l, cj, dl);
-                }
-                // Padded row 2ty + k: columns 2tx + 2, 2tx + 3 of tile tx are columns 2tx',
-                // 2tx' + 1 of tile tx' = tx + 1, which a tile-by-tile sum adds first.
-                let r = (2 * ty + k) * half;
-                let (er, or) = (&mut e[r..r + half], &mut o[r..r + half]);
-                let dl = |l: usize| &d[l * row..][..row];
-                er[lanes..].iter_mut().zip(dl(2)).for_each(|(p, v)| *p += v);
-                or[lanes..].iter_mut().zip(dl(3)).for_each(|(p, v)| *p += v);
-                er[..row].iter_mut().zip(dl(0)).for_each(|(p, v)| *p += v);
-                or[..row].iter_mut().zip(dl(1)).for_each(|(p, v)| *p += v);
+        let (th, row) = (h / 2, (w / 2) * lanes);
+        let (band, rows) = (th * row, (th + 1) * row);
+        // Padded rows of one parity, (th + 1, W/2, lanes) each: even and odd pixels of the
+        // even rows, then of the odd rows.
+        let (acc, rest) = scratch.split_at_mut(4 * rows);
+        let (c, d) = rest.split_at_mut(4 * band);
+        let d = &mut d[..4 * band];
+        acc.fill(0.0);
+        // Rows k = 2 and 3 first: padded row 2ty + 2 is row 2(ty + 1) + 0, whose tiles come
+        // later in the (ty, tx) order.
+        for k in [2, 0, 3, 1] {
+            let dv = |xi: usize| &dv[xi][..band];
+            // c[j] = (B v)[k] down column j, then d[l] = (B c)[l] along the row.
+            for (j, cj) in c.chunks_exact_mut(band).enumerate() {
+                b_rows(k, [dv(j), dv(4 + j), dv(8 + j), dv(12 + j)], cj);
             }
+            let cj: [&[f32]; 4] = std::array::from_fn(|j| &c[j * band..][..band]);
+            for (l, dl) in d.chunks_exact_mut(band).enumerate() {
+                b_rows(l, cj, dl);
+            }
+            let (d0, rest) = d.split_at_mut(band);
+            let (d1, rest) = rest.split_at_mut(band);
+            let (d2, d3) = rest.split_at_mut(band);
+            for r in (0..band).step_by(row) {
+                // Padded column 0 (tile 0's column 0) and W + 1 (the last tile's column 3).
+                d0[r..][..lanes].fill(0.0);
+                d3[r + row - lanes..][..lanes].fill(0.0);
+            }
+            let parity = &mut acc[(k % 2) * 2 * rows..][..2 * rows];
+            let (even, odd) = parity.split_at_mut(rows);
+            let at = (k / 2) * row;
+            let (even, odd) = (&mut even[at..][..band], &mut odd[at..][..band]);
+            // Odd pixel i: column 2 of tile i, then column 0 of tile i + 1; even pixel i:
+            // column 3 of tile i - 1, then column 1 of tile i.
+            add_to(odd, d2);
+            add_to(&mut odd[..band - lanes], &d0[lanes..]);
+            add_to(&mut even[lanes..], &d3[..band - lanes]);
+            add_to(even, d1);
         }
-        // Pixel (iy, 2x) is padded (iy + 1, 2x + 1), an odd column; (iy, 2x + 1) an even one.
+        // Image row iy is padded row iy + 1.
         for n in 0..lanes {
             let plane = &mut dx[n * stride..][..h * w];
             for (iy, line) in plane.chunks_exact_mut(w).enumerate() {
-                let at = (iy + 1) * half + n;
-                merge_pairs(line, &o[at..], &e[at + lanes..], lanes, MaybeUninit::new);
+                let r = iy + 1;
+                let at = (r % 2) * 2 * rows + (r / 2) * row + n;
+                let (even, odd) = (&acc[at..], &acc[rows + at..]);
+                merge_pairs(line, even, odd, lanes, MaybeUninit::new);
             }
         }
     }
