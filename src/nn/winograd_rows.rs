@@ -295,15 +295,16 @@ wide_kernels! {
         let (e0, e1) = ev.split_at(band);
         let (o0, o1) = od.split_at(band);
         for k in 0..4 {
-            // Row k of A d, down column 0 (even) and column 1 (odd).
+            // Row k of A d, down column 0 (even) and column 1 (odd); row 0 is row 0 of d.
             for (c, (d0, d1)) in [(&mut *c0, (e0, e1)), (&mut *c1, (o0, o1))] {
                 match k {
-                    0 => c.copy_from_slice(d0),
+                    0 => {}
                     1 => map2(c, d0, d1, |a, b| a + b),
                     2 => map2(c, d0, d1, |a, b| a - b),
                     _ => map2(c, d1, d1, |_, b| -b),
                 }
             }
+            let (c0, c1): (&[f32], &[f32]) = if k == 0 { (e0, o0) } else { (c0, c1) };
             let at = |l: usize| (4 * k + l) * ts;
             dm[at(0)..][..band].copy_from_slice(c0);
             map2(&mut dm[at(1)..][..band], c0, c1, |a, b| a + b);
