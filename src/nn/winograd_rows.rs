@@ -156,7 +156,7 @@ pub(super) fn output_scratch(h: usize, w: usize, lanes: usize) -> usize {
 
 /// Floats of scratch that [`output_grad_channel`] needs.
 pub(super) fn output_grad_scratch(h: usize, w: usize, lanes: usize) -> usize {
-    3 * h * w * lanes
+    6 * (h / 2) * (w / 2) * lanes
 }
 
 /// Floats of scratch that [`input_grad_channel`] needs.
