@@ -23,7 +23,7 @@
 use std::mem::MaybeUninit;
 
 use super::conv::{deinterleave, interleave};
-use super::fastmath::wide_kernels;
+use super::fastmath::{add_assign, wide_kernels};
 
 /// `out[x] = f(r0[x], r1[x], r2[x], r3[x])`
 #[inline(always)]
@@ -40,12 +40,6 @@ fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     for (o, (a, b)) in out.iter_mut().zip(a.iter().zip(b)) {
         *o = f(*a, *b);
     }
-}
-
-/// `out[x] += a[x]`
-#[inline(always)]
-fn add_to(out: &mut [f32], a: &[f32]) {
-    out.iter_mut().zip(a).for_each(|(o, a)| *o += a);
 }
 
 /// Row k of `B^T d` for the four rows `r` of a band of tiles (one of E or O).
@@ -366,10 +360,10 @@ wide_kernels! {
             let (even, odd) = (&mut even[at..][..band], &mut odd[at..][..band]);
             // Odd pixel i: column 2 of tile i, then column 0 of tile i + 1; even pixel i:
             // column 3 of tile i - 1, then column 1 of tile i.
-            add_to(odd, d2);
-            add_to(&mut odd[..band - lanes], &d0[lanes..]);
-            add_to(&mut even[lanes..], &d3[..band - lanes]);
-            add_to(even, d1);
+            add_assign(odd, d2);
+            add_assign(&mut odd[..band - lanes], &d0[lanes..]);
+            add_assign(&mut even[lanes..], &d3[..band - lanes]);
+            add_assign(even, d1);
         }
         // Image row iy is padded row iy + 1.
         for n in 0..lanes {
