@@ -13,6 +13,8 @@ use super::fastmath::{self, sigmoid, wide_kernels};
 
 /// The f32 data of a contiguous tensor, or an error naming `op` (every fused op here needs one).
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    // Every custom op reads its inputs here first: the moment to wake the pool for its work.
+    crate::support::awake::keep_pool_awake();
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
         None => bail!("{op}: expects a contiguous f32 tensor"),

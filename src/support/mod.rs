@@ -1,6 +1,7 @@
 //! Plumbing the chapters and examples share, so that they contain only the idea: image files,
 //! labelled grids, plots, terminal previews, seeding, output folders and notebook-style cells.
 
+pub mod awake;
 pub mod bench;
 pub mod cloud;
 pub mod figures;
