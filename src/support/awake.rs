@@ -85,7 +85,9 @@ fn spin() {
                         return;
                     }
                 } else {
-                    std::hint::spin_loop();
+                    for _ in 0..16 {
+                        std::hint::spin_loop();
+                    }
                 }
             }
         }
