@@ -7,7 +7,8 @@ For each 3x3 convolution of bench_kernels' table (batch 32) it times forward + b
 input's gradient included, as a layer inside a network needs it) and prints milliseconds,
 GFLOP/s (3 x the direct convolution's 2 * C_out * C_in * 9 multiply-adds per output pixel, as
 bench_kernels counts them) and the share of PyTorch's own 1024^3 matrix product; then GroupNorm
-(32 groups) forward + backward. Medians of `--reps` after two warm-up runs, on `--threads`
+(32 groups) forward + backward. Backward passes start from a given output gradient
+(`y.backward(dy)`, dy made once), as bench_kernels' do. Medians of `--reps` after two warm-up runs, on `--threads`
 threads. Compare with `cargo run --release --example bench_kernels` run just before or after:
 this machine's speed drifts.
 
@@ -62,10 +63,11 @@ def main():
     for c_in, c_out, size, stride in CONVS:
         x = torch.randn(BATCH, c_in, size, size, requires_grad=True)
         conv = torch.nn.Conv2d(c_in, c_out, 3, stride, 1)
+        dy = torch.ones_like(conv(x))  # given, as a layer's gradient arrives in a network
 
         def step():
             y = conv(x)
-            y.backward(torch.ones_like(y))
+            y.backward(dy)
 
         ms = median_ms(step, args.reps)
         side = size // stride
@@ -78,10 +80,11 @@ def main():
     for c, size in GROUP_NORMS:
         x = torch.randn(BATCH, c, size, size, requires_grad=True)
         norm = torch.nn.GroupNorm(32, c)
+        dy = torch.ones_like(x)
 
         def step():
             y = norm(x)
-            y.backward(torch.ones_like(y))
+            y.backward(dy)
 
         shape = f"{BATCH}x{c}x{size}x{size}"
         print(f"{'32 groups':>16} {shape:>14} {median_ms(step, args.reps):11.3f}")

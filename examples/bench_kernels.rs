@@ -3,7 +3,9 @@
 //! scale.
 //! Prints medians. GFLOP/s counts a direct convolution's 2 * C_in * kh * kw multiply-adds per
 //! output value, also for the 3x3 convolutions that take the Winograd path (which does 16/36 of
-//! them): the effective rate, as cuDNN's and oneDNN's benchmarks give it.
+//! them): the effective rate, as cuDNN's and oneDNN's benchmarks give it. Backward passes
+//! start from a given output gradient (`support::bench::backward_with`), as a layer's does in
+//! a network and as `benches/torch_kernels.py` does with PyTorch's `y.backward(dy)`.
 //!
 //! ```text
 //! cargo run --release --example bench_kernels              # batch 32, 9 repetitions each
@@ -14,12 +16,13 @@
 //! the median of measurements taken between the convolution rows, so a slow stretch moves the
 //! "of sgemm's" column less.
 
-use inkdrop::support::bench::median_ms;
+use inkdrop::support::bench::{backward_with, median_ms};
 
 use candle_core::{Device, Module, Tensor, Var};
 use clap::Parser;
 use inkdrop::nn::{attention_reference, conv2d, fused_attention, group_norm, Padding};
 use inkdrop::support::table::Table;
+use rayon::prelude::*;
 
 /// Benchmark conv2d, GroupNorm and attention, ours against candle's.
 #[derive(Debug, Parser)]
@@ -122,11 +125,10 @@ fn conv(args: &Args) -> anyhow::Result<()> {
         let ours = || conv2d(&x, &w, &b, stride, pad);
         let tf = median_ms(r, || theirs().map(drop))?;
         let of = median_ms(r, || ours().map(drop))?;
-        // `y.backward()` seeds dy with a contiguous tensor of ones, as a layer's gradient
-        // arrives in a network (through `sum_all()` it would be a broadcast that each side
-        // first copies into place, element by element).
-        let tb = median_ms(r, || theirs()?.backward().map(drop))?;
-        let ob = median_ms(r, || ours()?.backward().map(drop))?;
+        // Backward from a given output gradient, as a layer's gradient arrives in a network.
+        let dy = ours()?.ones_like()?;
+        let tb = median_ms(r, || backward_with(&theirs()?, &dy).map(drop))?;
+        let ob = median_ms(r, || backward_with(&ours()?, &dy).map(drop))?;
         rows.push((k, stride, c_in, c_out, size, tf, of, tb, ob, flops));
     }
     sgemm_ms.push(sgemm()?);
@@ -170,8 +172,10 @@ fn group_norms(args: &Args) -> anyhow::Result<()> {
         "ours fwd ms",
         "ours fwd+bwd ms",
         "ours GB/s",
-        "bandwidth bound ms",
+        "bound ms",
         "ours / bound",
+        "2-core bound ms",
+        "ours / 2-core bound",
         "speed-up",
     ]);
     // Plain GroupNorm (the attention blocks' norm) and GroupNorm + SiLU (every ResNet block's).
@@ -185,17 +189,16 @@ fn group_norms(args: &Args) -> anyhow::Result<()> {
         let b = Var::from_tensor(&Tensor::zeros(c, candle_core::DType::F32, &dev)?)?;
         let reference =
             candle_nn::GroupNorm::new(g.as_tensor().clone(), b.as_tensor().clone(), c, 32, 1e-6)?;
-        // `y.backward()` seeds dy with a contiguous tensor of ones, as a layer's gradient
-        // arrives in a network (through `sum_all()` it would be a broadcast that both sides
-        // first copy into place, element by element).
+        // Backward from a given output gradient, as a layer's gradient arrives in a network.
+        let dy = x.ones_like()?;
         let tb = median_ms(r, || {
             let y = reference.forward(&x)?;
             let y = if silu { candle_nn::ops::silu(&y)? } else { y };
-            y.backward().map(drop)
+            backward_with(&y, &dy).map(drop)
         })?;
         let of = median_ms(r, || group_norm(&x, &g, &b, 32, 1e-6, silu).map(drop))?;
         let ob = median_ms(r, || {
-            group_norm(&x, &g, &b, 32, 1e-6, silu)?.backward().map(drop)
+            backward_with(&group_norm(&x, &g, &b, 32, 1e-6, silu)?, &dy).map(drop)
         })?;
         // Bytes moved at the least: read x, write y; read x and dy, write dx: five passes
         // over a tensor of x's size. A copy of x (one read, one write: two passes) measures
@@ -203,6 +206,15 @@ fn group_norms(args: &Args) -> anyhow::Result<()> {
         let bytes = 5.0 * (x.elem_count() * 4) as f64;
         let copy = median_ms(r, || x.as_tensor().copy().map(drop))?;
         let bound = 2.5 * copy;
+        // The same copy on every core (candle's runs on one): our kernels use both cores,
+        // and at these sizes each core moves its share within its own L2 cache.
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let copy_all_cores = median_ms(r, || {
+            let copied: Vec<f32> = xs.par_iter().copied().collect();
+            drop(copied);
+            Ok::<(), anyhow::Error>(())
+        })?;
+        let bound_all_cores = 2.5 * copy_all_cores;
         gn.row([
             format!(
                 "32 groups, {c} channels{}",
@@ -215,6 +227,8 @@ fn group_norms(args: &Args) -> anyhow::Result<()> {
             format!("{:.1}", bytes / ob / 1e6),
             format!("{bound:.2}"),
             format!("{:.1}x", ob / bound),
+            format!("{bound_all_cores:.2}"),
+            format!("{:.1}x", ob / bound_all_cores),
             format!("{:.1}x", tb / ob),
         ]);
     }
@@ -256,8 +270,9 @@ fn attention(args: &Args) -> anyhow::Result<()> {
         let ours = || fused_attention(&q, &k, &v, heads, scale);
         let tf = median_ms(r, || theirs().map(drop))?;
         let of = median_ms(r, || ours().map(drop))?;
-        let tb = median_ms(r, || theirs()?.backward().map(drop))?;
-        let ob = median_ms(r, || ours()?.backward().map(drop))?;
+        let dy = ours()?.ones_like()?;
+        let tb = median_ms(r, || backward_with(&theirs()?, &dy).map(drop))?;
+        let ob = median_ms(r, || backward_with(&ours()?, &dy).map(drop))?;
         attn.row([
             format!("{kind}, {} channels each", c / heads),
             format!("{n}x{n_q}x{c} / {n}x{t}x{c}"),

@@ -141,3 +141,30 @@ fn a_long_caption_is_spread_over_its_tiles_word_by_word() {
     assert_eq!(spread_words("a triangle", 2, 3), ["a", "triangle"]);
     assert_eq!(spread_words("", 0, 5), [""]);
 }
+
+/// `backward_with` gives the gradients that `dy` as y's gradient implies (here y = 3x + x^2, so
+/// dx = dy * (3 + 2x)), not those of a seed of ones, and rejects a gradient of another shape.
+#[test]
+fn backward_with_uses_the_given_output_gradient() {
+    use candle_core::{Device, Tensor, Var};
+    use inkdrop::support::bench::backward_with;
+    let x = Var::from_vec(vec![1f32, -2.0, 0.5, 4.0], (2, 2), &Device::Cpu).unwrap();
+    let y = ((x.as_tensor() * 3.0).unwrap() + x.as_tensor().sqr().unwrap()).unwrap();
+    let dy = Tensor::from_vec(vec![0.5f32, 2.0, -1.0, 0.25], (2, 2), &Device::Cpu).unwrap();
+    let grads = backward_with(&y, &dy).unwrap();
+    let dx: Vec<f32> = grads
+        .get(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // dy * (3 + 2x): 0.5 * 5, 2 * (-1), (-1) * 4, 0.25 * 11.
+    assert_eq!(dx, vec![2.5, -2.0, -4.0, 2.75]);
+    let wrong = Tensor::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = backward_with(&y, &wrong).unwrap_err().to_string();
+    assert!(
+        err.contains("output gradient [4] for an output [2, 2]"),
+        "{err}"
+    );
+}
