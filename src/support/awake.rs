@@ -10,7 +10,8 @@
 //! PyTorch's OpenMP threads spin instead: after a parallel region they keep polling for the
 //! next one for a while (`KMP_BLOCKTIME`, 200 ms by default with Intel's runtime) before they
 //! sleep. [`keep_pool_awake`] does the same for rayon. Every custom op calls it as it reads its
-//! inputs; if no spinner is running, it starts one on each of the pool's other threads (rayon's
+//! inputs; called on the thread that runs the program's body ([`super::on_pool`]) with no
+//! spinner running, it starts one on each of the pool's other threads (rayon's
 //! `spawn_broadcast`). A spinner runs whatever work appears (`rayon::yield_now`: its own queue,
 //! other threads' queues, then jobs injected from outside the pool) and polls in between; after
 //! [`BLOCKTIME`] without work it returns, and the thread goes back to rayon's own yielding and
@@ -32,6 +33,20 @@ pub const BLOCKTIME: Duration = Duration::from_millis(50);
 static SPINNING: AtomicBool = AtomicBool::new(false);
 /// Spinners started and not yet stopped.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The pool thread running the program's body ([`super::on_pool`]); `usize::MAX` for none.
+static BODY: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Marks the calling pool thread as the one running the program's body: the only thread whose
+/// ops start spinners, and the only one that never runs one. (A spinner is a job that returns
+/// only after 50 ms without work; a thread that picked it up while waiting inside a parallel
+/// op of its own would not notice that op finishing until then. The body thread waits inside
+/// its ops all the time; the other threads, when the body starts spinners between its ops, are
+/// idle.)
+pub(crate) fn mark_body_thread() {
+    if let Some(index) = rayon::current_thread_index() {
+        BODY.store(index, Ordering::Relaxed);
+    }
+}
 
 /// Makes sure the pool's other threads are spinning, ready for the next parallel op. Costs one
 /// atomic load when they already are; does nothing on a pool of one thread.
@@ -45,17 +60,19 @@ pub fn keep_pool_awake() {
 
 #[cold]
 fn start_spinners() {
-    let threads = rayon::current_num_threads();
-    // Inside the pool the calling thread is busy with the op that called us; outside it
-    // (tests, the terminal UI's main thread) every worker is free to spin.
-    let caller = rayon::current_thread_index();
-    let spinners = threads - usize::from(caller.is_some());
-    if spinners == 0 || SPINNING.swap(true, Ordering::AcqRel) {
+    // Only the body thread starts them (see `mark_body_thread`): ops called from elsewhere
+    // (tests, helper threads) keep rayon's own waiting.
+    let body = BODY.load(Ordering::Relaxed);
+    let spinners = rayon::current_num_threads() - 1;
+    if rayon::current_thread_index() != Some(body)
+        || spinners == 0
+        || SPINNING.swap(true, Ordering::AcqRel)
+    {
         return;
     }
     LIVE.store(spinners, Ordering::Release);
     rayon::spawn_broadcast(move |ctx| {
-        if Some(ctx.index()) != caller {
+        if ctx.index() != body {
             spin();
             if LIVE.fetch_sub(1, Ordering::AcqRel) == 1 {
                 SPINNING.store(false, Ordering::Release);

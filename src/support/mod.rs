@@ -90,8 +90,14 @@ fn run_main_on(
 /// 2-core machine, shipped UNet: forward at batch 2 21.8 ms -> 9.0 ms, forward + backward 54.1
 /// -> 27.7 ms, training step at batch 64 524 -> 463 ms; 30-step generation 418 -> 266 ms. The
 /// work is split the same way (same bytes); only who waits, and how, changes.
+///
+/// The thread that runs `f` is the one whose ops keep the pool's other threads awake
+/// ([`awake`]).
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+    rayon::scope(|_| {
+        awake::mark_body_thread();
+        f()
+    })
 }
 
 /// Keeps freed memory in the process instead of returning every large buffer to the kernel.
