@@ -49,7 +49,9 @@ pub(crate) fn mark_body_thread() {
 }
 
 /// Makes sure the pool's other threads are spinning, ready for the next parallel op. Costs one
-/// atomic load when they already are; does nothing on a pool of one thread.
+/// atomic load when they already are; starts them only when called on the thread that runs
+/// the program's body ([`super::on_pool`]) of a pool of two or more threads, and otherwise does
+/// nothing.
 #[inline]
 pub fn keep_pool_awake() {
     if SPINNING.load(Ordering::Relaxed) {
