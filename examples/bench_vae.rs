@@ -1,7 +1,8 @@
 //! Benchmark of the VAE (`AutoencoderKL`, the shipped config): encoding a picture, decoding a
 //! latent (what sampling pays once per picture), and a whole training step as `inkdrop train vae`
 //! runs it (encode, sample z, decode, reconstruction MSE + KL, backward, gradient clipping,
-//! AdamW). The VAE is the longest stage of `inkdrop train all`. Prints medians.
+//! AdamW). The VAE is the second-longest stage of `inkdrop train all` (which trains it at batch
+//! 16). Prints medians.
 //!
 //! ```text
 //! cargo run --release --example bench_vae
