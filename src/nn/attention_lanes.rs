@@ -115,13 +115,13 @@ fn exp2_nonpositive(d: f32) -> f32 {
     let shifted = if d > -126.0 { d } else { -126.0 } + ROUND;
     let n = shifted - ROUND;
     let f = d - n;
-    let p = 1.540_353e-4;
-    let p = p * f + 1.333_355_8e-3;
-    let p = p * f + 9.618_129e-3;
-    let p = p * f + 5.550_411e-2;
-    let p = p * f + 0.240_226_5;
-    let p = p * f + std::f32::consts::LN_2;
-    let p = p * f + 1.0;
+    let p: f32 = 1.540_353e-4;
+    let p = p.mul_add(f, 1.333_355_8e-3);
+    let p = p.mul_add(f, 9.618_129e-3);
+    let p = p.mul_add(f, 5.550_411e-2);
+    let p = p.mul_add(f, 0.240_226_5);
+    let p = p.mul_add(f, std::f32::consts::LN_2);
+    let p = p.mul_add(f, 1.0);
     // n in [-126, 0]: n + 127 is a normal float's biased exponent.
     let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let two_n = f32::from_bits(n_int.wrapping_add(127) << 23);
@@ -169,7 +169,7 @@ fn scores<const D: usize>(qt: &[Lanes; D], k: &[f32], h: Head, scores: &mut [Lan
         let mut s = [0f32; L];
         for (qc, &kc) in qt.iter().zip(&kj) {
             for (s, &q) in s.iter_mut().zip(qc) {
-                *s += q * kc;
+                *s = q.mul_add(kc, *s);
             }
         }
         for (m, &s) in max.iter_mut().zip(&s) {
@@ -203,7 +203,7 @@ fn weighted_sum(w: &[Lanes], y: &[f32], h: Head, c: usize) -> Lanes {
     for (j, wj) in w.iter().enumerate() {
         let y_jc = y[j * h.stride + h.col + c];
         for (a, &w) in acc.iter_mut().zip(wj) {
-            *a += w * y_jc;
+            *a = w.mul_add(y_jc, *a);
         }
     }
     acc
@@ -267,7 +267,7 @@ fn backward_queries<const D: usize>(
             let mut dp = [0f32; L];
             for (gc, &vc) in gt.iter().zip(&vj) {
                 for (dp, &g) in dp.iter_mut().zip(gc) {
-                    *dp += g * vc;
+                    *dp = g.mul_add(vc, *dp);
                 }
             }
             let mut p = [0f32; L];

@@ -13,16 +13,16 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = x.mul_add(LOG2E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p: f32 = 1.987_569_1e-4;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 0.5);
+    let e_r = (p * r).mul_add(r, r) + 1.0;
     // n as an integer, read from the bits of `shifted` (in [2^23, 2^24) one unit is one ulp).
     // `n as i32` would give the same value, but Rust's saturating float-to-int cast keeps the
     // loop scalar.
@@ -105,8 +105,11 @@ pub fn max(xs: &[f32]) -> f32 {
 /// crate). Our element-wise loops get the same here, with 16 lanes (or 8) instead of 4. The
 /// arithmetic is the same operations in the same order (Rust never fuses a multiply and an add
 /// on its own, and the reductions above keep 16 fixed partial sums), so every path gives the
-/// same bits. Functions called from a kernel should be `#[inline(always)]`, so that they are
-/// compiled into each version.
+/// same bits. Where a kernel wants a fused multiply-add (the polynomials of `exp`, attention's
+/// dot products) it asks for one, `f32::mul_add`, which rounds once on every path: one `vfmadd`
+/// instruction in the two wide versions, a call to libm's `fmaf` in the baseline one (slow, but
+/// only a CPU without AVX2 and FMA, older than about 2013, runs it). Functions called from a
+/// kernel should be `#[inline(always)]`, so that they are compiled into each version.
 macro_rules! wide_kernels {
     ($($item:item)*) => {
         $(

@@ -209,9 +209,9 @@ impl Attention {
                 scale,
             )?; // (B, N, C)
             if let (Some(rec), Some(_)) = (graph, context) {
-                // The same probabilities again, with differentiable ops (`ops::softmax` keeps
-                // the gradient; `softmax_last_dim` would cut it).
-                let probs = candle_nn::ops::softmax(&scores(q, k)?, candle_core::D::Minus1)?;
+                // The same probabilities again, differentiable (`nn::softmax_last_dim` is one
+                // fused op each way; candle-nn's function of that name would cut the gradient).
+                let probs = softmax_last_dim(&scores(q, k)?)?;
                 rec.maps.borrow_mut().push(map(probs)); // (B, h, N, T)
             }
             return self.to_out.forward(&out);
