@@ -1,4 +1,4 @@
-//! Benchmarks of the convolution, GroupNorm and attention kernels against candle's own ops, at
+//! Benchmarks of the convolution, GroupNorm, attention and linear-layer kernels against candle's own ops, at
 //! the layer shapes of the VAE and UNet, with GFLOP/s and the machine's matrix-product peak for
 //! scale.
 //! Prints medians. GFLOP/s counts a direct convolution's 2 * C_in * kh * kw multiply-adds per
@@ -20,11 +20,11 @@ use inkdrop::support::bench::{backward_with, median_ms};
 
 use candle_core::{Device, Module, Tensor, Var};
 use clap::Parser;
-use inkdrop::nn::{attention_reference, conv2d, fused_attention, group_norm, Padding};
+use inkdrop::nn::{attention_reference, conv2d, fused_attention, group_norm, linear, Padding};
 use inkdrop::support::table::Table;
 use rayon::prelude::*;
 
-/// Benchmark conv2d, GroupNorm and attention, ours against candle's.
+/// Benchmark conv2d, GroupNorm, attention and linear layers, ours against candle's.
 #[derive(Debug, Parser)]
 struct Args {
     /// Repetitions per measurement (the median is reported).
@@ -43,6 +43,7 @@ enum Kernel {
     Conv,
     GroupNorm,
     Attention,
+    Linear,
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +60,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if wanted(Kernel::Attention) {
         attention(&args)?;
+    }
+    if wanted(Kernel::Linear) {
+        linears(&args)?;
     }
     Ok(())
 }
@@ -284,5 +288,66 @@ fn attention(args: &Args) -> anyhow::Result<()> {
         ]);
     }
     println!("{attn}");
+    Ok(())
+}
+
+/// The linear-layer table: `y = x W^T + b` at the shapes of a `train all` UNet step (the
+/// reference config's transformers at 16x16 and 8x8 and the 128-wide text encoder it trains,
+/// over a batch of captions of 16 tokens), against candle's `matmul` + `broadcast_add`.
+fn linears(args: &Args) -> anyhow::Result<()> {
+    let (r, n) = (args.reps, args.batch_size);
+    let mut randn = randn_source();
+    let tokens = inkdrop::text::tokenizer::CONTEXT_LENGTH;
+    let mut table = Table::new([
+        "linear",
+        "x",
+        "candle fwd ms",
+        "ours fwd ms",
+        "candle fwd+bwd ms",
+        "ours fwd+bwd ms",
+        "ours fwd+bwd GFLOP/s",
+        "fwd+bwd speed-up",
+    ]);
+    // (what, rows per image, in, out)
+    for (what, per_image, din, dout) in [
+        ("attention q/k/v/out, 16x16", 256, 32, 32),
+        ("GEGLU in, 16x16", 256, 32, 256),
+        ("GEGLU out, 16x16", 256, 128, 32),
+        ("attention q/k/v/out, 8x8", 64, 64, 64),
+        ("GEGLU in, 8x8", 64, 64, 512),
+        ("cross-attention k/v", tokens, 128, 64),
+        ("text encoder q/k/v/out", tokens, 128, 128),
+        ("text encoder MLP in", tokens, 128, 512),
+        ("text encoder MLP out", tokens, 512, 128),
+    ] {
+        let varmap = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &Device::Cpu);
+        let layer = linear(din, dout, vb)?;
+        let (w, b) = {
+            let vars = varmap.data().lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+            (vars["weight"].clone(), vars["bias"].clone())
+        };
+        let rows = n * per_image;
+        let x = Var::from_tensor(&randn(&[rows, din])?)?;
+        let theirs = || x.matmul(&w.t()?)?.broadcast_add(&b);
+        let ours = || layer.forward(&x);
+        let tf = median_ms(r, || theirs().map(drop))?;
+        let of = median_ms(r, || ours().map(drop))?;
+        let dy = ours()?.ones_like()?;
+        let tb = median_ms(r, || backward_with(&theirs()?, &dy).map(drop))?;
+        let ob = median_ms(r, || backward_with(&ours()?, &dy).map(drop))?;
+        let flops = 3.0 * 2.0 * (rows * din * dout) as f64;
+        table.row([
+            what.to_string(),
+            format!("{rows}x{din} -> {dout}"),
+            format!("{tf:.3}"),
+            format!("{of:.3}"),
+            format!("{tb:.3}"),
+            format!("{ob:.3}"),
+            format!("{:.0}", flops / ob / 1e6),
+            format!("{:.1}x", tb / ob),
+        ]);
+    }
+    println!("{table}");
     Ok(())
 }

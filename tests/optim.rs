@@ -108,3 +108,60 @@ fn fused_ema_gives_the_candle_formula_and_leaves_the_weights_alone() {
     );
     assert_ne!(bits(w.as_tensor()), w_before);
 }
+
+#[test]
+fn clip_grad_norm_measures_the_global_norm_and_scales_only_above_the_limit() {
+    use inkdrop::train::optim::clip_grad_norm;
+    // Three variables, one large enough to be summed in several chunks, one without a gradient.
+    let (a, b, c) = (
+        Var::from_tensor(&common::rand(&[300, 200], 1)).unwrap(),
+        Var::from_tensor(&common::rand(&[7], 2)).unwrap(),
+        Var::from_tensor(&common::rand(&[3], 3)).unwrap(),
+    );
+    let (ga, gb) = (common::rand(&[300, 200], 4), common::rand(&[7], 5));
+    let grads = || {
+        ((a.as_tensor() * &ga).unwrap().sum_all().unwrap()
+            + (b.as_tensor() * &gb).unwrap().sum_all().unwrap())
+        .unwrap()
+        .backward()
+        .unwrap()
+    };
+    let squares = |g: &Tensor| -> f64 {
+        let v: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+    };
+    let want = (squares(&ga) + squares(&gb)).sqrt();
+    let vars = [a.clone(), b.clone(), c.clone()];
+    // Below the limit: the norm, and the gradients untouched.
+    let mut store = grads();
+    let norm = clip_grad_norm(&mut store, &vars, 1e9).unwrap();
+    assert!((norm - want).abs() < 1e-4 * want, "{norm} vs {want}");
+    assert_eq!(bits(store.get(a.as_tensor()).unwrap()), bits(&ga));
+    assert!(store.get(c.as_tensor()).is_none());
+    // Above it: every gradient scaled by the same factor, to a global norm of the limit.
+    let limit = want / 4.0;
+    let mut store = grads();
+    clip_grad_norm(&mut store, &vars, limit).unwrap();
+    let (sa, sb) = (
+        store.get(a.as_tensor()).unwrap(),
+        store.get(b.as_tensor()).unwrap(),
+    );
+    let clipped = (squares(sa) + squares(sb)).sqrt();
+    assert!(
+        (clipped - limit).abs() < 1e-4 * limit,
+        "{clipped} vs {limit}"
+    );
+    let ratio = |g: &Tensor, orig: &Tensor| {
+        (g.sum_all().unwrap().to_scalar::<f32>().unwrap()
+            / orig.sum_all().unwrap().to_scalar::<f32>().unwrap()) as f64
+    };
+    assert!((ratio(sa, &ga) - 0.25).abs() < 1e-3 && (ratio(sb, &gb) - 0.25).abs() < 1e-3);
+    // The same bits on one thread as on all of them.
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let single = one.install(|| clip_grad_norm(&mut grads(), &vars, limit).unwrap());
+    let all = clip_grad_norm(&mut grads(), &vars, limit).unwrap();
+    assert_eq!(single.to_bits(), all.to_bits());
+}

@@ -331,6 +331,55 @@ fn maps_kept_with_their_graph_match_the_recorded_ones_and_train_queries_and_keys
     assert_eq!(checked, 2 * kept.len());
 }
 
+#[test]
+fn the_fused_inside_share_matches_candle_ops_in_value_and_gradient() {
+    use candle_core::Var;
+    use common::weighted_sum;
+    use inkdrop::train::inside_share::inside_share;
+    // Odd sizes: 3 samples, 2 heads, 5 cells, 7 tokens; probabilities softmaxed over tokens,
+    // coverage in [0, 1] with some cells empty.
+    let probs = candle_nn::ops::softmax_last_dim(&rand(&[3, 2, 5, 7], 1)).unwrap();
+    let probs = Var::from_tensor(&probs).unwrap();
+    let mask = rand(&[3, 5, 7], 2)
+        .relu()
+        .unwrap()
+        .clamp(0f32, 1f32)
+        .unwrap();
+    let ours = inside_share(&probs, &mask).unwrap();
+    // The composed formula it replaced: mean over heads, then the two sums over cells.
+    let a = probs.mean(1).unwrap(); // (3, 5, 7)
+    let total = a.sum(1).unwrap();
+    let theirs = (&a * &mask)
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .div(&(total + 1e-8).unwrap())
+        .unwrap();
+    assert_eq!(ours.dims(), &[3, 7]);
+    assert!(max_abs_diff(&ours, &theirs) < 1e-6);
+    let w = rand(&[3, 7], 3);
+    let g1 = weighted_sum(&ours, &w).backward().unwrap();
+    let g2 = weighted_sum(&theirs, &w).backward().unwrap();
+    let (d1, d2) = (g1.get(&probs).unwrap(), g2.get(&probs).unwrap());
+    assert_eq!(d1.dims(), probs.dims());
+    assert!(
+        max_abs(d2) > 1e-3,
+        "the reference gradient is not trivially zero"
+    );
+    assert!(max_abs_diff(d1, d2) < 1e-5, "{}", max_abs_diff(d1, d2));
+    // No gradient reaches the mask (a constant target).
+    let mask_var = Var::from_tensor(&mask).unwrap();
+    let g = inside_share(&probs, &mask_var)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&mask_var).is_none());
+    // Shapes that do not match are an error, not a panic.
+    assert!(inside_share(&probs, &rand(&[3, 4, 7], 4)).is_err());
+}
+
 mod training {
     use super::*;
     use inkdrop::clip::bundle::ClipBundle;

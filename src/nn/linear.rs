@@ -8,7 +8,11 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use super::gemm::{sgemm_uninit, MatRef};
+use rayon::prelude::*;
+
+use super::conv::{contiguous_runs, split_runs};
+use super::fastmath::add_assign;
+use super::gemm::{sgemm_uninit_with, MatRef};
 use super::ops::{bias_add, contiguous_f32, written_by};
 
 /// A fully connected layer, `y = x W^T + b`, with candle-nn's initialisation and names
@@ -64,7 +68,8 @@ pub fn linear_no_bias(din: usize, dout: usize, vb: VarBuilder) -> Result<Linear>
 }
 
 /// `y = x W^T` for x (rows, in) and W (out, in), both contiguous; backward
-/// `dx = dy W` (rows, in) and `dW = dy^T x` (out, in), each one matrix product.
+/// `dx = dy W` (rows, in) and `dW = dy^T x` (out, in), each one matrix product
+/// ([`LinearProduct`]).
 pub struct MatmulWt;
 
 impl CustomOp2 for MatmulWt {
@@ -79,18 +84,7 @@ impl CustomOp2 for MatmulWt {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let ((rows, din), (dout, win)) = (l1.shape().dims2()?, l2.shape().dims2()?);
-        if win != din {
-            bail!("linear: an input of width {din} for a weight of shape ({dout}, {win})");
-        }
-        let x = MatRef::row_major(x, rows, din);
-        let w_t = MatRef::row_major(w, dout, din).t(); // (in, out)
-
-        // SAFETY: `sgemm_uninit` writes every element of the (rows, out) output.
-        let (y, ()) = unsafe { written_by(rows * dout, |y| sgemm_uninit(x, w_t, y)) };
-        Ok((CpuStorage::F32(y), Shape::from((rows, dout))))
+        LinearProduct::XWt.cpu_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -100,8 +94,134 @@ impl CustomOp2 for MatmulWt {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = dy.matmul(w)?; // (rows, out) @ (out, in) = (rows, in)
-        let dw = dy.t()?.matmul(x)?; // (out, rows) @ (rows, in) = (out, in)
+        let dy = dy.contiguous()?; // (rows, out)
+        let dx = dy.apply_op2_no_bwd(w, &LinearProduct::DyW)?; // (rows, in)
+        let dw = dy.apply_op2_no_bwd(x, &LinearProduct::DytX)?; // (out, in)
         Ok((Some(dx), Some(dw)))
     }
 }
+
+/// The three matrix products of a linear layer, each of two contiguous row-major operands
+/// `a`, `b`, split across the threads by inkdrop rather than by `gemm`: `gemm` splits a product
+/// only when one block of it holds about 48*48*256 multiply-adds, and a layer's are thin (32 or
+/// 64 wide, thousands of rows), so their weight gradients, and at times their other products,
+/// ran on one core while the other waited.
+#[derive(Clone, Copy, Debug)]
+pub enum LinearProduct {
+    /// `y = x W^T`: x (rows, in), W (out, in) -> (rows, out). Rows split across threads.
+    XWt,
+    /// `dx = dy W`: dy (rows, out), W (out, in) -> (rows, in). Rows split across threads.
+    DyW,
+    /// `dW = dy^T x`: dy (rows, out), x (rows, in) -> (out, in), a sum over rows: cut into
+    /// [`sum_pieces`] runs of rows, one partial product each, added in order.
+    DytX,
+}
+
+/// Multiply-adds below which a product stays on the calling thread (about 64^3).
+const PARALLEL_WORK: usize = 64 * 64 * 64;
+
+/// Rows per partial product of [`LinearProduct::DytX`] at the least, and partial products at
+/// the most: enough of them that both cores (or eight) have work, few enough that adding them
+/// up costs little beside the product (`pieces - 1` adds per weight against `rows` multiply-adds).
+const MIN_PIECE_ROWS: usize = 256;
+const MAX_PIECES: usize = 8;
+
+/// How many runs of rows `dW = dy^T x` is cut into: a function of `rows` alone, so the sum is
+/// added up in the same order, and gives the same bits, on any number of threads.
+pub fn sum_pieces(rows: usize, work: usize) -> usize {
+    if work < PARALLEL_WORK {
+        1
+    } else {
+        (rows / MIN_PIECE_ROWS).clamp(1, MAX_PIECES)
+    }
+}
+
+impl CustomOp2 for LinearProduct {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::XWt => "inkdrop-linear-x-wt",
+            Self::DyW => "inkdrop-linear-dy-w",
+            Self::DytX => "inkdrop-linear-dyt-x",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(s1, l1, self.name())?;
+        let b = contiguous_f32(s2, l2, self.name())?;
+        let ((ar, ac), (br, bc)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let (out, rows, cols) = match self {
+            Self::XWt if ac == bc => {
+                let w_t = MatRef::row_major(b, br, bc).t(); // (in, out)
+                (split_rows(a, ar, ac, w_t), ar, br)
+            }
+            Self::DyW if ac == br => (split_rows(a, ar, ac, MatRef::row_major(b, br, bc)), ar, bc),
+            Self::DytX if ar == br => (sum_over_rows(a, b, ar, ac, bc), ac, bc),
+            _ => bail!(
+                "{}: operands ({ar}, {ac}) and ({br}, {bc}) do not fit",
+                self.name()
+            ),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((rows, cols))))
+    }
+}
+
+/// `a @ b` for a (rows, k) row-major and b (k, n): each thread multiplies its own run of rows.
+fn split_rows(a: &[f32], rows: usize, k: usize, b: MatRef) -> Vec<f32> {
+    let n = b.cols;
+    let runs = if rows * k * n < PARALLEL_WORK {
+        vec![(0, rows)]
+    } else {
+        contiguous_runs(rows, rayon::current_num_threads())
+    };
+    // SAFETY: the runs cover every row, and `sgemm_uninit_with` writes every element of each
+    // run's (len, n) part.
+    let (y, ()) = unsafe {
+        written_by(rows * n, |y| {
+            split_runs(y, &runs, n)
+                .into_par_iter()
+                .zip(&runs)
+                .for_each(|(part, &(r0, len))| {
+                    let a_run = MatRef::row_major(&a[r0 * k..(r0 + len) * k], len, k);
+                    sgemm_uninit_with(a_run, b, part, false);
+                })
+        })
+    };
+    y
+}
+
+/// `a^T @ b` for a (rows, m) and b (rows, n), both row-major: (m, n), the sum over rows of
+/// `a[r]^T b[r]`, as [`sum_pieces`] partial products (in parallel) added in order.
+fn sum_over_rows(a: &[f32], b: &[f32], rows: usize, m: usize, n: usize) -> Vec<f32> {
+    let pieces = sum_pieces(rows, rows * m * n);
+    let runs = contiguous_runs(rows, pieces);
+    let partial = |&(r0, len): &(usize, usize)| {
+        let a_t = MatRef::row_major(&a[r0 * m..(r0 + len) * m], len, m).t(); // (m, len)
+        let b_run = MatRef::row_major(&b[r0 * n..(r0 + len) * n], len, n); // (len, n)
+                                                                           // One piece (few rows): `gemm` may still split the product by columns.
+        let split = pieces == 1;
+        // SAFETY: `sgemm_uninit_with` writes every element of the (m, n) product.
+        let (p, ()) = unsafe { written_by(m * n, |p| sgemm_uninit_with(a_t, b_run, p, split)) };
+        p
+    };
+    let mut partials: Vec<Vec<f32>> = runs.par_iter().map(partial).collect();
+    let mut sum = partials.remove(0);
+    if !partials.is_empty() {
+        sum.par_chunks_mut(SUM_CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                for p in &partials {
+                    add_assign(chunk, &p[i * SUM_CHUNK..][..chunk.len()]);
+                }
+            });
+    }
+    sum
+}
+
+/// Weights per parallel task when adding the partial products up.
+const SUM_CHUNK: usize = 1 << 13;

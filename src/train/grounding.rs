@@ -17,7 +17,9 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
+use super::inside_share::inside_share;
 use crate::shapes::caption::parse_claim;
 use crate::shapes::render::object_coverage;
 use crate::shapes::scene::Scene;
@@ -75,8 +77,9 @@ pub fn grounding_targets(
     dev: &Device,
 ) -> Result<Option<GroundingTargets>> {
     let b = captions.len();
+    // Sample by sample in parallel (a few milliseconds a step, which one core spent alone).
     let per_sample: Vec<Vec<(usize, usize)>> = captions
-        .iter()
+        .par_iter()
         .map(|c| object_tokens(tokenizer, c))
         .collect::<Result<_>>()?;
     let count: usize = per_sample.iter().map(Vec::len).sum();
@@ -93,18 +96,21 @@ pub fn grounding_targets(
     for &g in grids {
         let hw = g * g;
         let mut m = vec![0f32; b * hw * tokens];
-        for (i, toks) in per_sample.iter().enumerate() {
-            let mut cover: HashMap<usize, Vec<f32>> = HashMap::new();
-            for &(obj, p) in toks {
-                // Sub-samples so that a cell is judged from about 64 x 64 points per canvas.
-                let c = cover
-                    .entry(obj)
-                    .or_insert_with(|| object_coverage(scenes[i], obj, g, (64 / g).max(1)));
-                for (u, &v) in c.iter().enumerate() {
-                    m[(i * hw + u) * tokens + p] = v;
+        m.par_chunks_mut(hw * tokens)
+            .zip(&per_sample)
+            .enumerate()
+            .for_each(|(i, (m, toks))| {
+                let mut cover: HashMap<usize, Vec<f32>> = HashMap::new();
+                for &(obj, p) in toks {
+                    // Sub-samples so that a cell is judged from about 64 x 64 points per canvas.
+                    let c = cover
+                        .entry(obj)
+                        .or_insert_with(|| object_coverage(scenes[i], obj, g, (64 / g).max(1)));
+                    for (u, &v) in c.iter().enumerate() {
+                        m[u * tokens + p] = v;
+                    }
                 }
-            }
-        }
+            });
         masks.insert(g, Tensor::from_vec(m, (b, hw, tokens), dev)?);
     }
     Ok(Some(GroundingTargets {
@@ -141,9 +147,8 @@ fn inside(map: &AttentionMap, targets: &GroundingTargets) -> Result<Option<Tenso
     let Some(m) = layer_mask(map, targets) else {
         return Ok(None);
     };
-    let a = map.probs.mean(1)?; // (B, HW, T): mean over heads
-    let total = a.sum(1)?; // (B, T)
-    Ok(Some((a * m)?.sum(1)?.div(&(total + 1e-8)?)?)) // (B, T)
+    // sum_u A M / (sum_u A + 1e-8), A the mean over heads, fused (`inside_share.rs`).
+    Ok(Some(inside_share(&map.probs, m)?)) // (B, T)
 }
 
 /// `L_token` (see the module docs) over the recorded cross-attention `maps` of a batch: the

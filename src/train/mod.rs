@@ -5,6 +5,7 @@ pub mod caption_states;
 pub mod checkpoint;
 pub mod clip;
 pub mod grounding;
+pub mod inside_share;
 pub mod optim;
 pub mod prefetch;
 pub mod unet;

@@ -89,9 +89,11 @@ impl AdamW {
         let c = self.config;
         let t = self.step as i32;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for s in &mut self.slots {
+        // The variables in parallel (most are too small to split), each one's own update
+        // split further when it is large: per weight the same arithmetic, so the same bits.
+        self.slots.par_iter_mut().try_for_each(|s| {
             let Some(g) = grads.get(s.var.as_tensor()) else {
-                continue;
+                return Ok(());
             };
             let g = g.contiguous()?;
             let op = AdamWStep {
@@ -106,9 +108,8 @@ impl AdamW {
                 weight_decay: s.decay.then_some(c.weight_decay as f32),
                 lr: lr as f32,
             };
-            s.var.as_tensor().inplace_op2(&g, &op)?;
-        }
-        Ok(())
+            s.var.as_tensor().inplace_op2(&g, &op)
+        })
     }
 
     /// The moments as named tensors (`adamw.m.NAME`, `adamw.v.NAME`), for checkpoints.
@@ -294,6 +295,11 @@ wide_kernels! {
         }
     }
 
+    /// `sum_i x_i^2`, with 16 partial sums.
+    fn sum_of_squares_chunk(xs: &[f32]) -> f32 {
+        crate::nn::fastmath::sum_map(xs, |v| v * v)
+    }
+
     /// [`EmaStep`] on one chunk: `ema = decay * ema + one_minus_decay * w`.
     fn ema_chunk(ema: &mut [f32], w: &[f32], decay: f32, one_minus_decay: f32) {
         for (e, &w) in ema.iter_mut().zip(w) {
@@ -316,22 +322,41 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, base: f64) -> f64 {
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm before
 /// clipping: `g <- g * min(1, max_norm / |g|)`.
+///
+/// The variables are taken in parallel (most are small, so one at a time kept a core idle);
+/// each one's squares are summed in chunks of a fixed size, and the chunks and the variables
+/// in order, so the norm has the same bits on any number of threads.
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        }
-    }
-    let norm = total.sqrt();
+    let present: Vec<(&Var, Tensor)> = vars
+        .iter()
+        .filter_map(|v| grads.get(v.as_tensor()).map(|g| (v, g.clone())))
+        .collect();
+    let sums = present
+        .par_iter()
+        .map(|(_, g)| sum_of_squares(g))
+        .collect::<Result<Vec<f64>>>()?;
+    let norm = sums.iter().sum::<f64>().sqrt();
     if norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
-        for v in vars {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                let scaled = (g * scale)?;
-                grads.insert(v.as_tensor(), scaled);
-            }
+        let scaled = present
+            .par_iter()
+            .map(|(_, g)| g * scale)
+            .collect::<Result<Vec<Tensor>>>()?;
+        for ((v, _), g) in present.iter().zip(scaled) {
+            grads.insert(v.as_tensor(), g);
         }
     }
     Ok(norm)
+}
+
+/// `sum_i g_i^2` over a tensor's elements: per chunk of [`UPDATE_CHUNK`] in f32 (16 partial
+/// sums), the chunks added in order in f64.
+fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    let g = g.contiguous()?;
+    let (storage, layout) = g.storage_and_layout();
+    let data = crate::nn::ops::storage_f32(&storage, layout, "clip_grad_norm")?;
+    Ok(data
+        .chunks(UPDATE_CHUNK)
+        .map(|c| f64::from(sum_of_squares_chunk(c)))
+        .sum())
 }

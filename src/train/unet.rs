@@ -19,6 +19,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::caption_states::CaptionStates;
@@ -326,9 +327,11 @@ impl Ema {
     /// `ema = decay_s * ema + (1 - decay_s) * w`, in place, after step `step` (from 0).
     fn update(&mut self, vars: &[(String, Var)], step: usize) -> Result<()> {
         let decay = ema_decay_at(step, self.decay, self.warmup);
-        for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
-            ema_update(s, v.as_tensor(), decay)?;
-        }
+        // The variables in parallel: most are too small to split across threads themselves.
+        self.shadow
+            .par_iter()
+            .zip(vars)
+            .try_for_each(|((_, s), (_, v))| ema_update(s, v.as_tensor(), decay))?;
         Ok(())
     }
 
