@@ -89,6 +89,59 @@ fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
 }
 
 #[test]
+fn causal_attention_matches_the_masked_composed_ops_values_and_gradients() {
+    // (B, T, C, heads): CLIP's text transformer (heads of 32, the matrix-product path), a head
+    // width the row kernels would take (4), one token.
+    for (b, t, c, heads) in [(2, 16, 128, 4), (3, 7, 8, 2), (1, 1, 6, 3)] {
+        let q = Var::from_tensor(&rand(&[b, t, c], 21)).unwrap();
+        let k = Var::from_tensor(&rand(&[b, t, c], 22)).unwrap();
+        let v = Var::from_tensor(&rand(&[b, t, c], 23)).unwrap();
+        let w = rand(&[b, t, c], 24);
+        let d = c / heads;
+        let scale = 1.0 / (d as f64).sqrt();
+        let ours = inkdrop::nn::fused_causal_attention(&q, &k, &v, heads, scale).unwrap();
+        // The composition the text transformer used: scores plus the (T, T) mask of 0 and -inf.
+        let split = |y: &Tensor| {
+            y.reshape((b, t, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let mask = inkdrop::nn::causal_mask(t, &Device::Cpu).unwrap();
+        let scores = (split(&q).matmul(&split(&k).t().unwrap()).unwrap() * scale)
+            .unwrap()
+            .broadcast_add(&mask)
+            .unwrap();
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
+        let theirs = probs
+            .matmul(&split(&v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, t, c))
+            .unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5, "{b} {t} {c} {heads}");
+        // The first token sees only itself: its output is its own value.
+        let first = |x: &Tensor| x.narrow(1, 0, 1).unwrap();
+        assert!(max_abs_diff(&first(&ours), &first(&v)) < 1e-6);
+        let g1 = weighted_sum(&ours, &w).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &w).backward().unwrap();
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let diff = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());
+            assert!(
+                diff < 1e-4,
+                "d{name} differs by {diff} at {b} {t} {c} {heads}"
+            );
+        }
+    }
+    // Queries and keys of different lengths are not one sequence.
+    let (q, k) = (rand(&[1, 3, 4], 1), rand(&[1, 5, 4], 2));
+    assert!(inkdrop::nn::fused_causal_attention(&q, &k, &k, 2, 0.5).is_err());
+}
+
+#[test]
 fn fused_attention_refuses_bad_shapes_and_scales() {
     let q = rand(&[1, 4, 6], 1);
     let k = rand(&[1, 3, 6], 2);
@@ -233,6 +286,32 @@ fn linear_gives_the_same_bits_on_any_number_of_threads() {
         })
     };
     assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn transpose_copy_matches_candle_values_and_gradients() {
+    use inkdrop::nn::transpose_copy;
+    // A feature map to tokens (D = 1), heads split (D = 3), a last pair of axes, a batch of one.
+    for (shape, dim) in [
+        (vec![2, 5, 7], 1),
+        (vec![3, 4, 2, 3], 1),
+        (vec![2, 3, 5, 4], 2),
+        (vec![1, 33, 65], 1),
+    ] {
+        let x = Var::from_tensor(&rand(&shape, 7)).unwrap();
+        let ours = transpose_copy(&x, dim).unwrap();
+        let theirs = x.transpose(dim, dim + 1).unwrap().contiguous().unwrap();
+        assert_eq!(ours.dims(), theirs.dims(), "{shape:?}");
+        assert_eq!(max_abs_diff(&ours, &theirs), 0.0, "{shape:?}");
+        let r = rand(ours.dims(), 8);
+        let g1 = weighted_sum(&ours, &r).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &r).backward().unwrap();
+        let (a, e) = (g1.get(&x).unwrap(), g2.get(&x).unwrap());
+        assert_eq!(a.dims(), x.dims());
+        assert_eq!(max_abs_diff(a, e), 0.0, "gradient, {shape:?}");
+    }
+    // The last axis has no neighbour after it: an error, not a panic.
+    assert!(transpose_copy(&rand(&[2, 3], 1), 1).is_err());
 }
 
 /// Central finite differences of a scalar function, checked against autograd, element by element.

@@ -21,7 +21,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{causal_mask, linear_no_bias, Encoder, LayerNorm, Linear};
+use crate::nn::{linear_no_bias, Encoder, LayerNorm, Linear};
 
 pub use loss::{contrastive_loss, match_targets, truth_targets, ContrastiveOutput};
 
@@ -138,10 +138,10 @@ impl ClipTextTransformer {
             .token_embedding
             .forward(ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?; // (B, T, W)
-        let mask = causal_mask(t, ids.device())?; // (T, T): each token sees only its past
+                                                                        // Causal: each token sees only its past.
         let hidden = self
             .final_layer_norm
-            .forward(&self.encoder.forward(&x, Some(&mask))?)?; // (B, T, W)
+            .forward(&self.encoder.forward(&x, true)?)?; // (B, T, W)
         let rows: Vec<u32> = eot_index
             .iter()
             .enumerate()
@@ -278,7 +278,7 @@ impl ClipVisionTransformer {
             let x = tokens.broadcast_add(&self.position_embedding)?; // (B, N, W)
             let x = self
                 .encoder
-                .forward(&self.pre_layrnorm.forward(&x)?, None)?; // (B, N, W)
+                .forward(&self.pre_layrnorm.forward(&x)?, false)?; // (B, N, W)
             return self.post_layernorm.forward(&x.mean(1)?); // (B, W): average over the grid
         };
         let cls = class_embedding
@@ -287,7 +287,7 @@ impl ClipVisionTransformer {
         let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embedding)?; // (B, N+1, W)
         let x = self
             .encoder
-            .forward(&self.pre_layrnorm.forward(&x)?, None)?; // (B, N+1, W)
+            .forward(&self.pre_layrnorm.forward(&x)?, false)?; // (B, N+1, W)
         self.post_layernorm.forward(&x.narrow(1, 0, 1)?.squeeze(1)?) // (B, W)
     }
 

@@ -34,6 +34,37 @@ pub fn fused_attention(
     heads: usize,
     scale: f64,
 ) -> Result<Tensor> {
+    attention_op(q, k, v, heads, scale, false)
+}
+
+/// [`fused_attention`] with a causal mask, as in CLIP's text transformer: query i sees keys
+/// 0..=i only (`softmax` over the others, which get exactly 0). Queries and keys must be the
+/// same sequence length. The same as adding [`super::causal_mask`] to the scores.
+pub fn fused_causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    if q.dims().get(1) != k.dims().get(1) {
+        bail!(
+            "causal attention: queries {:?} and keys {:?} must be one sequence",
+            q.dims(),
+            k.dims()
+        );
+    }
+    attention_op(q, k, v, heads, scale, true)
+}
+
+fn attention_op(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
     if !(scale > 0.0 && scale.is_finite()) {
         bail!("attention: scale {scale} must be a positive number (usually 1 / sqrt(head width))");
     }
@@ -43,6 +74,7 @@ pub fn fused_attention(
         FusedAttention {
             heads,
             scale: scale as f32,
+            causal,
         },
     )
 }
@@ -76,6 +108,8 @@ pub fn attention_reference(
 struct FusedAttention {
     heads: usize,
     scale: f32,
+    /// Query i sees keys 0..=i only (the wide path below takes every causal call).
+    causal: bool,
 }
 
 /// The sizes of one call.
@@ -144,11 +178,24 @@ impl Dims {
 }
 
 /// `p = softmax(scale q_bh k_bh^T)` for one (batch, head): p is (N, T), row-major.
-fn probs(q: &[f32], k: &[f32], dm: Dims, bi: usize, hi: usize, scale: f32, p: &mut [f32]) {
+/// With `causal`, the scores above the diagonal are -inf first, so their probabilities are 0.
+fn probs(
+    q: &[f32],
+    k: &[f32],
+    dm: Dims,
+    (bi, hi): (usize, usize),
+    a: &FusedAttention,
+    p: &mut [f32],
+) {
     let qh = dm.head(q, dm.n, bi, hi); // (N, d)
     let kh = dm.head(k, dm.t, bi, hi); // (T, d)
     sgemm_serial(qh, kh.t(), p, false); // (N, T)
-    softmax_rows(p, dm.t, scale);
+    if a.causal {
+        for (i, row) in p.chunks_exact_mut(dm.t).enumerate() {
+            row[i + 1..].fill(f32::NEG_INFINITY);
+        }
+    }
+    softmax_rows(p, dm.t, a.scale);
 }
 
 impl FusedAttention {
@@ -250,7 +297,7 @@ impl FusedAttention {
                 let (bi, hi) = (bh / dm.h, bh % dm.h);
                 let (dq, rest) = o.split_at_mut(n * d);
                 let (dk, dv) = rest.split_at_mut(t * d);
-                probs(qd, kd, dm, bi, hi, self.scale, p); // P (N, T)
+                probs(qd, kd, dm, (bi, hi), self, p); // P (N, T)
                 let gh = dm.head(g, n, bi, hi); // G (N, d)
                 let p_mat = MatRef::row_major(p, n, t);
                 sgemm_serial(p_mat.t(), gh, dv, false); // dV = P^T G: (T, d)
@@ -301,7 +348,7 @@ impl CustomOp3 for FusedAttention {
             contiguous_f32(s2, l2, name)?,
             contiguous_f32(s3, l3, name)?,
         );
-        if let Some(w) = Width::of(dm.d) {
+        if let Some(w) = Width::of(dm.d).filter(|_| !self.causal) {
             let out = self.forward_narrow(w, dm, q, k, v);
             return Ok((CpuStorage::F32(out), Shape::from((dm.b, dm.n, dm.c))));
         }
@@ -311,7 +358,7 @@ impl CustomOp3 for FusedAttention {
             || vec![0f32; n * t],
             |p, (bh, o)| {
                 let (bi, hi) = (bh / dm.h, bh % dm.h);
-                probs(q, k, dm, bi, hi, self.scale, p); // (N, T)
+                probs(q, k, dm, (bi, hi), self, p); // (N, T)
                 let vh = dm.head(v, t, bi, hi); // (T, d)
                 sgemm_serial(MatRef::row_major(p, n, t), vh, o, false); // (N, d)
             },
@@ -354,7 +401,7 @@ impl CustomOp3 for FusedAttention {
             o: storage_f32(&so, lo, name)?,
             g: storage_f32(&sg, lg, name)?,
         };
-        let [dq, dk, dv] = match Width::of(dm.d) {
+        let [dq, dk, dv] = match Width::of(dm.d).filter(|_| !self.causal) {
             Some(w) => self.backward_narrow(w, dm, io),
             None => self.backward_wide(dm, io),
         };

@@ -120,10 +120,14 @@ pub enum LinearProduct {
 /// Multiply-adds below which a product stays on the calling thread (about 64^3).
 const PARALLEL_WORK: usize = 64 * 64 * 64;
 
+/// Runs of rows per thread in [`split_rows`], and rows per run at the least.
+const RUNS_PER_THREAD: usize = 4;
+const MIN_RUN_ROWS: usize = 64;
+
 /// Rows per partial product of [`LinearProduct::DytX`] at the least, and partial products at
 /// the most: enough of them that both cores (or eight) have work, few enough that adding them
 /// up costs little beside the product (`pieces - 1` adds per weight against `rows` multiply-adds).
-const MIN_PIECE_ROWS: usize = 256;
+const MIN_PIECE_ROWS: usize = 128;
 const MAX_PIECES: usize = 8;
 
 /// How many runs of rows `dW = dy^T x` is cut into: a function of `rows` alone, so the sum is
@@ -177,7 +181,11 @@ fn split_rows(a: &[f32], rows: usize, k: usize, b: MatRef) -> Vec<f32> {
     let runs = if rows * k * n < PARALLEL_WORK {
         vec![(0, rows)]
     } else {
-        contiguous_runs(rows, rayon::current_num_threads())
+        // A few runs per thread, so that a thread that starts late or runs slow is caught up
+        // by the others instead of being waited for.
+        let runs =
+            (rayon::current_num_threads() * RUNS_PER_THREAD).min(rows.div_ceil(MIN_RUN_ROWS));
+        contiguous_runs(rows, runs)
     };
     // SAFETY: the runs cover every row, and `sgemm_uninit_with` writes every element of each
     // run's (len, n) part.

@@ -18,18 +18,20 @@ pub mod layers2d;
 pub mod linear;
 pub mod ops;
 pub mod resnet;
+pub mod transpose;
 mod winograd_rows;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-pub use attention::{attention_reference, fused_attention};
+pub use attention::{attention_reference, fused_attention, fused_causal_attention};
 pub use conv::{conv2d, Padding};
 pub use group_norm::group_norm;
 pub use layers2d::{upsample_nearest2x, Conv2d, GroupNorm};
 pub use linear::{linear, linear_no_bias, Linear};
 pub use ops::{bias_add, geglu, layer_norm, quick_gelu, softmax_last_dim};
 pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+pub use transpose::transpose_copy;
 
 /// LayerNorm over the last axis, written with differentiable ops:
 /// `y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias`.
@@ -100,25 +102,22 @@ impl SelfAttention {
         })
     }
 
-    /// `x`: (B, T, W); `mask`: (T, T) added to the scores (-inf where attention is not allowed).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, w) = x.dims3()?;
-        let d = w / self.heads;
-        let split = |y: Tensor| -> Result<Tensor> {
-            y.reshape((b, t, self.heads, d))?
-                .transpose(1, 2)?
-                .contiguous() // (B, H, T, d)
-        };
-        let q = split((self.q_proj.forward(x)? * (d as f64).powf(-0.5))?)?;
-        let k = split(self.k_proj.forward(x)?)?;
-        let v = split(self.v_proj.forward(x)?)?;
-        let mut scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, T, T)
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = softmax_last_dim(&scores)?; // (B, H, T, T), fused, with a backward
-        let out = probs.matmul(&v)?; // (B, H, T, d)
-        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, t, w))?; // (B, T, W)
+    /// `x`: (B, T, W) -> (B, T, W); with `causal`, token i attends to tokens 0..=i only (CLIP's
+    /// text transformer). One fused op per call ([`fused_attention`], [`fused_causal_attention`]):
+    /// `softmax(q k^T / sqrt(d)) v` per head, never storing the (B, H, T, T) scores.
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
+        let d = x.dim(2)? / self.heads;
+        let scale = (d as f64).powf(-0.5);
+        let (q, k, v) = (
+            self.q_proj.forward(x)?, // (B, T, W)
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let out = if causal {
+            fused_causal_attention(&q, &k, &v, self.heads, scale)?
+        } else {
+            fused_attention(&q, &k, &v, self.heads, scale)?
+        }; // (B, T, W)
         self.out_proj.forward(&out)
     }
 }
@@ -160,10 +159,10 @@ impl EncoderLayer {
     }
 
     /// (B, T, W) -> (B, T, W).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         let h = (x + self
             .self_attn
-            .forward(&self.layer_norm1.forward(x)?, mask)?)?;
+            .forward(&self.layer_norm1.forward(x)?, causal)?)?;
         let m = self.fc2.forward(&quick_gelu(
             &self.fc1.forward(&self.layer_norm2.forward(&h)?)?,
         )?)?;
@@ -185,10 +184,10 @@ impl Encoder {
         Ok(Encoder { layers })
     }
 
-    /// (B, T, W) -> (B, T, W).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// (B, T, W) -> (B, T, W); `causal` as in [`SelfAttention::forward`].
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Result<Tensor> {
         self.layers
             .iter()
-            .try_fold(x.clone(), |h, layer| layer.forward(&h, mask))
+            .try_fold(x.clone(), |h, layer| layer.forward(&h, causal))
     }
 }

@@ -11,8 +11,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::{
-    fused_attention, geglu, linear, linear_no_bias, softmax_last_dim, Conv2d, GroupNorm, LayerNorm,
-    Linear, Padding,
+    fused_attention, geglu, linear, linear_no_bias, softmax_last_dim, transpose_copy, Conv2d,
+    GroupNorm, LayerNorm, Linear, Padding,
 };
 
 /// One recorded attention map.
@@ -182,9 +182,7 @@ impl Attention {
         let t = kv_src.dim(1)?;
         let scale = (d as f64).powf(-0.5);
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
-            y.reshape((b, len, self.heads, d))?
-                .transpose(1, 2)?
-                .contiguous() // (B, heads, len, d)
+            transpose_copy(&y.reshape((b, len, self.heads, d))?, 1) // (B, heads, len, d)
         };
         // Q K^T / sqrt(d) per head, from the projections q (B, N, C) and k (B, T, C).
         let scores = |q: Tensor, k: Tensor| -> Result<Tensor> {
@@ -230,11 +228,7 @@ impl Attention {
                 rec.maps.borrow_mut().push(map(probs.detach()));
             }
         }
-        let out = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, c))?; // (B, N, C)
+        let out = transpose_copy(&probs.matmul(&v)?, 1)?.reshape((b, n, c))?; // (B, N, C)
         self.to_out.forward(&out)
     }
 }
@@ -403,15 +397,9 @@ impl Transformer2DModel {
     ) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let tokens = self.proj_in.forward(&self.norm.forward(x)?)?; // (B, C, H, W)
-        let tokens = tokens
-            .reshape((b, c, h * w))?
-            .transpose(1, 2)?
-            .contiguous()?; // (B, HW, C)
+        let tokens = transpose_copy(&tokens.reshape((b, c, h * w))?, 1)?; // (B, HW, C)
         let tokens = self.block.forward(&tokens, context, (h, w), rec)?; // (B, HW, C)
-        let y = tokens
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, c, h, w))?;
+        let y = transpose_copy(&tokens, 1)?.reshape((b, c, h, w))?; // (B, C, H, W)
         x + self.proj_out.forward(&y)?
     }
 }
