@@ -76,15 +76,24 @@ fn fused_attention_matches_the_composed_ops_values_and_all_three_gradients() {
             max_abs_diff(&ours, &theirs) < 1e-5,
             "{b} {n} {t} {c} {heads}"
         );
-        let g1 = weighted_sum(&ours, &w).backward().unwrap();
-        let g2 = weighted_sum(&theirs, &w).backward().unwrap();
-        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
-            let diff = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());
-            assert!(
-                diff < 1e-4,
-                "d{name} differs by {diff} at {b} {n} {t} {c} {heads}"
-            );
-        }
+        let at = format!("{b} {n} {t} {c} {heads}");
+        assert_qkv_gradients_match(&ours, &theirs, &w, [&q, &k, &v], &at);
+    }
+}
+
+/// dQ, dK and dV of `sum(w * ours)` and `sum(w * theirs)` agree within 1e-4.
+fn assert_qkv_gradients_match(
+    ours: &Tensor,
+    theirs: &Tensor,
+    w: &Tensor,
+    qkv: [&Var; 3],
+    at: &str,
+) {
+    let g1 = weighted_sum(ours, w).backward().unwrap();
+    let g2 = weighted_sum(theirs, w).backward().unwrap();
+    for (name, x) in ["q", "k", "v"].into_iter().zip(qkv) {
+        let diff = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());
+        assert!(diff < 1e-4, "d{name} differs by {diff} at {at}");
     }
 }
 
@@ -126,15 +135,8 @@ fn causal_attention_matches_the_masked_composed_ops_values_and_gradients() {
         // The first token sees only itself: its output is its own value.
         let first = |x: &Tensor| x.narrow(1, 0, 1).unwrap();
         assert!(max_abs_diff(&first(&ours), &first(&v)) < 1e-6);
-        let g1 = weighted_sum(&ours, &w).backward().unwrap();
-        let g2 = weighted_sum(&theirs, &w).backward().unwrap();
-        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
-            let diff = max_abs_diff(g1.get(x).unwrap(), g2.get(x).unwrap());
-            assert!(
-                diff < 1e-4,
-                "d{name} differs by {diff} at {b} {t} {c} {heads}"
-            );
-        }
+        let at = format!("causal, {b} {t} {c} {heads}");
+        assert_qkv_gradients_match(&ours, &theirs, &w, [&q, &k, &v], &at);
     }
     // Queries and keys of different lengths are not one sequence.
     let (q, k) = (rand(&[1, 3, 4], 1), rand(&[1, 5, 4], 2));

@@ -320,19 +320,6 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        // inkdrop: with no workers of its own (CANDLE_NUM_THREADS=1, which inkdrop sets so
-        // that they do not spin against rayon's threads), hand the chunks to rayon's pool,
-        // whose other threads inkdrop keeps spinning between ops, instead of running them all
-        // on the calling thread. Each chunk is computed the same way either way.
-        if self.threads.is_empty() {
-            if n_items > 1 && rayon::current_num_threads() > 1 {
-                use rayon::prelude::*;
-                (0..n_items).into_par_iter().for_each(|i| f(i..i + 1));
-            } else {
-                f(0..n_items);
-            }
-            return;
-        }
         // nested use from a worker would deadlock on the call lock; run inline instead
         if IN_BARRIER_POOL.with(|f| f.get()) {
             f(0..n_items);
