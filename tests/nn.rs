@@ -265,6 +265,21 @@ fn linear_matches_the_composed_product_values_and_all_three_gradients() {
     }
 }
 
+/// No rows: an empty output, and a weight gradient of zeros (an empty sum), not a panic.
+#[test]
+fn linear_takes_an_empty_batch() {
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let layer = linear(4, 3, vb.pp("l")).unwrap();
+    let w = varmap.data().lock().unwrap()["l.weight"].clone();
+    let x = Var::from_tensor(&Tensor::zeros((0, 4), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let y = layer.forward(&x).unwrap();
+    assert_eq!(y.dims(), &[0, 3]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let dw: Vec<f32> = g.get(&w).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(dw, vec![0f32; 12]);
+}
+
 /// The products split rows (and the weight gradient's sum over rows) across threads in a way
 /// fixed by the shape alone: one thread and three give the same bits.
 #[test]

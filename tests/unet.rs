@@ -378,6 +378,13 @@ fn the_fused_inside_share_matches_candle_ops_in_value_and_gradient() {
     assert!(g.get(&mask_var).is_none());
     // Shapes that do not match are an error, not a panic.
     assert!(inside_share(&probs, &rand(&[3, 4, 7], 4)).is_err());
+    // An empty batch is an empty answer.
+    let none = inside_share(
+        &Tensor::zeros((0, 2, 5, 7), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        &Tensor::zeros((0, 5, 7), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(none.dims(), &[0, 7]);
 }
 
 mod training {

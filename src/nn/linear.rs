@@ -166,6 +166,9 @@ impl CustomOp2 for LinearProduct {
             }
             Self::DyW if ac == br => (split_rows(a, ar, ac, MatRef::row_major(b, br, bc)), ar, bc),
             Self::DytX if ar == br => (sum_over_rows(a, b, ar, ac, bc), ac, bc),
+            Self::XWt => {
+                bail!("linear: an input of width {ac} for a weight of shape ({br}, {bc})")
+            }
             _ => bail!(
                 "{}: operands ({ar}, {ac}) and ({br}, {bc}) do not fit",
                 self.name()
@@ -206,6 +209,9 @@ fn split_rows(a: &[f32], rows: usize, k: usize, b: MatRef) -> Vec<f32> {
 /// `a^T @ b` for a (rows, m) and b (rows, n), both row-major: (m, n), the sum over rows of
 /// `a[r]^T b[r]`, as [`sum_pieces`] partial products (in parallel) added in order.
 fn sum_over_rows(a: &[f32], b: &[f32], rows: usize, m: usize, n: usize) -> Vec<f32> {
+    if rows == 0 {
+        return vec![0f32; m * n]; // an empty sum
+    }
     let pieces = sum_pieces(rows, rows * m * n);
     let runs = contiguous_runs(rows, pieces);
     let partial = |&(r0, len): &(usize, usize)| {

@@ -78,6 +78,9 @@ impl CustomOp2 for InsideShare {
         let p = contiguous_f32(s1, l1, self.name())?;
         let m = contiguous_f32(s2, l2, self.name())?;
         let mut out = vec![0f32; b * t];
+        if out.is_empty() {
+            return Ok((CpuStorage::F32(out), Shape::from((b, t))));
+        }
         out.par_chunks_mut(t).enumerate().for_each(|(i, out)| {
             let (num, den) = sums(&p[i * h * u * t..], &m[i * u * t..], (h, u, t));
             for k in 0..t {
@@ -128,6 +131,9 @@ impl CustomOp3 for InsideShareBackward {
         let m = contiguous_f32(s2, l2, self.name())?;
         let g = contiguous_f32(s3, l3, self.name())?;
         let per = h * u * t;
+        if b * per == 0 {
+            return Ok((CpuStorage::F32(vec![]), l1.shape().clone()));
+        }
         // SAFETY: each sample's task writes all of its (H, U, T) block.
         let (dp, ()) = unsafe {
             written_by(b * per, |dp| {
