@@ -126,10 +126,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         let input = scheduler.scale_model_input(&x, t)?;
         let both = Tensor::cat(&[&input, &input], 0)?; // (2, 4, 8, 8)
         let eps = pipe.unet.predict_noise(&both, &[t as usize; 2], &context)?; // (2, 4, 8, 8)
-                                                                               // 4. Guidance: push from the unconditional prediction toward the conditional one.
+
+        // 4. Guidance: push from the unconditional prediction toward the conditional one.
         let (eps_uncond, eps_cond) = (eps.narrow(0, 0, 1)?, eps.narrow(0, 1, 1)?);
         let eps = (&eps_uncond + ((&eps_cond - &eps_uncond)? * 7.5)?)?; // (1, 4, 8, 8)
-                                                                        // 5. Remove a little of it: the scheduler's step to the next, less noisy, timestep.
+
+        // 5. Remove a little of it: the scheduler's step to the next, less noisy, timestep.
         let step = scheduler.step(&eps, t, &x, &mut rng)?;
         log.push((
             t,

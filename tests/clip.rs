@@ -421,7 +421,8 @@ fn the_two_paths_see_colour_and_shape_apart() {
     .map(|&(c, s)| render(&scene(c, s), 32))
     .collect();
     let x = images_tensor(&imgs, &Device::Cpu).unwrap(); // (3, 3, 32, 32)
-                                                         // The mask: 1 inside the object, 0 on the background, the same for both circles.
+
+    // The mask: 1 inside the object, 0 on the background, the same for both circles.
     let m = foreground_mask(&x).unwrap(); // (3, 1, 32, 32)
     let m: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(m[16 * 32 + 16], 1.0, "centre of the circle");

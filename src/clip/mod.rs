@@ -138,7 +138,8 @@ impl ClipTextTransformer {
             .token_embedding
             .forward(ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?; // (B, T, W)
-                                                                        // Causal: each token sees only its past.
+
+        // Causal: each token sees only its past.
         let hidden = self
             .final_layer_norm
             .forward(&self.encoder.forward(&x, true)?)?; // (B, T, W)

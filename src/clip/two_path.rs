@@ -76,7 +76,8 @@ impl TwoPathVision {
     pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = images.dims4()?;
         let m = foreground_mask(images)?; // (B, 1, H, W)
-                                          // Colour path: per-pixel features, averaged over the object and over the background.
+
+        // Colour path: per-pixel features, averaged over the object and over the background.
         let f = self.color[1].forward(&quick_gelu(
             &self.color[0].forward(&Tensor::cat(&[images, &m], 1)?)?,
         )?)?; // (B, Wc, H, W)
@@ -88,7 +89,8 @@ impl TwoPathVision {
         };
         let object = pooled(&m)?; // (B, Wc)
         let background = pooled(&inv)?; // (B, Wc)
-                                        // Shape path: the mask and where each pixel is, never its colour.
+
+        // Shape path: the mask and where each pixel is, never its colour.
         let (u, v) = coordinates(b, h, w, images.device())?; // (B, 1, H, W) each
         let mut s = Tensor::cat(&[&m, &u, &v], 1)?; // (B, 3, H, W)
         let last = self.shape.len() - 1;

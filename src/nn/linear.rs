@@ -217,7 +217,8 @@ fn sum_over_rows(a: &[f32], b: &[f32], rows: usize, m: usize, n: usize) -> Vec<f
     let partial = |&(r0, len): &(usize, usize)| {
         let a_t = MatRef::row_major(&a[r0 * m..(r0 + len) * m], len, m).t(); // (m, len)
         let b_run = MatRef::row_major(&b[r0 * n..(r0 + len) * n], len, n); // (len, n)
-                                                                           // One piece (few rows): `gemm` may still split the product by columns.
+
+        // One piece (few rows): `gemm` may still split the product by columns.
         let split = pieces == 1;
         // SAFETY: `sgemm_uninit_with` writes every element of the (m, n) product.
         let (p, ()) = unsafe { written_by(m * n, |p| sgemm_uninit_with(a_t, b_run, p, split)) };

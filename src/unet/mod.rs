@@ -302,7 +302,8 @@ impl UNet2DConditionModel {
         // 1. Time: sinusoidal code, then the MLP.
         let t_emb = timestep_embedding(timesteps, c0, self.config.freq_shift)?; // (B, C0)
         let temb = self.time_embedding.forward(&t_emb)?; // (B, 4*C0)
-                                                         // 2. Down: keep every layer's output for the skip connections.
+
+        // 2. Down: keep every layer's output for the skip connections.
         let mut h = self.conv_in.forward(sample)?; // (B, C0, h, w)
         let mut skips = vec![h.clone()];
         for block in &self.down_blocks {
